@@ -1,0 +1,1 @@
+"""Compliance records; the ledger and review workflow build on these."""

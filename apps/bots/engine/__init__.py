@@ -1,0 +1,38 @@
+"""Local LLM inference around llama.cpp, free of Django so it can be reused and tested alone.
+
+Importing this package does not load libllama; `LlamaEngine` lives in
+`apps.bots.engine.llama` and is loaded by the registry on first use.
+"""
+
+from apps.bots.engine.base import (
+    ChatRequest,
+    Engine,
+    EngineError,
+    Generation,
+    GenerationStats,
+    ModelSpec,
+    SamplingParams,
+)
+from apps.bots.engine.registry import (
+    close_all,
+    get_engine,
+    loaded_specs,
+    register_engine_factory,
+)
+from apps.bots.engine.think import ThinkSplitter, wecom_stream_content
+
+__all__ = [
+    "ChatRequest",
+    "Engine",
+    "EngineError",
+    "Generation",
+    "GenerationStats",
+    "ModelSpec",
+    "SamplingParams",
+    "ThinkSplitter",
+    "close_all",
+    "get_engine",
+    "loaded_specs",
+    "register_engine_factory",
+    "wecom_stream_content",
+]

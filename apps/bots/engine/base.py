@@ -1,0 +1,113 @@
+"""The inference contract shared by the Celery tasks and every engine implementation.
+
+Tasks only see these types, so the single-stream engine can be swapped for a
+continuous-batching one without touching them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+FINISH_REASONS = frozenset({"stop", "length", "cancelled", "deadline", "error"})
+
+
+class EngineError(Exception):
+    """A problem callers report to people as-is: missing model file, prompt too long, etc."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to load a model; frozen and hashable because it is the engine cache key."""
+
+    path: str
+    n_ctx: int = 4096
+    n_gpu_layers: int = 0  # -1 offloads every layer when the build supports a GPU
+    n_threads: int | None = None
+    n_batch: int = 512
+    chat_format: str | None = None  # a llama-cpp-python chat_format name
+    chat_template: str | None = None  # a Jinja chat template; wins over chat_format
+    seed: int = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED, i.e. a random seed
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling knobs; frozen so a request can be shared between threads safely."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One conversation to answer; `deadline` is a time.monotonic() value after which we give up."""
+
+    messages: tuple[dict[str, str], ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    deadline: float | None = None
+
+
+@dataclass
+class GenerationStats:
+    """What a finished (or running) generation cost; timestamps are time.monotonic() values."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None  # one of FINISH_REASONS once finished
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+
+class Generation(ABC):
+    """A submitted request whose text is pulled by iterating it, and which any thread may cancel."""
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[str]:
+        """Yield decoded text pieces; each is whole characters, never half a UTF-8 sequence."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Ask the generation to stop; thread-safe, the iterator soon ends with "cancelled"."""
+
+    @property
+    @abstractmethod
+    def stats(self) -> GenerationStats:
+        """Token counts, timings and the finish reason, filled in as generation progresses."""
+
+
+class Engine(ABC):
+    """A loaded model that answers chat requests; safe to share between threads."""
+
+    spec: ModelSpec
+
+    @abstractmethod
+    def submit(self, request: ChatRequest) -> Generation:
+        """Queue a request and return at once; raises EngineError when it can never be answered."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Count tokens the way the model sees them, so callers can budget prompts."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model; later submits raise EngineError."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

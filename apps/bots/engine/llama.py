@@ -1,0 +1,338 @@
+"""Single-stream engine: one llama.cpp context, one generation at a time.
+
+Generation runs in the consumer's thread while it iterates, which keeps this engine
+simple; a lock on the context serialises concurrent generations, so a second submitter
+waits (still cancellable, still bound by its deadline) until the first one finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jinja2
+import llama_cpp
+from llama_cpp import llama_chat_format
+
+from apps.bots.engine.base import (
+    ChatRequest,
+    Engine,
+    EngineError,
+    Generation,
+    GenerationStats,
+    ModelSpec,
+)
+
+logger = logging.getLogger(__name__)
+
+# How often a generation queued behind another one re-checks its cancel flag and deadline.
+_QUEUE_POLL_SECONDS = 0.05
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build can offload layers; without it n_gpu_layers is ignored."""
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class LlamaEngine(Engine):
+    """One `llama_cpp.Llama` shared by every thread of a worker process.
+
+    Only one generation uses the context at a time: a generation holds the lock from its
+    first piece until it finishes, is cancelled, or its iterator is closed or collected,
+    so a consumer that stops iterating must `cancel()` and drop it (or close it).
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.pid = os.getpid()  # the process that owns the llama.cpp (and GPU) state
+        if not os.path.isfile(spec.path):
+            raise EngineError(f"Model file not found: {spec.path}")
+        if spec.n_gpu_layers and not gpu_offload_supported():
+            logger.warning(
+                "n_gpu_layers=%s ignored for %s: this llama.cpp build has no GPU support",
+                spec.n_gpu_layers,
+                spec.path,
+            )
+        try:
+            self._llama = llama_cpp.Llama(
+                model_path=spec.path,
+                n_ctx=spec.n_ctx,
+                n_gpu_layers=spec.n_gpu_layers,
+                n_threads=spec.n_threads,
+                n_batch=spec.n_batch,
+                chat_format=None if spec.chat_template else spec.chat_format,
+                seed=spec.seed,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise EngineError(f"Could not load model {spec.path}: {exc}") from exc
+        self._formatter = self._chat_formatter()
+        # Generation goes through the same formatter we count prompt tokens with.
+        self._llama.chat_handler = llama_chat_format.chat_formatter_to_chat_completion_handler(
+            self._formatter
+        )
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def n_ctx(self) -> int:
+        return self._llama.n_ctx()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def submit(self, request: ChatRequest) -> LlamaGeneration:
+        """Fit the conversation into the context now, so overflows raise here, not mid-stream."""
+        self._check_open()
+        max_tokens = request.sampling.max_tokens
+        if max_tokens < 1:
+            raise EngineError(f"max_tokens must be at least 1, got {max_tokens}")
+        messages, prompt_tokens = self._fit_prompt(request.messages, max_tokens)
+        return LlamaGeneration(self, request, messages, prompt_tokens)
+
+    def count_tokens(self, text: str) -> int:
+        self._check_open()
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def render_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        """The exact prompt text the model will see, for debugging templates in the admin."""
+        self._check_open()
+        return self._format(messages).prompt
+
+    def close(self) -> None:
+        """Stop the running generation at its next token, then free the model."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            self._llama.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError(f"The engine for {self.spec.path} is closed")
+
+    def _chat_formatter(self) -> llama_chat_format.ChatFormatter:
+        """Pick the formatter llama-cpp-python would use, as an object we can call ourselves."""
+        if self.spec.chat_template is not None:
+            return self._jinja_formatter(self.spec.chat_template)
+        name = self._llama.chat_format or "llama-2"
+        if name.startswith("chat_template."):
+            # Templates embedded in the GGUF; "chat_template.default" is the unnamed one.
+            suffix = name.removeprefix("chat_template.")
+            key = "tokenizer.chat_template" + ("" if suffix == "default" else f".{suffix}")
+            if key in self._llama.metadata:
+                return self._jinja_formatter(self._llama.metadata[key])
+        try:
+            handler = llama_chat_format.get_chat_completion_handler(name)
+        except llama_chat_format.LlamaChatCompletionHandlerNotFoundException as exc:
+            raise EngineError(f"Unknown chat format {name!r} for {self.spec.path}") from exc
+        formatter = _formatter_behind(handler)
+        if formatter is None:
+            raise EngineError(
+                f"Chat format {name!r} is a custom handler, not a prompt format; "
+                "the engine cannot budget its prompts. Use a chat template instead."
+            )
+        return formatter
+
+    def _jinja_formatter(self, template: str) -> llama_chat_format.Jinja2ChatFormatter:
+        bos_id, eos_id = self._llama.token_bos(), self._llama.token_eos()
+        try:
+            return llama_chat_format.Jinja2ChatFormatter(
+                template=template,
+                eos_token=self._token_text(eos_id),
+                bos_token=self._token_text(bos_id),
+                stop_token_ids=[eos_id],
+            )
+        except jinja2.TemplateError as exc:
+            raise EngineError(f"The chat template does not compile: {exc}") from exc
+
+    def _token_text(self, token: int) -> str:
+        if token == -1:
+            return ""
+        vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
+        return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8")
+
+    def _format(
+        self, messages: Sequence[dict[str, str]]
+    ) -> llama_chat_format.ChatFormatterResponse:
+        try:
+            return self._formatter(messages=list(messages))  # type: ignore[arg-type]
+        except (jinja2.TemplateError, ValueError, TypeError, KeyError) as exc:
+            raise EngineError(f"The chat template cannot render this conversation: {exc}") from exc
+
+    def _prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        """Count the prompt exactly as llama-cpp-python's chat handler tokenizes it."""
+        result = self._format(messages)
+        tokens = self._llama.tokenize(
+            result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+        )
+        return len(tokens)
+
+    def _fit_prompt(
+        self, messages: Sequence[dict[str, str]], max_tokens: int
+    ) -> tuple[list[dict[str, str]], int]:
+        """Drop the oldest history until prompt plus answer fit in the context window."""
+        if not messages:
+            raise EngineError("A chat request needs at least one message")
+        kept = list(messages)
+        budget = self.n_ctx - max_tokens
+        prompt_tokens = self._prompt_tokens(kept)
+        while prompt_tokens > budget:
+            if not _drop_oldest_turn(kept):
+                raise EngineError(
+                    f"The prompt needs {prompt_tokens} tokens but only {budget} fit "
+                    f"(context window {self.n_ctx} minus max_tokens {max_tokens}), "
+                    "even without the conversation history"
+                )
+            prompt_tokens = self._prompt_tokens(kept)
+        return kept, prompt_tokens
+
+
+class LlamaGeneration(Generation):
+    """A request whose tokens are decoded while, and only while, the consumer iterates."""
+
+    def __init__(
+        self,
+        engine: LlamaEngine,
+        request: ChatRequest,
+        messages: list[dict[str, str]],
+        prompt_tokens: int,
+    ) -> None:
+        self._engine = engine
+        self._request = request
+        self.messages = messages  # after history truncation
+        self._stats = GenerationStats(prompt_tokens=prompt_tokens)
+        self._cancelled = threading.Event()
+        self._started = False
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self._stats
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def __iter__(self) -> Iterator[str]:
+        if self._started:
+            raise RuntimeError("A generation can be iterated only once")
+        self._started = True
+        return self._pieces()
+
+    def _interruption(self) -> str | None:
+        if self._cancelled.is_set() or self._engine.closed:
+            return "cancelled"
+        deadline = self._request.deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            return "deadline"
+        return None
+
+    def _finish(self, reason: str) -> None:
+        self._stats.finish_reason = reason
+        self._stats.finished_at = time.monotonic()
+
+    def _acquire_context(self) -> bool:
+        """Wait for the context; give up (and finish) if cancelled or past the deadline."""
+        lock = self._engine._lock
+        while not lock.acquire(timeout=_QUEUE_POLL_SECONDS):
+            if reason := self._interruption():
+                self._finish(reason)
+                return False
+        if reason := self._interruption():
+            lock.release()
+            self._finish(reason)
+            return False
+        return True
+
+    def _pieces(self) -> Iterator[str]:
+        if not self._acquire_context():
+            return
+        try:
+            yield from self._decode()
+        finally:
+            self._engine._lock.release()
+
+    def _decode(self) -> Iterator[str]:
+        llama = self._engine._llama
+        sampling = self._request.sampling
+        # Start from an empty context so an answer never depends on the previous request.
+        llama.reset()
+        try:
+            stream: Iterator[Any] = llama.create_chat_completion(  # type: ignore[assignment]
+                messages=self.messages,  # type: ignore[arg-type]
+                stream=True,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                min_p=sampling.min_p,
+                repeat_penalty=sampling.repeat_penalty,
+                max_tokens=sampling.max_tokens,
+                stop=list(sampling.stop),
+                seed=sampling.seed,
+            )
+        except (RuntimeError, ValueError) as exc:
+            self._finish("error")
+            raise EngineError(f"Generation failed: {exc}") from exc
+        finish_reason: str | None = None
+        sampled = False
+        try:
+            while finish_reason is None:
+                if reason := self._interruption():
+                    finish_reason = reason
+                    break
+                chunk = next(stream, None)
+                if chunk is None:
+                    finish_reason = "stop"
+                    break
+                sampled = True  # llama-cpp-python sends nothing before the first sampled token
+                choice = chunk["choices"][0]
+                text = choice["delta"].get("content")
+                if text:
+                    if self._stats.first_token_at is None:
+                        self._stats.first_token_at = time.monotonic()
+                    yield text
+                finish_reason = choice["finish_reason"]
+        except (RuntimeError, ValueError) as exc:
+            finish_reason = "error"
+            raise EngineError(f"Generation failed: {exc}") from exc
+        finally:
+            stream.close()  # type: ignore[attr-defined]
+            if sampled:
+                # n_tokens counts evaluated tokens; the last sampled one is never evaluated.
+                self._stats.completion_tokens = llama.n_tokens - self._stats.prompt_tokens + 1
+            # No reason here means the consumer closed or dropped the iterator mid-stream.
+            self._finish(finish_reason or "cancelled")
+
+
+def _formatter_behind(handler: Any) -> llama_chat_format.ChatFormatter | None:
+    """Named formats are registered as closures over their formatter; fetch that formatter."""
+    code = getattr(handler, "__code__", None)
+    closure = getattr(handler, "__closure__", None)
+    if code is None or closure is None:
+        return None
+    for name, cell in zip(code.co_freevars, closure, strict=True):
+        if name == "chat_formatter":
+            return cell.cell_contents
+    return None
+
+
+def _drop_oldest_turn(messages: list[dict[str, str]]) -> bool:
+    """Remove the oldest history message (and a reply it leaves orphaned); False if none left.
+
+    System messages and everything from the final user message on are never dropped. An
+    assistant message left at the head of the history goes too, as many templates require
+    user/assistant turns to alternate.
+    """
+    roles = [message.get("role") for message in messages]
+    last_user = max((i for i, role in enumerate(roles) if role == "user"), default=len(roles) - 1)
+    history = [i for i in range(last_user) if roles[i] != "system"]
+    if not history:
+        return False
+    del messages[history[0]]
+    if len(history) > 1 and roles[history[1]] == "assistant":
+        del messages[history[1] - 1]
+    return True

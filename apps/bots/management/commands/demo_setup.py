@@ -1,0 +1,96 @@
+"""Ensure the superuser `admin`, the default model profile and the demo bot exist."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from apps.bots.models import Bot, ModelProfile
+from apps.bots.wecom.crypto import (
+    generate_encoding_aes_key,
+    generate_token,
+    validate_encoding_aes_key,
+)
+
+DEMO_PROMPT = (
+    "You are a helpful HR and IT assistant for the company's employees. "
+    "Answer briefly and politely, in the language of the question."
+)
+
+
+class Command(BaseCommand):
+    help = "Create or update the admin user, the default model profile and the demo bot."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        with transaction.atomic():
+            self._admin()
+            profile = self._profile()
+            self._demo_bot(profile)
+
+    def _admin(self) -> None:
+        User = get_user_model()
+        password = os.environ.get("ADMIN_PASSWORD")
+        user = User.objects.filter(username="admin").first()
+        if user is None:
+            generated = not password
+            password = password or secrets.token_urlsafe(12)
+            User.objects.create_superuser("admin", "", password)
+            shown = password if generated else "(from ADMIN_PASSWORD)"
+            self.stdout.write(f"admin user created · username admin · password {shown}")
+        elif password:
+            user.set_password(password)
+            user.save(update_fields=["password"])
+            self.stdout.write("admin user password set from ADMIN_PASSWORD")
+        else:
+            self.stdout.write("admin user exists (password unchanged)")
+
+    def _profile(self) -> ModelProfile:
+        profile, created = ModelProfile.objects.get_or_create(
+            name="SmolLM2-135M-Instruct",
+            defaults={"gguf_path": settings.DEFAULT_MODEL_PATH, "context_size": 2048},
+        )
+        if created:
+            self.stdout.write(f"model profile created · {profile.gguf_path}")
+        return profile
+
+    def _demo_bot(self, profile: ModelProfile) -> None:
+        token = os.environ.get("DEMO_BOT_TOKEN")
+        key = os.environ.get("DEMO_BOT_AES_KEY")
+        if key:
+            try:
+                validate_encoding_aes_key(key)
+            except ValueError as exc:
+                raise CommandError(f"DEMO_BOT_AES_KEY: {exc}") from exc
+        bot = Bot.objects.filter(slug="demo").first()
+        if bot is None:
+            bot = Bot.objects.create(
+                name="demo",
+                slug="demo",
+                token=token or generate_token(),
+                encoding_aes_key=key or generate_encoding_aes_key(),
+                model_profile=profile,
+                system_prompt=DEMO_PROMPT,
+                max_tokens=256,
+                welcome_message="你好！我是演示助手，有问题请直接问我。",
+            )
+            self.stdout.write("demo bot created")
+        else:
+            changed = []
+            if token and token != bot.token:
+                bot.token = token
+                changed.append("token")
+            if key and key != bot.encoding_aes_key:
+                bot.encoding_aes_key = key
+                changed.append("encoding_aes_key")
+            if changed:
+                bot.save()
+                self.stdout.write(f"demo bot updated from the environment: {', '.join(changed)}")
+        self.stdout.write(f"demo bot token: {bot.token}")
+        self.stdout.write(f"demo bot EncodingAESKey: {bot.encoding_aes_key}")
+        self.stdout.write(f"demo bot callback URL: {bot.callback_url()}")

@@ -1,0 +1,285 @@
+"""Bots, the local models they run, and the conversations they hold in WeCom."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+
+from apps.bots.engine.base import ModelSpec, SamplingParams
+from apps.bots.fields import EncryptedTextField
+
+
+class ModelProfile(models.Model):
+    """A GGUF model and how llama.cpp runs it; bots share profiles, workers cache by profile."""
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    gguf_path = models.CharField(
+        _("GGUF path"),
+        max_length=500,
+        help_text=_("Absolute path of the .gguf file on the inference workers."),
+    )
+    context_size = models.PositiveIntegerField(
+        _("context size"),
+        default=4096,
+        validators=[MinValueValidator(256), MaxValueValidator(1_048_576)],
+        help_text=_("Tokens of context (prompt plus answer) per conversation."),
+    )
+    n_gpu_layers = models.IntegerField(
+        _("GPU layers"),
+        default=0,
+        validators=[MinValueValidator(-1)],
+        help_text=_(
+            "Layers offloaded to the GPU: -1 = all layers (needs a CUDA build of "
+            "llama-cpp-python), 0 = CPU only."
+        ),
+    )
+    threads = models.PositiveSmallIntegerField(
+        _("threads"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(512)],
+        help_text=_("CPU threads for decoding; empty = llama.cpp's default."),
+    )
+    batch_size = models.PositiveIntegerField(
+        _("batch size"), default=512, validators=[MinValueValidator(8), MaxValueValidator(65536)]
+    )
+    temperature = models.FloatField(
+        _("temperature"), default=0.7, validators=[MinValueValidator(0), MaxValueValidator(2)]
+    )
+    top_p = models.FloatField(
+        _("top-p"), default=0.95, validators=[MinValueValidator(0), MaxValueValidator(1)]
+    )
+    top_k = models.PositiveIntegerField(_("top-k"), default=40)
+    min_p = models.FloatField(
+        _("min-p"), default=0.05, validators=[MinValueValidator(0), MaxValueValidator(1)]
+    )
+    repeat_penalty = models.FloatField(
+        _("repeat penalty"), default=1.1, validators=[MinValueValidator(0), MaxValueValidator(5)]
+    )
+    chat_format = models.CharField(
+        _("chat format"),
+        max_length=50,
+        blank=True,
+        help_text=_("llama-cpp-python chat format name; empty = the template inside the GGUF."),
+    )
+    chat_template = models.TextField(
+        _("chat template override"),
+        blank=True,
+        help_text=_("A Jinja chat template that replaces the model's own; empty = none."),
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("model profile")
+        verbose_name_plural = _("model profiles")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            path=self.gguf_path,
+            n_ctx=self.context_size,
+            n_gpu_layers=self.n_gpu_layers,
+            n_threads=self.threads,
+            n_batch=self.batch_size,
+            chat_format=self.chat_format or None,
+            chat_template=self.chat_template or None,
+        )
+
+
+class Bot(models.Model):
+    """A WeCom AI bot (智能机器人) in callback mode, answered by a local model."""
+
+    name = models.CharField(_("name"), max_length=100)
+    slug = models.SlugField(
+        _("slug"), max_length=50, unique=True, help_text=_("Part of the callback URL.")
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    token = EncryptedTextField(_("token"), help_text=_("The bot's callback Token from WeCom."))
+    encoding_aes_key = EncryptedTextField(
+        _("EncodingAESKey"), help_text=_("The bot's 43-character EncodingAESKey from WeCom.")
+    )
+    aibotid = models.CharField(
+        _("AI bot id"),
+        max_length=100,
+        blank=True,
+        help_text=_("WeCom's aibotid; when set, callbacks for another bot id are refused."),
+    )
+    model_profile = models.ForeignKey(
+        ModelProfile, on_delete=models.PROTECT, related_name="bots", verbose_name=_("model")
+    )
+    system_prompt = models.TextField(_("system prompt"), blank=True)
+    temperature = models.FloatField(
+        _("temperature"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(2)],
+        help_text=_("Empty = the model profile's default."),
+    )
+    max_tokens = models.PositiveIntegerField(
+        _("max answer tokens"), default=512, validators=[MinValueValidator(16)]
+    )
+    context_turns = models.PositiveSmallIntegerField(
+        _("context turns"),
+        default=5,
+        validators=[MaxValueValidator(50)],
+        help_text=_("Earlier question/answer pairs of the same user in the same chat to include."),
+    )
+    welcome_message = models.TextField(
+        _("welcome message"),
+        blank=True,
+        help_text=_("Sent when an employee opens the 1:1 chat; empty = no welcome."),
+    )
+    allowed_userids = ArrayField(
+        models.CharField(max_length=64),
+        verbose_name=_("allowed users"),
+        default=list,
+        blank=True,
+        help_text=_("WeCom userids, comma-separated. Empty users and departments = everyone."),
+    )
+    allowed_departments = ArrayField(
+        models.CharField(max_length=100),
+        verbose_name=_("allowed departments"),
+        default=list,
+        blank=True,
+        help_text=_("Department names or ids from the employee directory, comma-separated."),
+    )
+    rate_limit_per_minute = models.PositiveIntegerField(
+        _("questions per user per minute"),
+        default=10,
+        help_text=_("0 = unlimited."),
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("bot")
+        verbose_name_plural = _("bots")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def callback_path(self) -> str:
+        return reverse("bots:callback", kwargs={"slug": self.slug})
+
+    def callback_url(self) -> str:
+        return settings.PUBLIC_BASE_URL + self.callback_path()
+
+    def sampling(self) -> SamplingParams:
+        profile = self.model_profile
+        return SamplingParams(
+            temperature=profile.temperature if self.temperature is None else self.temperature,
+            top_p=profile.top_p,
+            top_k=profile.top_k,
+            min_p=profile.min_p,
+            repeat_penalty=profile.repeat_penalty,
+            max_tokens=self.max_tokens,
+        )
+
+
+class Conversation(models.Model):
+    """One employee's thread with a bot in one chat (a group or the 1:1 chat)."""
+
+    class ChatType(models.TextChoices):
+        SINGLE = "single", _("1:1 chat")
+        GROUP = "group", _("group chat")
+
+    bot = models.ForeignKey(
+        Bot, on_delete=models.CASCADE, related_name="conversations", verbose_name=_("bot")
+    )
+    chat_type = models.CharField(_("chat type"), max_length=10, choices=ChatType.choices)
+    chat_id = models.CharField(_("chat id"), max_length=128, blank=True)
+    userid = models.CharField(_("user"), max_length=64)
+    created_at = models.DateTimeField(_("started"), auto_now_add=True)
+    last_turn_at = models.DateTimeField(_("last question"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("conversation")
+        verbose_name_plural = _("conversations")
+        ordering = ["-last_turn_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["bot", "chat_type", "chat_id", "userid"], name="conversation_unique_thread"
+            )
+        ]
+
+    def __str__(self) -> str:
+        where = self.chat_id if self.chat_type == self.ChatType.GROUP else _("1:1 chat")
+        return f"{self.bot} · {self.userid} · {where}"
+
+
+class Turn(models.Model):
+    """One question and its answer; every turn ends answered, failed or rejected."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("queued")
+        GENERATING = "generating", _("generating")
+        ANSWERED = "answered", _("answered")
+        FAILED = "failed", _("failed")
+        REJECTED = "rejected", _("rejected")
+
+    TERMINAL = (Status.ANSWERED, Status.FAILED, Status.REJECTED)
+
+    class Feedback(models.IntegerChoices):
+        ACCURATE = 1, _("accurate")
+        INACCURATE = 2, _("inaccurate")
+        CANCELLED = 3, _("feedback withdrawn")
+
+    bot = models.ForeignKey(Bot, on_delete=models.CASCADE, related_name="turns")
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="turns", verbose_name=_("conversation")
+    )
+    msgid = models.CharField(_("message id"), max_length=128)
+    stream_id = models.CharField(_("stream id"), max_length=64, unique=True)
+    msgtype = models.CharField(_("message type"), max_length=20, default="text")
+    question = models.TextField(_("question"))
+    answer = models.TextField(_("answer"), blank=True)
+    reasoning = models.TextField(_("reasoning"), blank=True)
+    status = models.CharField(
+        _("status"), max_length=12, choices=Status.choices, default=Status.QUEUED
+    )
+    rejection_reason = models.CharField(_("rejection reason"), max_length=30, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    response_url = models.TextField(_("response URL"), blank=True)
+    response_url_used_at = models.DateTimeField(_("response URL used"), null=True, blank=True)
+    stream_closed_at = models.DateTimeField(_("stream finished"), null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    heartbeat_at = models.DateTimeField(_("worker heartbeat"), null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(_("prompt tokens"), default=0)
+    completion_tokens = models.PositiveIntegerField(_("answer tokens"), default=0)
+    received_at = models.DateTimeField(_("received"))
+    queued_at = models.DateTimeField(_("queued"), null=True, blank=True)
+    first_token_at = models.DateTimeField(_("first token"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    feedback = models.PositiveSmallIntegerField(
+        _("feedback"), choices=Feedback.choices, null=True, blank=True
+    )
+    feedback_detail = models.JSONField(_("feedback detail"), default=dict, blank=True)
+    feedback_at = models.DateTimeField(_("feedback received"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("turn")
+        verbose_name_plural = _("turns")
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["bot", "msgid"], name="turn_unique_bot_msgid"),
+        ]
+        indexes = [
+            models.Index(fields=["conversation", "received_at"], name="turn_conversation_time"),
+            models.Index(fields=["status", "received_at"], name="turn_status_time"),
+        ]
+
+    def __str__(self) -> str:
+        return self.question[:60]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL

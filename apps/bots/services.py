@@ -1,0 +1,487 @@
+"""Domain actions of the bot: receive a mention, answer it, serve stream refreshes.
+
+The callback view and the Celery tasks call these and hold no logic of their own. The
+model is never called inside a request: `mention_receive` records the turn and enqueues
+`turn_generate` on commit; the worker streams into Redis; refreshes read Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+
+from apps.bots import selectors
+from apps.bots.engine.base import ChatRequest, EngineError
+from apps.bots.engine.registry import get_engine
+from apps.bots.engine.think import ThinkSplitter, wecom_stream_content
+from apps.bots.models import Bot, Conversation, Turn
+from apps.bots.ratelimit import rate_limit_exceeded
+from apps.bots.streams import (
+    StreamState,
+    deadline_from,
+    now_epoch,
+    stream_publish,
+    stream_state_get,
+    stream_state_set,
+)
+from apps.bots.wecom.messages import (
+    MAX_CONTENT_BYTES,
+    InboundEvent,
+    InboundMessage,
+    StreamRefresh,
+    split_at_boundary,
+    stream_reply,
+    strip_mention,
+    text_reply,
+)
+from apps.bots.wecom.outbound import ResponseUrlError, post_response_url
+
+logger = logging.getLogger(__name__)
+
+ANSWERABLE_TYPES = frozenset({"text", "mixed", "voice"})
+# Bytes kept free at the end of a stream for the "continued below" note.
+_NOTE_RESERVE = 256
+
+
+def _reply_language() -> translation.override:
+    return translation.override(settings.WECOM_REPLY_LANGUAGE)
+
+
+# --- receiving -------------------------------------------------------------------------------
+
+
+def callback_handle(*, bot: Bot, callback: Any, received_at: datetime) -> dict | None:
+    """Answer one decrypted callback; the dict is the reply payload, None an empty 200."""
+    if isinstance(callback, StreamRefresh):
+        return stream_refresh(bot=bot, refresh=callback)
+    if isinstance(callback, InboundEvent):
+        return event_handle(bot=bot, event=callback)
+    turn = mention_receive(bot=bot, message=callback, received_at=received_at)
+    return stream_refresh_payload(turn)
+
+
+def mention_receive(*, bot: Bot, message: InboundMessage, received_at: datetime) -> Turn:
+    """Record the turn once per (bot, msgid) and enqueue its answer after commit.
+
+    A repeated delivery (WeCom retries when the ack is slow) finds the same row through the
+    unique constraint and gets the same stream id back, so one question is answered once.
+    """
+    existing = Turn.objects.filter(bot=bot, msgid=message.msgid).first()
+    if existing is not None:
+        return existing
+    chat_type = Conversation.ChatType.GROUP if message.is_group else Conversation.ChatType.SINGLE
+    conversation, _created = Conversation.objects.get_or_create(
+        bot=bot,
+        chat_type=chat_type,
+        chat_id=message.chatid or "",
+        userid=message.userid,
+    )
+    question = strip_mention(message.text or "")
+    try:
+        with transaction.atomic():
+            turn = Turn.objects.create(
+                bot=bot,
+                conversation=conversation,
+                msgid=message.msgid,
+                stream_id=uuid.uuid4().hex,
+                msgtype=message.msgtype,
+                question=question,
+                response_url=message.response_url or "",
+                received_at=received_at,
+            )
+            Conversation.objects.filter(pk=conversation.pk).update(last_turn_at=received_at)
+            _turn_admit(bot=bot, turn=turn, message=message)
+    except IntegrityError:
+        return Turn.objects.get(bot=bot, msgid=message.msgid)
+    return turn
+
+
+def _turn_admit(*, bot: Bot, turn: Turn, message: InboundMessage) -> None:
+    """Decide at once whether the turn is answered by the model or politely declined."""
+    with _reply_language():
+        if message.msgtype not in ANSWERABLE_TYPES or message.text is None:
+            reason, reply = (
+                "unsupported",
+                _("Sorry, I can only read text for now. Please type your question."),
+            )
+        elif not turn.question.strip():
+            reason, reply = "empty", _("Hello! What would you like to ask?")
+        elif not selectors.bot_user_allowed(bot=bot, userid=message.userid):
+            reason, reply = (
+                "not_allowed",
+                _(
+                    "Sorry, you are not allowed to use this assistant. "
+                    "Please contact your administrator."
+                ),
+            )
+        elif rate_limit_exceeded(
+            scope=f"bot:{bot.pk}:user:{message.userid}", limit=bot.rate_limit_per_minute
+        ):
+            reason, reply = (
+                "rate_limited",
+                _("You are asking too quickly. Please wait a minute and try again."),
+            )
+        else:
+            reason, reply = "", ""
+    deadline = deadline_from(turn.received_at.timestamp())
+    if reason:
+        _turn_reject(turn=turn, reason=reason, reply=reply, deadline=deadline)
+        return
+    stream_state_set(turn.stream_id, StreamState(deadline=deadline))
+    transaction.on_commit(lambda: turn_enqueue(turn_id=turn.pk))
+
+
+def _turn_reject(*, turn: Turn, reason: str, reply: str, deadline: float) -> None:
+    now = timezone.now()
+    Turn.objects.filter(pk=turn.pk).update(
+        status=Turn.Status.REJECTED,
+        rejection_reason=reason,
+        answer=reply,
+        finished_at=now,
+        stream_closed_at=now,
+    )
+    turn.status, turn.rejection_reason, turn.answer = Turn.Status.REJECTED, reason, reply
+    stream_state_set(turn.stream_id, StreamState(content=reply, finish=True, deadline=deadline))
+    logger.info("turn %s rejected: %s", turn.pk, reason)
+
+
+def turn_enqueue(*, turn_id: int) -> None:
+    from apps.bots.tasks import turn_generate as turn_generate_task
+
+    Turn.objects.filter(pk=turn_id, queued_at__isnull=True).update(queued_at=timezone.now())
+    turn_generate_task.delay(turn_id)
+
+
+def event_handle(*, bot: Bot, event: InboundEvent) -> dict | None:
+    if event.eventtype == "enter_chat":
+        if not bot.welcome_message.strip():
+            return None
+        welcome, _rest = split_at_boundary(bot.welcome_message, MAX_CONTENT_BYTES)
+        return text_reply(welcome)
+    if event.eventtype == "feedback_event":
+        feedback_record(bot=bot, event=event)
+        return None
+    logger.info("bot %s ignored event %s", bot.slug, event.eventtype)
+    return None
+
+
+def feedback_record(*, bot: Bot, event: InboundEvent) -> bool:
+    """Store 👍/👎 on the turn whose stream carried the feedback id (our stream id)."""
+    body = event.feedback or {}
+    feedback_id = str(body.get("id", ""))
+    try:
+        kind = int(body.get("type", 0))
+    except (TypeError, ValueError):
+        kind = 0
+    if not feedback_id or kind not in Turn.Feedback.values:
+        logger.warning("bot %s: feedback event without a usable id/type", bot.slug)
+        return False
+    detail = {key: value for key, value in body.items() if key not in {"id", "type"}}
+    updated = Turn.objects.filter(bot=bot, stream_id=feedback_id).update(
+        feedback=kind, feedback_detail=detail, feedback_at=timezone.now()
+    )
+    return bool(updated)
+
+
+# --- stream refresh ----------------------------------------------------------------------------
+
+
+def stream_refresh(*, bot: Bot, refresh: StreamRefresh) -> dict:
+    """Whole content so far from Redis; closes a stream whose worker cannot make the deadline."""
+    state = stream_state_get(refresh.stream_id)
+    if state is None:
+        turn = Turn.objects.filter(bot=bot, stream_id=refresh.stream_id).first()
+        if turn is None:
+            with _reply_language():
+                return stream_reply(
+                    stream_id=refresh.stream_id,
+                    content=_("This answer is no longer available."),
+                    finish=True,
+                )
+        return stream_refresh_payload(turn)
+    if not state.finish and state.deadline and now_epoch() > state.deadline + 5:
+        state = _stream_close_late(bot=bot, stream_id=refresh.stream_id, state=state)
+    return stream_reply(stream_id=refresh.stream_id, content=state.content, finish=state.finish)
+
+
+def stream_refresh_payload(turn: Turn) -> dict:
+    state = stream_state_get(turn.stream_id)
+    if state is not None:
+        return stream_reply(stream_id=turn.stream_id, content=state.content, finish=state.finish)
+    if turn.is_terminal:
+        content = wecom_stream_content(turn.reasoning, turn.answer, thinking_done=True)
+        content, _rest = split_at_boundary(content, MAX_CONTENT_BYTES)
+        return stream_reply(stream_id=turn.stream_id, content=content, finish=True)
+    return stream_reply(stream_id=turn.stream_id, content="", finish=False)
+
+
+def _stream_close_late(*, bot: Bot, stream_id: str, state: StreamState) -> StreamState:
+    """The worker is stuck or queued past WeCom's window: finish the bubble, answer later."""
+    closed = Turn.objects.filter(
+        bot=bot, stream_id=stream_id, stream_closed_at__isnull=True
+    ).update(stream_closed_at=timezone.now())
+    if not closed:
+        return stream_state_get(stream_id) or state
+    with _reply_language():
+        note = _("(This is taking longer than usual; the full answer will follow.)")
+    state = StreamState(
+        content=_with_note(state.content, note), finish=True, deadline=state.deadline
+    )
+    stream_state_set(stream_id, state)
+    return state
+
+
+def _with_note(content: str, note: str) -> str:
+    head, _rest = split_at_boundary(content, MAX_CONTENT_BYTES - len(note.encode()) - 4)
+    return f"{head}\n\n{note}" if head.strip() else note
+
+
+# --- generating ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    splitter: ThinkSplitter
+    last_flush: float = 0.0
+    last_heartbeat: float = 0.0
+    first_token: bool = False
+
+
+def turn_claim(*, turn_id: int) -> Turn | None:
+    """Take the turn for this worker, or None when it is finished or another worker is alive.
+
+    The heartbeat lease lets a redelivered task (its worker process died) take over a
+    turn, while a duplicate delivery never generates the same answer twice at once.
+    """
+    lease = timedelta(seconds=settings.TURN_LEASE_SECONDS)
+    deadline = time.monotonic() + settings.TURN_LEASE_SECONDS + 5
+    while True:
+        now = timezone.now()
+        claimed = (
+            Turn.objects.filter(pk=turn_id)
+            .filter(
+                Q(status=Turn.Status.QUEUED)
+                | Q(status=Turn.Status.GENERATING, heartbeat_at__lt=now - lease)
+                | Q(status=Turn.Status.GENERATING, heartbeat_at__isnull=True)
+            )
+            .update(status=Turn.Status.GENERATING, attempts=F("attempts") + 1, heartbeat_at=now)
+        )
+        turn = (
+            Turn.objects.select_related("bot__model_profile", "conversation")
+            .filter(pk=turn_id)
+            .first()
+        )
+        if turn is None or turn.is_terminal:
+            return None
+        if claimed:
+            return turn
+        if time.monotonic() > deadline:
+            logger.info("turn %s is being answered by another worker", turn_id)
+            return None
+        time.sleep(0.5)
+
+
+def turn_generate(*, turn_id: int) -> None:
+    """Stream the model's answer into Redis, then finish the stream (or use response_url)."""
+    turn = turn_claim(turn_id=turn_id)
+    if turn is None:
+        return
+    if turn.attempts > settings.TURN_MAX_ATTEMPTS:
+        turn_fail(turn=turn, error=f"gave up after {turn.attempts - 1} attempts")
+        return
+    bot = turn.bot
+    deadline = deadline_from(turn.received_at.timestamp())
+    progress = _Progress(splitter=ThinkSplitter())
+    try:
+        engine = get_engine(bot.model_profile.spec())
+        request = ChatRequest(
+            messages=selectors.conversation_messages(turn=turn),
+            sampling=bot.sampling(),
+            deadline=time.monotonic() + settings.TURN_GENERATION_TIMEOUT_SECONDS,
+        )
+        generation = engine.submit(request)
+        for piece in generation:
+            progress.splitter.feed(piece)
+            _turn_progress(turn=turn, progress=progress, deadline=deadline)
+        stats = generation.stats
+    except EngineError as exc:
+        turn_fail(turn=turn, error=str(exc))
+        return
+    except Exception as exc:
+        logger.exception("turn %s failed while generating", turn.pk)
+        turn_fail(turn=turn, error=f"{type(exc).__name__}: {exc}")
+        return
+    if stats.finish_reason in {"error", "cancelled"}:
+        turn_fail(turn=turn, error=f"generation ended: {stats.finish_reason}")
+        return
+    turn.prompt_tokens = stats.prompt_tokens
+    turn.completion_tokens = stats.completion_tokens
+    turn_finish(turn=turn, reasoning=progress.splitter.reasoning, answer=progress.splitter.answer)
+
+
+def _turn_progress(*, turn: Turn, progress: _Progress, deadline: float) -> None:
+    now = time.monotonic()
+    if not progress.first_token:
+        progress.first_token = True
+        turn.first_token_at = timezone.now()
+        Turn.objects.filter(pk=turn.pk).update(first_token_at=turn.first_token_at)
+    if now - progress.last_heartbeat >= 2.0:
+        progress.last_heartbeat = now
+        Turn.objects.filter(pk=turn.pk).update(heartbeat_at=timezone.now())
+    if now - progress.last_flush < settings.WECOM_STREAM_FLUSH_SECONDS:
+        return
+    progress.last_flush = now
+    splitter = progress.splitter
+    content = wecom_stream_content(
+        splitter.reasoning, splitter.answer, thinking_done=not splitter.in_think
+    )
+    if turn.stream_closed_at is None and now_epoch() > deadline:
+        _stream_close_for_deadline(turn=turn, content=content, deadline=deadline)
+    if turn.stream_closed_at is not None:
+        stream_publish(turn.pk, content=content, finish=False, status=Turn.Status.GENERATING)
+        return
+    shown, rest = split_at_boundary(content, MAX_CONTENT_BYTES - _NOTE_RESERVE)
+    if rest:
+        shown = f"{shown}\n\n…"
+    stream_state_set(turn.stream_id, StreamState(content=shown, deadline=deadline))
+    stream_publish(turn.pk, content=content, finish=False, status=Turn.Status.GENERATING)
+
+
+def _stream_close_for_deadline(*, turn: Turn, content: str, deadline: float) -> None:
+    now = timezone.now()
+    if Turn.objects.filter(pk=turn.pk, stream_closed_at__isnull=True).update(stream_closed_at=now):
+        with _reply_language():
+            note = _("(This answer is long; the complete answer will follow in a new message.)")
+        stream_state_set(
+            turn.stream_id,
+            StreamState(content=_with_note(content, note), finish=True, deadline=deadline),
+        )
+    turn.stream_closed_at = now
+
+
+def turn_finish(*, turn: Turn, reasoning: str, answer: str) -> None:
+    """Deliver the final answer: the stream when it fits and is open, response_url for the rest."""
+    reasoning, answer = reasoning.strip(), answer.strip()
+    if not answer:
+        with _reply_language():
+            answer = _("Sorry, I could not come up with an answer. Please rephrase your question.")
+    deadline = deadline_from(turn.received_at.timestamp())
+    now = timezone.now()
+    won_stream = bool(
+        Turn.objects.filter(pk=turn.pk, stream_closed_at__isnull=True).update(stream_closed_at=now)
+    )
+    rest = ""
+    error = ""
+    with _reply_language():
+        continued = _("(continued in the next message)")
+    if won_stream:
+        shown_reasoning = reasoning
+        if len(reasoning.encode()) > MAX_CONTENT_BYTES // 2:
+            # Reasoning is stored in full; the bubble shows its beginning only.
+            shown_reasoning, _cut = split_at_boundary(reasoning, MAX_CONTENT_BYTES // 2)
+            shown_reasoning += "…"
+        think_block = wecom_stream_content(shown_reasoning, "", thinking_done=True)
+        budget = MAX_CONTENT_BYTES - len(think_block.encode()) - _NOTE_RESERVE
+        head, rest = split_at_boundary(answer, budget)
+        content = wecom_stream_content(shown_reasoning, head, thinking_done=True)
+        if rest:
+            content = f"{content}\n\n{continued}"
+        stream_state_set(
+            turn.stream_id, StreamState(content=content, finish=True, deadline=deadline)
+        )
+    else:
+        rest = answer
+    if rest:
+        error = _response_url_deliver(turn=turn, content=rest)
+    Turn.objects.filter(pk=turn.pk).update(
+        status=Turn.Status.ANSWERED,
+        answer=answer,
+        reasoning=reasoning,
+        prompt_tokens=turn.prompt_tokens,
+        completion_tokens=turn.completion_tokens,
+        finished_at=timezone.now(),
+        error=error,
+    )
+    stream_publish(turn.pk, content=answer, finish=True, status=Turn.Status.ANSWERED)
+
+
+def _response_url_deliver(*, turn: Turn, content: str) -> str:
+    """POST once to response_url; returns an error description for admins, '' on success."""
+    if not turn.response_url:
+        return "answer longer than the stream allows, and WeCom gave no response_url"
+    if not Turn.objects.filter(pk=turn.pk, response_url_used_at__isnull=True).update(
+        response_url_used_at=timezone.now()
+    ):
+        return "response_url already used"
+    head, rest = split_at_boundary(content, MAX_CONTENT_BYTES - _NOTE_RESERVE)
+    error = ""
+    if rest:
+        with _reply_language():
+            head = f"{head}\n\n" + _("(The answer was cut here: it exceeds WeCom's message size.)")
+        error = f"{len(rest.encode())} bytes beyond two WeCom messages were not delivered"
+    try:
+        post_response_url(turn.response_url, {"msgtype": "markdown", "markdown": {"content": head}})
+    except ResponseUrlError as exc:
+        logger.warning("turn %s: response_url delivery failed: %s", turn.pk, exc)
+        return f"response_url delivery failed: {exc}"
+    return error
+
+
+def turn_fail(*, turn: Turn, error: str) -> None:
+    """End the turn as failed: the user sees a short apology, admins see the error."""
+    with _reply_language():
+        apology = _("Sorry, something went wrong while answering. Please try again later.")
+    deadline = deadline_from(turn.received_at.timestamp())
+    if Turn.objects.filter(pk=turn.pk, stream_closed_at__isnull=True).update(
+        stream_closed_at=timezone.now()
+    ):
+        stream_state_set(
+            turn.stream_id, StreamState(content=apology, finish=True, deadline=deadline)
+        )
+    else:
+        _response_url_deliver(turn=turn, content=apology)
+    Turn.objects.filter(pk=turn.pk).exclude(status__in=Turn.TERMINAL).update(
+        status=Turn.Status.FAILED, error=error[:4000], finished_at=timezone.now()
+    )
+    stream_publish(turn.pk, content=apology, finish=True, status=Turn.Status.FAILED)
+    logger.warning("turn %s failed: %s", turn.pk, error)
+
+
+def turns_sweep() -> int:
+    """Fail turns nobody is answering any more, so every turn reaches a terminal state."""
+    now = timezone.now()
+    stale_queue = now - timedelta(seconds=settings.TURN_GENERATION_TIMEOUT_SECONDS)
+    stale_heartbeat = now - timedelta(seconds=max(60.0, settings.TURN_LEASE_SECONDS * 4))
+    stale = Turn.objects.filter(
+        Q(status=Turn.Status.QUEUED, received_at__lt=stale_queue)
+        | Q(status=Turn.Status.GENERATING, heartbeat_at__lt=stale_heartbeat)
+    )
+    count = 0
+    for turn in stale.select_related("bot"):
+        turn_fail(turn=turn, error="no worker finished this turn in time")
+        count += 1
+    return count
+
+
+def engines_warm() -> int:
+    """Load the models of enabled bots, so the first question after a restart is not slow."""
+    from apps.bots.models import ModelProfile
+
+    loaded = 0
+    for profile in ModelProfile.objects.filter(bots__enabled=True).distinct():
+        try:
+            get_engine(profile.spec())
+            loaded += 1
+        except EngineError as exc:
+            logger.error("model profile %s cannot be loaded: %s", profile.name, exc)
+    return loaded

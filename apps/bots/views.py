@@ -1,0 +1,122 @@
+"""The WeCom AI-bot callback endpoint: verify, decrypt, hand to a service, reply encrypted.
+
+Every rejection is logged with the request id and answered with a short fixed body: a bad
+signature is 403 (nothing decrypted), anything undecryptable or malformed is one
+indistinguishable 400, an oversized body 413, an unknown or disabled bot 404.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from apps.bots import services
+from apps.bots.models import Bot
+from apps.bots.wecom.crypto import SignatureError, WeComCrypto, WeComCryptoError
+from apps.bots.wecom.messages import MalformedMessage, parse_callback
+
+logger = logging.getLogger(__name__)
+
+_QUERY_PARAMS = ("msg_signature", "timestamp", "nonce")
+
+
+def _plain(status: int, body: str) -> HttpResponse:
+    return HttpResponse(body, status=status, content_type="text/plain; charset=utf-8")
+
+
+def _bad_request() -> HttpResponse:
+    return _plain(400, "invalid request")
+
+
+@csrf_exempt
+def callback(request: HttpRequest, slug: str) -> HttpResponse:
+    received_at = timezone.now()
+    if request.method not in {"GET", "POST"}:
+        response = _plain(405, "method not allowed")
+        response["Allow"] = "GET, POST"
+        return response
+    bot = Bot.objects.select_related("model_profile").filter(slug=slug, enabled=True).first()
+    if bot is None:
+        logger.info("callback for unknown or disabled bot %r", slug)
+        return _plain(404, "not found")
+    params = {name: request.GET.get(name, "") for name in _QUERY_PARAMS}
+    if not all(params.values()):
+        logger.info("bot %s: callback without %s", slug, ", ".join(_QUERY_PARAMS))
+        return _bad_request()
+    try:
+        crypto = WeComCrypto(token=bot.token, encoding_aes_key=bot.encoding_aes_key)
+    except ValueError:
+        logger.error("bot %s has an invalid EncodingAESKey; fix it in the admin", slug)
+        return _plain(503, "bot misconfigured")
+    if request.method == "GET":
+        return _verify_url(request, crypto, params, slug)
+    return _receive(request, bot, crypto, params, received_at)
+
+
+def _verify_url(
+    request: HttpRequest, crypto: WeComCrypto, params: dict[str, str], slug: str
+) -> HttpResponse:
+    echostr = request.GET.get("echostr", "")
+    if not echostr:
+        return _bad_request()
+    try:
+        echo = crypto.verify_url(echostr=echostr, **params)
+    except SignatureError:
+        logger.warning("bot %s: URL verification with a bad signature", slug)
+        return _plain(403, "forbidden")
+    except WeComCryptoError:
+        logger.warning("bot %s: URL verification echostr does not decrypt", slug)
+        return _bad_request()
+    return HttpResponse(echo, content_type="text/plain; charset=utf-8")
+
+
+def _receive(
+    request: HttpRequest,
+    bot: Bot,
+    crypto: WeComCrypto,
+    params: dict[str, str],
+    received_at: datetime,
+) -> HttpResponse:
+    limit = settings.WECOM_CALLBACK_MAX_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        logger.warning("bot %s: callback body of %s bytes refused", bot.slug, declared)
+        return _plain(413, "payload too large")
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        logger.warning("bot %s: callback body over %s bytes refused", bot.slug, limit)
+        return _plain(413, "payload too large")
+    try:
+        data = crypto.decrypt_callback(body=body, **params)
+    except SignatureError:
+        logger.warning("bot %s: callback with a bad signature", bot.slug)
+        return _plain(403, "forbidden")
+    except WeComCryptoError:
+        logger.warning("bot %s: callback body does not decrypt", bot.slug)
+        return _bad_request()
+    try:
+        message = parse_callback(data)
+    except MalformedMessage as exc:
+        logger.warning("bot %s: malformed callback: %s", bot.slug, exc)
+        return _bad_request()
+    if bot.aibotid and message.aibotid and message.aibotid != bot.aibotid:
+        logger.warning("bot %s: callback for aibotid %r refused", bot.slug, message.aibotid)
+        return _bad_request()
+    try:
+        payload = services.callback_handle(bot=bot, callback=message, received_at=received_at)
+    except Exception:
+        # WeCom retries a failed delivery, and the msgid dedup makes the retry safe.
+        logger.exception("bot %s: callback could not be handled", bot.slug)
+        return _plain(503, "temporarily unavailable")
+    if payload is None:
+        return HttpResponse(b"", content_type="text/plain")
+    reply = crypto.encrypt_reply(payload, nonce=params["nonce"])
+    return JsonResponse(reply, json_dumps_params={"ensure_ascii": False, "separators": (",", ":")})

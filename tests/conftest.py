@@ -1,0 +1,201 @@
+"""Shared fixtures: real embedded PostgreSQL and Redis, the real model, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from wecom_ai import embedded
+
+    embedded.stop_started_here()
+
+
+@pytest.fixture(autouse=True)
+def _redis_clean() -> Iterator[None]:
+    """Each test starts with empty stream state, rate limits and queues (test Redis DBs only)."""
+    import redis
+
+    assert settings.REDIS_DB_BASE >= 8, "tests must never flush the development Redis DBs"
+    for offset in range(4):
+        redis.Redis.from_url(f"{settings.REDIS_URL}/{settings.REDIS_DB_BASE + offset}").flushdb()
+    yield
+
+
+def database_url() -> str:
+    """A URL for the test database, for worker processes started by tests."""
+    from django.db import connection
+
+    conf = connection.settings_dict
+    user = quote(conf.get("USER") or "")
+    password = quote(conf.get("PASSWORD") or "")
+    host = conf.get("HOST") or ""
+    port = conf.get("PORT") or ""
+    if host.startswith("/"):
+        return f"postgresql://{user}:{password}@/{conf['NAME']}?host={host}"
+    return f"postgresql://{user}:{password}@{host}:{port}/{conf['NAME']}"
+
+
+def worker_env(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_ENV": "test",
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "REDIS_DB_BASE": str(settings.REDIS_DB_BASE),
+            "CONN_MAX_AGE": "0",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+class WorkerProcess:
+    """A real `celery worker` (prefork) against the test database and Redis."""
+
+    def __init__(self, *, queues: str, concurrency: int = 1, **env: str) -> None:
+        self.log_path = Path(settings.DATA_DIR) / f"test-worker-{os.getpid()}-{time.time_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "wecom_ai", "worker",
+                "-Q", queues, "-c", str(concurrency), "-P", "prefork",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "-n", f"test-{time.time_ns()}@%h", "--loglevel", "INFO",
+            ],
+            cwd=BASE_DIR,
+            env=worker_env(**env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.wait_ready()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            if " ready." in self.log():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log()}")
+
+    def pool_children(self) -> list[int]:
+        import psutil
+
+        return [child.pid for child in psutil.Process(self.process.pid).children()]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+        if os.environ.get("KEEP_WORKER_LOGS") != "1":
+            self.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def start_worker(transactional_db: None) -> Iterator[Callable[..., WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(*, queues: str = "inference,default", **env: str) -> WorkerProcess:
+        worker = WorkerProcess(queues=queues, **env)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def model_profile(db: None):
+    from apps.bots.models import ModelProfile
+
+    model_path = os.environ.get("WECOM_AI_MODEL_PATH", settings.DEFAULT_MODEL_PATH)
+    if not Path(model_path).is_file():
+        pytest.fail(f"the default model is missing at {model_path}; run `make bootstrap`")
+    return ModelProfile.objects.create(
+        name="SmolLM2 test", gguf_path=model_path, context_size=2048, temperature=0.0
+    )
+
+
+@pytest.fixture
+def make_bot(model_profile):
+    from apps.bots.models import Bot
+    from apps.bots.wecom.crypto import generate_encoding_aes_key, generate_token
+
+    def make(**fields):
+        values = {
+            "name": "HR助手",
+            "slug": "hr",
+            "token": generate_token(),
+            "encoding_aes_key": generate_encoding_aes_key(),
+            "model_profile": model_profile,
+            "system_prompt": "You are a concise HR assistant.",
+            "max_tokens": 48,
+            "temperature": 0.0,
+            "welcome_message": "欢迎使用HR助手",
+        }
+        values.update(fields)
+        return Bot.objects.create(**values)
+
+    return make
+
+
+@pytest.fixture
+def bot(make_bot):
+    return make_bot()
+
+
+@pytest.fixture
+def response_server():
+    from apps.bots.wecom.simulator import ResponseUrlServer
+
+    with ResponseUrlServer() as server:
+        yield server
+
+
+@pytest.fixture
+def simulator_for(live_server, response_server):
+    from apps.bots.wecom.simulator import WeComSimulator
+
+    made: list[WeComSimulator] = []
+
+    def make(bot, **kwargs) -> WeComSimulator:
+        sim = WeComSimulator(
+            callback_url=live_server.url + bot.callback_path(),
+            token=bot.token,
+            encoding_aes_key=bot.encoding_aes_key,
+            response_server=response_server,
+            refresh_interval=kwargs.pop("refresh_interval", 0.1),
+            bot_name=bot.name,
+            **kwargs,
+        )
+        made.append(sim)
+        return sim
+
+    yield make
+    for sim in made:
+        sim.close()

@@ -1,0 +1,131 @@
+"""The admin is the product's main UI: bots are configured there, transcripts read there."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from apps.bots.models import Bot, Turn
+from apps.bots.wecom.crypto import generate_encoding_aes_key
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(admin_client):
+    return admin_client
+
+
+def _bot_form(model_profile, **overrides):
+    data = {
+        "name": "IT助手",
+        "slug": "it",
+        "enabled": "on",
+        "aibotid": "",
+        "new_token": "Tok3nTok3n",
+        "new_encoding_aes_key": generate_encoding_aes_key(),
+        "model_profile": model_profile.pk,
+        "system_prompt": "You help with IT.",
+        "temperature": "",
+        "max_tokens": "256",
+        "context_turns": "5",
+        "welcome_message": "",
+        "allowed_userids": "",
+        "allowed_departments": "IT,HR",
+        "rate_limit_per_minute": "10",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_create_bot_then_change_page_shows_callback_url_not_secrets(staff, model_profile):
+    data = _bot_form(model_profile)
+    response = staff.post(reverse("admin:bots_bot_add"), data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    bot = Bot.objects.get(slug="it")
+    assert bot.token == "Tok3nTok3n"
+    assert bot.allowed_departments == ["IT", "HR"]
+    page = staff.get(reverse("admin:bots_bot_change", args=[bot.pk])).content.decode()
+    assert bot.callback_url() in page
+    assert "data-copy-target" in page
+    assert "Tok3nTok3n" not in page and data["new_encoding_aes_key"] not in page
+
+
+def test_empty_secret_fields_keep_the_stored_values(staff, bot, model_profile):
+    data = _bot_form(model_profile, slug=bot.slug, new_token="", new_encoding_aes_key="")
+    response = staff.post(reverse("admin:bots_bot_change", args=[bot.pk]), data)
+    assert response.status_code == 302
+    refreshed = Bot.objects.get(pk=bot.pk)
+    assert (refreshed.token, refreshed.encoding_aes_key) == (bot.token, bot.encoding_aes_key)
+
+
+@pytest.mark.parametrize("key", ["short", "x" * 42 + "!", "a" * 44])
+def test_invalid_encoding_aes_key_is_refused(staff, model_profile, key):
+    response = staff.post(
+        reverse("admin:bots_bot_add"), _bot_form(model_profile, new_encoding_aes_key=key)
+    )
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["new_encoding_aes_key"]
+    assert not Bot.objects.filter(slug="it").exists()
+
+
+def test_model_profile_path_must_be_a_gguf(staff, tmp_path):
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04 not a model")
+    for path, fragment in [
+        ("relative/model.gguf", "absolute"),
+        (str(tmp_path / "missing.gguf"), "No file"),
+        (str(not_gguf), "GGUF"),
+    ]:
+        response = staff.post(
+            reverse("admin:bots_modelprofile_add"),
+            {
+                "name": "m",
+                "gguf_path": path,
+                "context_size": 4096,
+                "n_gpu_layers": 0,
+                "batch_size": 512,
+                "temperature": 0.7,
+                "top_p": 0.95,
+                "top_k": 40,
+                "min_p": 0.05,
+                "repeat_penalty": 1.1,
+            },
+            HTTP_ACCEPT_LANGUAGE="en",
+        )
+        errors = response.context["adminform"].form.errors["gguf_path"]
+        assert any(fragment in error for error in errors), errors
+
+
+def test_turns_are_read_only_and_searchable(staff, bot):
+    from django.utils import timezone
+
+    from apps.bots.models import Conversation
+
+    conversation = Conversation.objects.create(bot=bot, chat_type="group", chat_id="g", userid="u")
+    turn = Turn.objects.create(
+        bot=bot,
+        conversation=conversation,
+        msgid="m",
+        stream_id="s",
+        question="年假怎么算",
+        answer="五天",
+        status=Turn.Status.ANSWERED,
+        received_at=timezone.now(),
+    )
+    listing = staff.get(reverse("admin:bots_turn_changelist"), {"q": "年假"})
+    assert "年假怎么算" in listing.content.decode()
+    filtered = staff.get(reverse("admin:bots_turn_changelist"), {"status__exact": "failed"})
+    assert "年假怎么算" not in filtered.content.decode()
+    assert staff.get(reverse("admin:bots_turn_add")).status_code == 403
+    assert staff.post(reverse("admin:bots_turn_delete", args=[turn.pk])).status_code == 403
+    detail = staff.get(reverse("admin:bots_turn_change", args=[turn.pk]))
+    assert detail.status_code == 200 and "五天" in detail.content.decode()
+
+
+@pytest.mark.parametrize(("language", "expected"), [("zh-hans", "机器人"), ("en", "Bots")])
+def test_admin_renders_in_both_languages(staff, bot, language, expected):
+    response = staff.get(reverse("admin:index"), HTTP_ACCEPT_LANGUAGE=language)
+    assert expected in response.content.decode()
+    page = staff.get(reverse("admin:bots_bot_change", args=[bot.pk]), HTTP_ACCEPT_LANGUAGE=language)
+    assert page.status_code == 200

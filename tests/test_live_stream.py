@@ -1,0 +1,88 @@
+"""Admins watch a turn being answered live over a WebSocket served by the real ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import websockets
+from django.conf import settings
+from django.test import Client
+
+from apps.bots.streams import stream_publish
+from tests.conftest import BASE_DIR, worker_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def asgi_server():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "wecom_ai.asgi:application",
+         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        cwd=BASE_DIR, env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://{base}/healthz", trust_env=False).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(timeout=20)
+
+
+async def _watch(base: str, cookie: str | None, turn_id: int) -> list[dict]:
+    headers = {"Origin": f"http://{base}"}
+    if cookie:
+        headers["Cookie"] = f"{settings.SESSION_COOKIE_NAME}={cookie}"
+    received = []
+    async with websockets.connect(
+        f"ws://{base}/ws/turns/{turn_id}/", additional_headers=headers, open_timeout=10
+    ) as socket_:
+        await asyncio.sleep(0.3)  # the consumer joins the group right after the handshake
+        await asyncio.to_thread(
+            stream_publish, turn_id, content="年假五天", finish=True, status="answered"
+        )
+        received.append(json.loads(await asyncio.wait_for(socket_.recv(), timeout=10)))
+    return received
+
+
+def test_staff_see_the_answer_stream_live(asgi_server, admin_user):
+    client = Client()
+    client.force_login(admin_user)
+    cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
+    received = asyncio.run(_watch(asgi_server, cookie, 42))
+    assert received == [{"content": "年假五天", "finish": True, "status": "answered"}]
+
+
+def test_anonymous_websocket_is_closed(asgi_server):
+    # The consumer closes before accepting, which the server turns into HTTP 403.
+    with pytest.raises(websockets.exceptions.InvalidStatus) as excinfo:
+        asyncio.run(_watch(asgi_server, None, 42))
+    assert excinfo.value.response.status_code == 403
+
+
+def test_websocket_from_a_foreign_origin_is_refused(asgi_server, admin_user):
+    async def connect() -> None:
+        async with websockets.connect(
+            f"ws://{asgi_server}/ws/turns/1/", additional_headers={"Origin": "http://evil.example"}
+        ):
+            pass
+
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        asyncio.run(connect())

@@ -1,0 +1,44 @@
+"""Bot credentials are encrypted at rest with rotatable keys."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.fernet import Fernet
+from django.core.management import call_command
+from django.db import connection
+
+from apps.bots import fields
+from apps.bots.models import Bot
+
+pytestmark = pytest.mark.django_db
+
+
+def _raw(bot: Bot) -> tuple[str, str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT token, encoding_aes_key FROM bots_bot WHERE id = %s", [bot.pk])
+        return cursor.fetchone()
+
+
+def test_secrets_are_ciphertext_in_the_database(bot):
+    token, key = _raw(bot)
+    assert bot.token not in token and bot.encoding_aes_key not in key
+    assert Bot.objects.get(pk=bot.pk).token == bot.token
+
+
+def test_old_ciphertexts_decrypt_after_a_new_key_is_added(bot, settings):
+    old_token, _ = _raw(bot)
+    new_key = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, *settings.FIELD_ENCRYPTION_KEYS]
+    assert Bot.objects.get(pk=bot.pk).token == bot.token
+    call_command("secrets_rotate", stdout=open("/dev/null", "w"))  # noqa: SIM115
+    rotated_token, _ = _raw(bot)
+    assert rotated_token != old_token
+    # After rotation the new key alone suffices.
+    settings.FIELD_ENCRYPTION_KEYS = [new_key]
+    assert Bot.objects.get(pk=bot.pk).token == bot.token
+
+
+def test_unknown_key_is_a_clear_error(bot, settings):
+    settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    with pytest.raises(fields.SecretDecryptError, match="FIELD_ENCRYPTION_KEYS"):
+        Bot.objects.get(pk=bot.pk)

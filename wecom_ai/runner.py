@@ -1,0 +1,168 @@
+"""`make run`: the whole product on one machine, stopped cleanly by Ctrl-C or SIGTERM.
+
+Starts the embedded PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL point
+elsewhere), migrates, ensures the admin and the demo bot, then supervises the ASGI server,
+the inference worker, the worker for the other queues, and beat. If one child dies, all
+are stopped, so a half-running stack never pretends to be healthy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wecom_ai import embedded, queues
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+STOP_GRACE_SECONDS = 20.0
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def _children(port: int, data: Path) -> list[Child]:
+    inference_concurrency = os.environ.get("INFERENCE_CONCURRENCY", "1")
+    return [
+        Child(
+            "web",
+            _python(
+                "-m", "uvicorn", "wecom_ai.asgi:application",
+                "--host", "127.0.0.1", "--port", str(port),
+                "--no-access-log", "--timeout-graceful-shutdown", "10",
+            ),
+        ),
+        Child(
+            "inference",
+            _python(
+                "-m", "celery", "-A", "wecom_ai", "worker", "-Q", queues.INFERENCE,
+                "-n", "inference@%h", "-c", inference_concurrency, "--loglevel", "INFO",
+            ),
+            env={"WECOM_AI_WARM_MODELS": "1"},
+        ),
+        Child(
+            "worker",
+            _python(
+                "-m", "celery", "-A", "wecom_ai", "worker",
+                "-Q", ",".join(queues.NON_INFERENCE),
+                "-n", "worker@%h", "-c", "2", "--loglevel", "INFO",
+            ),
+        ),
+        Child(
+            "beat",
+            _python(
+                "-m", "celery", "-A", "wecom_ai", "beat", "--loglevel", "INFO",
+                "-s", str(data / "celerybeat-schedule"),
+            ),
+        ),
+    ]  # fmt: skip
+
+
+class Supervisor:
+    def __init__(self, children: list[Child], env: dict[str, str]) -> None:
+        self.children = children
+        self.env = env
+        self.stopping = False
+
+    def request_stop(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            print(f"\n{signal.Signals(signum).name} received, stopping…", flush=True)
+        self.stopping = True
+
+    def start(self) -> None:
+        for child in self.children:
+            # Own session: a terminal's Ctrl-C reaches only us, and we stop children in order.
+            child.process = subprocess.Popen(  # noqa: S603
+                child.command, cwd=BASE_DIR, env=self.env | child.env, start_new_session=True
+            )
+            print(f"started {child.name} (pid {child.process.pid})", flush=True)
+
+    def wait(self) -> int:
+        while not self.stopping:
+            for child in self.children:
+                assert child.process is not None
+                code = child.process.poll()
+                if code is not None:
+                    print(f"{child.name} exited with {code}; stopping the rest", flush=True)
+                    self.stopping = True
+                    return 1
+            time.sleep(0.5)
+        return 0
+
+    def stop(self) -> None:
+        running = [c for c in self.children if c.process and c.process.poll() is None]
+        for child in running:
+            assert child.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for child in running:
+            assert child.process is not None
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"{child.name} did not stop in time; killing it", flush=True)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+            print(f"stopped {child.name}", flush=True)
+
+
+def _manage(env: dict[str, str], *args: str) -> None:
+    subprocess.run(_python("manage.py", *args), cwd=BASE_DIR, env=env, check=True)  # noqa: S603
+
+
+def main() -> int:
+    port = int(os.environ.get("PORT", "8000"))
+    env = dict(os.environ)
+    env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
+    env.setdefault("DJANGO_SETTINGS_MODULE", "wecom_ai.settings")
+    if "DATABASE_URL" not in env:
+        env["DATABASE_URL"] = embedded.postgres_url()
+    if "REDIS_URL" not in env:
+        env["REDIS_URL"] = embedded.redis_url()
+    supervisor = Supervisor(_children(port, embedded.data_dir()), env)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    code = 0
+    try:
+        _manage(env, "migrate", "--noinput", "-v", "0")
+        _manage(env, "collectstatic", "--noinput", "-v", "0")
+        _manage(env, "demo_setup")
+        if not supervisor.stopping:
+            supervisor.start()
+            base = env["PUBLIC_BASE_URL"]
+            print(
+                f"\n  admin:              {base}/admin/\n"
+                f"  demo bot callback:  {base}/wecom/aibot/demo/callback\n"
+                f'  try:                .venv/bin/python manage.py wecom_sim demo "@demo hello"\n'
+                "  stop:               Ctrl-C\n",
+                flush=True,
+            )
+            code = supervisor.wait()
+    except subprocess.CalledProcessError as exc:
+        print(f"setup step failed: {' '.join(exc.cmd)}", file=sys.stderr)
+        code = 1
+    finally:
+        supervisor.stop()
+        embedded.stop_started_here()
+        print("all stopped", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Settings for the WeCom AI platform, all read from the environment (django-environ).
+
+`DJANGO_ENV` is `development` (default), `test` or `production`. Production refuses to
+start on missing secrets or insecure values; see `_production_problems`. Runtime
+configuration that admins change (bots, models, policies) lives in the database.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_lazy as _
+
+from wecom_ai import embedded
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = embedded.data_dir()
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# pytest (8.2+) exports PYTEST_VERSION, also to the worker processes tests start.
+DJANGO_ENV = env.str(
+    "DJANGO_ENV", default="test" if "PYTEST_VERSION" in os.environ else "development"
+)
+if DJANGO_ENV not in {"development", "test", "production"}:
+    raise ImproperlyConfigured(
+        f"DJANGO_ENV must be development, test or production, not {DJANGO_ENV!r}"
+    )
+PRODUCTION = DJANGO_ENV == "production"
+
+
+def _secret(name: str, default: str | None = None) -> str | None:
+    """Read a secret from NAME or from the file named by NAME_FILE (Docker/K8s secrets)."""
+    file_name = os.environ.get(f"{name}_FILE")
+    if file_name:
+        try:
+            return Path(file_name).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE={file_name!r} cannot be read: {exc}") from exc
+    return os.environ.get(name, default)
+
+
+def _local_secret(file_name: str, make: callable) -> str:
+    """Development only: a secret generated once and kept under the data directory."""
+    path = DATA_DIR / file_name
+    if not path.exists():
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret("SECRET_KEY")
+if not SECRET_KEY and not PRODUCTION:
+    from django.core.management.utils import get_random_secret_key
+
+    SECRET_KEY = _local_secret("secret_key", get_random_secret_key)
+
+# Keys for secrets stored in the database (bot tokens, AES keys, archive secrets), newest
+# first. Add a new key at the front to rotate; `manage.py secrets_rotate` re-encrypts.
+_field_keys = _secret("FIELD_ENCRYPTION_KEYS")
+if not _field_keys and not PRODUCTION:
+    _field_keys = _local_secret("field_encryption_key", lambda: Fernet.generate_key().decode())
+FIELD_ENCRYPTION_KEYS = [key.strip() for key in (_field_keys or "").split(",") if key.strip()]
+
+DEBUG = env.bool("DEBUG", default=DJANGO_ENV == "development")
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=[] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"]
+)
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# The public base URL WeCom reaches; used to show each bot's callback URL.
+PUBLIC_BASE_URL = env.str(
+    "PUBLIC_BASE_URL", default=f"http://127.0.0.1:{env.int('PORT', default=8000)}"
+).rstrip("/")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "guardian",
+    "apps.bots",
+    "apps.knowledge",
+    "apps.audit",
+]
+
+MIDDLEWARE = [
+    "wecom_ai.request_id.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "wecom_ai.urls"
+WSGI_APPLICATION = "wecom_ai.wsgi.application"
+ASGI_APPLICATION = "wecom_ai.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.i18n",
+            ],
+        },
+    },
+]
+
+# --- data stores --------------------------------------------------------------------------
+if "DATABASE_URL" in os.environ:
+    DATABASES = {"default": env.db("DATABASE_URL")}
+else:
+    DATABASES = {"default": env.db_url_config(embedded.postgres_url())}
+# A Unix-socket URL (`?host=/path`, what the embedded server gives) lands in OPTIONS.
+if not DATABASES["default"].get("HOST") and "host" in DATABASES["default"].get("OPTIONS", {}):
+    DATABASES["default"]["HOST"] = DATABASES["default"]["OPTIONS"].pop("host")
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str(
+    "TEST_DATABASE_NAME", default="test_wecom_ai"
+)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="") or embedded.redis_url()
+REDIS_URL = REDIS_URL.rstrip("/")
+if REDIS_URL.rsplit("/", 1)[-1].isdigit():
+    REDIS_URL = REDIS_URL.rsplit("/", 1)[0]
+# Databases used inside the Redis server; the test run shifts them so it never touches
+# the data of a `make run` on the same machine.
+REDIS_DB_BASE = env.int("REDIS_DB_BASE", default=8 if DJANGO_ENV == "test" else 0)
+
+
+def _redis_db(offset: int) -> str:
+    return f"{REDIS_URL}/{REDIS_DB_BASE + offset}"
+
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": _redis_db(2),
+        "KEY_PREFIX": "wecom_ai",
+    }
+}
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [_redis_db(3)], "capacity": 1000, "expiry": 60},
+    }
+}
+
+# --- Celery -------------------------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=_redis_db(0))
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=_redis_db(1))
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Longer than any generation may run (WeCom's 6-minute window plus the response_url
+# follow-up), so a slow answer is never handed to a second worker while still running.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 900}
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE = {
+    "turns-sweep": {"task": "apps.bots.tasks.turns_sweep", "schedule": 30.0},
+}
+
+# --- WeCom ---------------------------------------------------------------------------------
+WECOM_API_BASE = env.str("WECOM_API_BASE", default="https://qyapi.weixin.qq.com").rstrip("/")
+WECOM_CALLBACK_MAX_BYTES = env.int("WECOM_CALLBACK_MAX_BYTES", default=64 * 1024)
+# WeCom stops polling a stream 6 minutes after the user's message; finish before that and
+# send the rest through response_url.
+WECOM_STREAM_DEADLINE_SECONDS = env.float("WECOM_STREAM_DEADLINE_SECONDS", default=330.0)
+WECOM_STREAM_FLUSH_SECONDS = env.float("WECOM_STREAM_FLUSH_SECONDS", default=0.15)
+WECOM_STREAM_TTL_SECONDS = env.int("WECOM_STREAM_TTL_SECONDS", default=2 * 3600)
+WECOM_REPLY_LANGUAGE = env.str("WECOM_REPLY_LANGUAGE", default="zh-hans")
+# A generating turn whose worker stopped sending heartbeats for this long is taken over.
+TURN_LEASE_SECONDS = env.float("TURN_LEASE_SECONDS", default=15.0)
+TURN_MAX_ATTEMPTS = env.int("TURN_MAX_ATTEMPTS", default=3)
+# After this long a turn stops generating; its answer goes to response_url (valid 1 hour).
+TURN_GENERATION_TIMEOUT_SECONDS = env.float("TURN_GENERATION_TIMEOUT_SECONDS", default=900.0)
+
+DEFAULT_MODEL_PATH = env.str(
+    "DEFAULT_MODEL_PATH", default=str(DATA_DIR / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+)
+
+# --- auth, REST -----------------------------------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+ANONYMOUS_USER_NAME = None
+
+# --- i18n -------------------------------------------------------------------------------------
+LANGUAGE_CODE = env.str("LANGUAGE_CODE", default="zh-hans")
+LANGUAGES = [("zh-hans", _("Simplified Chinese")), ("en", _("English"))]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = env.str("TIME_ZONE", default="Asia/Shanghai")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = env.str("STATIC_ROOT", default=str(DATA_DIR / "static"))
+Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
+MEDIA_ROOT = env.str("MEDIA_ROOT", default=str(DATA_DIR / "media"))
+MEDIA_URL = "media/"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not PRODUCTION
+
+# --- security -----------------------------------------------------------------------------------
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=PRODUCTION)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=PRODUCTION)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=PRODUCTION)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=PRODUCTION)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=PRODUCTION)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+if env.bool("USE_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# WeCom posts callbacks over HTTP(S) without redirects; the TLS terminator forwards them.
+SECURE_REDIRECT_EXEMPT = [r"^wecom/"]
+
+
+def _production_problems() -> list[str]:
+    problems = []
+    if DEBUG:
+        problems.append("DEBUG must be off")
+    if not SECRET_KEY or len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure"):
+        problems.append("SECRET_KEY (or SECRET_KEY_FILE) must be set to 50+ random characters")
+    if not FIELD_ENCRYPTION_KEYS:
+        problems.append("FIELD_ENCRYPTION_KEYS (or FIELD_ENCRYPTION_KEYS_FILE) must be set")
+    if not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS:
+        problems.append("ALLOWED_HOSTS must list the real host names (no '*')")
+    insecure = [
+        name
+        for name in (
+            "SESSION_COOKIE_SECURE",
+            "CSRF_COOKIE_SECURE",
+            "SECURE_SSL_REDIRECT",
+            "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+            "SECURE_HSTS_PRELOAD",
+        )
+        if not globals()[name]
+    ]
+    if insecure:
+        problems.append(f"these must stay on in production: {', '.join(insecure)}")
+    if SECURE_HSTS_SECONDS < 31536000:
+        problems.append("SECURE_HSTS_SECONDS must be at least one year")
+    if not PUBLIC_BASE_URL.startswith("https://"):
+        problems.append("PUBLIC_BASE_URL must be an https:// URL")
+    return problems
+
+
+if PRODUCTION and (_problems := _production_problems()):
+    raise ImproperlyConfigured("Refusing to start in production: " + "; ".join(_problems))
+
+for _key in FIELD_ENCRYPTION_KEYS:
+    try:
+        Fernet(_key)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            "FIELD_ENCRYPTION_KEYS must be comma-separated Fernet keys "
+            "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())')"
+        ) from exc
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "wecom_ai.request_id.RequestIdFilter"}},
+    "formatters": {
+        "plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
+        }
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["request_id"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        "httpx": {"level": "WARNING"},
+    },
+}
