@@ -46,7 +46,7 @@ $(MODEL): | $(VENV)/.installed
 	$(PY) -m wecom_ai.model_fetch
 
 locale/zh_Hans/LC_MESSAGES/django.mo: locale/zh_Hans/LC_MESSAGES/django.po | $(VENV)/.installed
-	cd locale && ../$(VENV)/bin/django-admin compilemessages
+	$(VENV)/bin/django-admin compilemessages --ignore '.venv/*' --ignore 'var/*'
 
 messages: $(VENV)/.installed
 	$(PY) manage.py makemessages -l zh_Hans --no-obsolete --ignore '.venv/*' --ignore 'var/*'

@@ -64,12 +64,22 @@ def test_stream_deadline_sends_the_answer_through_response_url(
     result = sim.ask("Explain annual leave rules in detail.", userid="u1", timeout=120,
                      response_wait=60)  # fmt: skip
     assert result.finished
-    turn = Turn.objects.get()
+    turn = _wait_terminal(Turn.objects.get())
     assert turn.status == Turn.Status.ANSWERED
+    assert "完整" in result.content  # the stream ended with the "full answer follows" note
     assert result.response_url_post is not None
     assert result.response_url_post["markdown"]["content"] == turn.answer
     assert len(response_server.posts(result.msgid)) == 1
     assert turn.response_url_used_at is not None
+
+
+def _wait_terminal(turn: Turn, timeout: float = 120) -> Turn:
+    deadline = time.monotonic() + timeout
+    while not turn.is_terminal:
+        assert time.monotonic() < deadline, f"turn {turn.pk} stuck in {turn.status}"
+        time.sleep(0.2)
+        turn.refresh_from_db()
+    return turn
 
 
 def test_worker_death_mid_answer_is_answered_once(bot, simulator_for, start_worker):

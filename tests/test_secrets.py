@@ -38,7 +38,27 @@ def test_old_ciphertexts_decrypt_after_a_new_key_is_added(bot, settings):
     assert Bot.objects.get(pk=bot.pk).token == bot.token
 
 
-def test_unknown_key_is_a_clear_error(bot, settings):
+def test_unknown_key_is_reported_and_never_overwrites_the_secret(bot, settings, caplog):
+    stored = _raw(bot)
     settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    loaded = Bot.objects.get(pk=bot.pk)
+    assert fields.is_undecryptable(loaded.token) and loaded.token == ""
+    assert "FIELD_ENCRYPTION_KEYS" in caplog.text
+    loaded.name = "renamed"
+    loaded.save()  # saving the row keeps the ciphertext as it was
+    assert _raw(bot) == stored
     with pytest.raises(fields.SecretDecryptError, match="FIELD_ENCRYPTION_KEYS"):
-        Bot.objects.get(pk=bot.pk)
+        fields.secret_decrypt(stored[0])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_callback_with_undecryptable_credentials_is_503_not_500(bot, live_server, settings):
+    import httpx
+
+    settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    response = httpx.get(
+        live_server.url + bot.callback_path(),
+        params={"msg_signature": "x", "timestamp": "1", "nonce": "2", "echostr": "e"},
+        trust_env=False,
+    )
+    assert (response.status_code, response.text) == (503, "bot misconfigured")

@@ -21,7 +21,6 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = embedded.data_dir()
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 # pytest (8.2+) exports PYTEST_VERSION, also to the worker processes tests start.
 DJANGO_ENV = env.str(
@@ -180,7 +179,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Longer than any generation may run (WeCom's 6-minute window plus the response_url
 # follow-up), so a slow answer is never handed to a second worker while still running.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 900}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 1800}
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
@@ -264,7 +263,7 @@ SESSION_COOKIE_HTTPONLY = True
 if env.bool("USE_X_FORWARDED_PROTO", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # WeCom posts callbacks over HTTP(S) without redirects; the TLS terminator forwards them.
-SECURE_REDIRECT_EXEMPT = [r"^wecom/"]
+SECURE_REDIRECT_EXEMPT = [r"^wecom/", r"^healthz$", r"^readyz$"]
 
 
 def _production_problems() -> list[str]:

@@ -1,3 +1,5 @@
+import logging
+
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
@@ -8,8 +10,24 @@ def healthz(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok", content_type="text/plain")
 
 
+def readyz(request: HttpRequest) -> HttpResponse:
+    """Ready only when the database and Redis answer; for orchestrators' readiness probes."""
+    from django.core.cache import cache
+    from django.db import connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        cache.get("readyz")
+    except Exception:  # any failure means not ready; details go to the log, not the caller
+        logging.getLogger(__name__).exception("readiness check failed")
+        return HttpResponse("not ready", status=503, content_type="text/plain")
+    return HttpResponse("ready", content_type="text/plain")
+
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("wecom/", include("apps.bots.urls")),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),

@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
+from apps.bots.fields import is_undecryptable
 from apps.bots.forms import BotForm, ModelProfileForm
 from apps.bots.models import Bot, Conversation, ModelProfile, Turn
 
@@ -117,6 +118,13 @@ class BotAdmin(admin.ModelAdmin):
     def secrets_state(self, obj: Bot) -> str:
         if not obj.pk:
             return "—"
+        if is_undecryptable(obj.token) or is_undecryptable(obj.encoding_aes_key):
+            return str(
+                _(
+                    "Stored credentials cannot be decrypted: check FIELD_ENCRYPTION_KEYS "
+                    "or enter them again."
+                )
+            )
         token = _("Token set") if obj.token else _("Token missing")
         key = _("EncodingAESKey set") if obj.encoding_aes_key else _("EncodingAESKey missing")
         return f"{token} · {key}"

@@ -211,18 +211,28 @@ def stream_refresh(*, bot: Bot, refresh: StreamRefresh) -> dict:
         return stream_refresh_payload(turn)
     if not state.finish and state.deadline and now_epoch() > state.deadline + 5:
         state = _stream_close_late(bot=bot, stream_id=refresh.stream_id, state=state)
-    return stream_reply(stream_id=refresh.stream_id, content=state.content, finish=state.finish)
+    return _stream_payload(refresh.stream_id, content=state.content, finish=state.finish)
+
+
+def _stream_payload(stream_id: str, *, content: str, finish: bool) -> dict:
+    """A stream reply; the finished one carries the stream id as WeCom's feedback id."""
+    return stream_reply(
+        stream_id=stream_id,
+        content=content,
+        finish=finish,
+        feedback_id=stream_id if finish else None,
+    )
 
 
 def stream_refresh_payload(turn: Turn) -> dict:
     state = stream_state_get(turn.stream_id)
     if state is not None:
-        return stream_reply(stream_id=turn.stream_id, content=state.content, finish=state.finish)
+        return _stream_payload(turn.stream_id, content=state.content, finish=state.finish)
     if turn.is_terminal:
         content = wecom_stream_content(turn.reasoning, turn.answer, thinking_done=True)
         content, _rest = split_at_boundary(content, MAX_CONTENT_BYTES)
-        return stream_reply(stream_id=turn.stream_id, content=content, finish=True)
-    return stream_reply(stream_id=turn.stream_id, content="", finish=False)
+        return _stream_payload(turn.stream_id, content=content, finish=True)
+    return _stream_payload(turn.stream_id, content="", finish=False)
 
 
 def _stream_close_late(*, bot: Bot, stream_id: str, state: StreamState) -> StreamState:
@@ -313,6 +323,7 @@ def turn_generate(*, turn_id: int) -> None:
         for piece in generation:
             progress.splitter.feed(piece)
             _turn_progress(turn=turn, progress=progress, deadline=deadline)
+        progress.splitter.finish()
         stats = generation.stats
     except EngineError as exc:
         turn_fail(turn=turn, error=str(exc))
@@ -393,7 +404,7 @@ def turn_finish(*, turn: Turn, reasoning: str, answer: str) -> None:
         think_block = wecom_stream_content(shown_reasoning, "", thinking_done=True)
         budget = MAX_CONTENT_BYTES - len(think_block.encode()) - _NOTE_RESERVE
         head, rest = split_at_boundary(answer, budget)
-        content = wecom_stream_content(shown_reasoning, head, thinking_done=True)
+        content = wecom_stream_content(shown_reasoning, head.rstrip(), thinking_done=True)
         if rest:
             content = f"{content}\n\n{continued}"
         stream_state_set(

@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.bots import services
+from apps.bots.fields import is_undecryptable
 from apps.bots.models import Bot
 from apps.bots.wecom.crypto import SignatureError, WeComCrypto, WeComCryptoError
 from apps.bots.wecom.messages import MalformedMessage, parse_callback
@@ -48,6 +49,9 @@ def callback(request: HttpRequest, slug: str) -> HttpResponse:
     if not all(params.values()):
         logger.info("bot %s: callback without %s", slug, ", ".join(_QUERY_PARAMS))
         return _bad_request()
+    if is_undecryptable(bot.token) or is_undecryptable(bot.encoding_aes_key):
+        logger.error("bot %s: stored credentials do not decrypt; check FIELD_ENCRYPTION_KEYS", slug)
+        return _plain(503, "bot misconfigured")
     try:
         crypto = WeComCrypto(token=bot.token, encoding_aes_key=bot.encoding_aes_key)
     except ValueError:

@@ -61,7 +61,7 @@ class GenerationStats:
     """What a finished (or running) generation cost; timestamps are time.monotonic() values."""
 
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # tokens sampled, an end-of-generation token included
     finish_reason: str | None = None  # one of FINISH_REASONS once finished
     first_token_at: float | None = None
     finished_at: float | None = None

@@ -42,8 +42,9 @@ class LlamaEngine(Engine):
     """One `llama_cpp.Llama` shared by every thread of a worker process.
 
     Only one generation uses the context at a time: a generation holds the lock from its
-    first piece until it finishes, is cancelled, or its iterator is closed or collected,
-    so a consumer that stops iterating must `cancel()` and drop it (or close it).
+    first piece until it finishes, is cancelled, or its iterator is closed or collected;
+    `cancel()` acts when iteration resumes, so a consumer that stops early (`break`) must
+    not keep the iterator alive.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -62,7 +63,9 @@ class LlamaEngine(Engine):
                 model_path=spec.path,
                 n_ctx=spec.n_ctx,
                 n_gpu_layers=spec.n_gpu_layers,
+                # One knob for both phases: prompt processing and generation.
                 n_threads=spec.n_threads,
+                n_threads_batch=spec.n_threads,
                 n_batch=spec.n_batch,
                 chat_format=None if spec.chat_template else spec.chat_format,
                 seed=spec.seed,
@@ -70,7 +73,11 @@ class LlamaEngine(Engine):
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise EngineError(f"Could not load model {spec.path}: {exc}") from exc
-        self._formatter = self._chat_formatter()
+        try:
+            self._formatter = self._chat_formatter()
+        except EngineError:
+            self._llama.close()
+            raise
         # Generation goes through the same formatter we count prompt tokens with.
         self._llama.chat_handler = llama_chat_format.chat_formatter_to_chat_completion_handler(
             self._formatter

@@ -68,7 +68,9 @@ class Command(BaseCommand):
             except ValueError as exc:
                 raise CommandError(f"DEMO_BOT_AES_KEY: {exc}") from exc
         bot = Bot.objects.filter(slug="demo").first()
+        generated = []
         if bot is None:
+            generated = [name for name, value in (("token", token), ("key", key)) if not value]
             bot = Bot.objects.create(
                 name="demo",
                 slug="demo",
@@ -91,6 +93,9 @@ class Command(BaseCommand):
             if changed:
                 bot.save()
                 self.stdout.write(f"demo bot updated from the environment: {', '.join(changed)}")
-        self.stdout.write(f"demo bot token: {bot.token}")
-        self.stdout.write(f"demo bot EncodingAESKey: {bot.encoding_aes_key}")
+        # Secrets are printed once, when generated; afterwards they live in the admin only.
+        if "token" in generated:
+            self.stdout.write(f"demo bot token (generated): {bot.token}")
+        if "key" in generated:
+            self.stdout.write(f"demo bot EncodingAESKey (generated): {bot.encoding_aes_key}")
         self.stdout.write(f"demo bot callback URL: {bot.callback_url()}")
