@@ -201,7 +201,7 @@ def redis_url() -> str:
                     f"logfile {directory / 'redis.log'}",
                     "appendonly yes",
                     "save 60 1000",
-                    "databases 16",
+                    "databases 64",
                     "",
                 ]
             )
