@@ -24,8 +24,8 @@ run: bootstrap
 test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	DJANGO_ENV=test $(PY) manage.py makemigrations --check --dry-run
-	DJANGO_ENV=test $(PY) -m pytest $(PYTEST_ARGS)
+	DJANGO_ENV=test $(PY) -m wecom_ai.embedded with sh -c '\
+		$(PY) manage.py makemigrations --check --dry-run && $(PY) -m pytest $(PYTEST_ARGS)'
 
 lint: bootstrap
 	$(VENV)/bin/ruff check --fix .

@@ -260,6 +260,21 @@ def reset_all() -> None:
         shutil.rmtree(data_dir() / name, ignore_errors=True)
 
 
+def run_with_servers(command: list[str]) -> int:
+    """Run `command` with the embedded servers up; stop afterwards the ones started here.
+
+    `make test` uses it so a test run leaves no server behind that it did not find running.
+    """
+    if "DATABASE_URL" not in os.environ:
+        postgres_url()
+    if "REDIS_URL" not in os.environ:
+        redis_url()
+    try:
+        return subprocess.run(command, check=False).returncode  # noqa: S603
+    finally:
+        stop_started_here()
+
+
 if __name__ == "__main__":
     import sys
 
@@ -268,6 +283,8 @@ if __name__ == "__main__":
         "stop": stop_all,
         "reset": reset_all,
     }
+    if len(sys.argv) > 2 and sys.argv[1] == "with":
+        sys.exit(run_with_servers(sys.argv[2:]))
     if len(sys.argv) != 2 or sys.argv[1] not in commands:
-        sys.exit(f"usage: python -m wecom_ai.embedded {{{'|'.join(commands)}}}")
+        sys.exit(f"usage: python -m wecom_ai.embedded {{{'|'.join(commands)}|with CMD...}}")
     commands[sys.argv[1]]()

@@ -45,6 +45,8 @@ def _children(port: int, data: Path) -> list[Child]:
                 "--host", "127.0.0.1", "--port", str(port),
                 "--no-access-log", "--timeout-graceful-shutdown", "10",
             ),
+            # Django advises against persistent connections under ASGI.
+            env={"CONN_MAX_AGE": "0"},
         ),
         Child(
             "inference",

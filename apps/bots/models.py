@@ -20,7 +20,10 @@ class ModelProfile(models.Model):
     gguf_path = models.CharField(
         _("GGUF path"),
         max_length=500,
-        help_text=_("Absolute path of the .gguf file on the inference workers."),
+        help_text=_(
+            "Absolute path of the .gguf file. The admin checks it here; inference workers load "
+            "it from the same path, so mount the models folder on both."
+        ),
     )
     context_size = models.PositiveIntegerField(
         _("context size"),

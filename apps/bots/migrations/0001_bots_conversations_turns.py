@@ -47,7 +47,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('name', models.CharField(max_length=100, unique=True, verbose_name='name')),
-                ('gguf_path', models.CharField(help_text='Absolute path of the .gguf file on the inference workers.', max_length=500, verbose_name='GGUF path')),
+                ('gguf_path', models.CharField(help_text='Absolute path of the .gguf file. The admin checks it here; inference workers load it from the same path, so mount the models folder on both.', max_length=500, verbose_name='GGUF path')),
                 ('context_size', models.PositiveIntegerField(default=4096, help_text='Tokens of context (prompt plus answer) per conversation.', validators=[django.core.validators.MinValueValidator(256), django.core.validators.MaxValueValidator(1048576)], verbose_name='context size')),
                 ('n_gpu_layers', models.IntegerField(default=0, help_text='Layers offloaded to the GPU: -1 = all layers (needs a CUDA build of llama-cpp-python), 0 = CPU only.', validators=[django.core.validators.MinValueValidator(-1)], verbose_name='GPU layers')),
                 ('threads', models.PositiveSmallIntegerField(blank=True, help_text="CPU threads for decoding; empty = llama.cpp's default.", null=True, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(512)], verbose_name='threads')),
