@@ -27,6 +27,7 @@ from apps.bots.engine.think import ThinkSplitter, wecom_stream_content
 from apps.bots.models import Bot, Conversation, Turn
 from apps.bots.ratelimit import rate_limit_exceeded
 from apps.bots.streams import (
+    StreamFlusher,
     StreamState,
     deadline_from,
     now_epoch,
@@ -312,6 +313,12 @@ def turn_generate(*, turn_id: int) -> None:
     bot = turn.bot
     deadline = deadline_from(turn.received_at.timestamp())
     progress = _Progress(splitter=ThinkSplitter())
+    flusher = StreamFlusher(
+        turn_id=turn.pk,
+        stream_id=turn.stream_id,
+        deadline=deadline,
+        interval=settings.WECOM_STREAM_FLUSH_SECONDS,
+    )
     try:
         engine = get_engine(bot.model_profile.spec())
         request = ChatRequest(
@@ -322,16 +329,19 @@ def turn_generate(*, turn_id: int) -> None:
         generation = engine.submit(request)
         for piece in generation:
             progress.splitter.feed(piece)
-            _turn_progress(turn=turn, progress=progress, deadline=deadline)
+            _turn_progress(turn=turn, progress=progress, deadline=deadline, flusher=flusher)
         progress.splitter.finish()
         stats = generation.stats
     except EngineError as exc:
+        _flusher_stop(flusher)
         turn_fail(turn=turn, error=str(exc))
         return
     except Exception as exc:
+        _flusher_stop(flusher)
         logger.exception("turn %s failed while generating", turn.pk)
         turn_fail(turn=turn, error=f"{type(exc).__name__}: {exc}")
         return
+    _flusher_stop(flusher)
     if stats.finish_reason in {"error", "cancelled"}:
         turn_fail(turn=turn, error=f"generation ended: {stats.finish_reason}")
         return
@@ -340,7 +350,14 @@ def turn_generate(*, turn_id: int) -> None:
     turn_finish(turn=turn, reasoning=progress.splitter.reasoning, answer=progress.splitter.answer)
 
 
-def _turn_progress(*, turn: Turn, progress: _Progress, deadline: float) -> None:
+def _flusher_stop(flusher: StreamFlusher) -> None:
+    flusher.close_stream()
+    flusher.stop()
+
+
+def _turn_progress(
+    *, turn: Turn, progress: _Progress, deadline: float, flusher: StreamFlusher
+) -> None:
     now = time.monotonic()
     if not progress.first_token:
         progress.first_token = True
@@ -349,7 +366,7 @@ def _turn_progress(*, turn: Turn, progress: _Progress, deadline: float) -> None:
     if now - progress.last_heartbeat >= 2.0:
         progress.last_heartbeat = now
         Turn.objects.filter(pk=turn.pk).update(heartbeat_at=timezone.now())
-    if now - progress.last_flush < settings.WECOM_STREAM_FLUSH_SECONDS:
+    if now - progress.last_flush < settings.WECOM_STREAM_FLUSH_SECONDS / 2:
         return
     progress.last_flush = now
     splitter = progress.splitter
@@ -357,15 +374,9 @@ def _turn_progress(*, turn: Turn, progress: _Progress, deadline: float) -> None:
         splitter.reasoning, splitter.answer, thinking_done=not splitter.in_think
     )
     if turn.stream_closed_at is None and now_epoch() > deadline:
+        flusher.close_stream()
         _stream_close_for_deadline(turn=turn, content=content, deadline=deadline)
-    if turn.stream_closed_at is not None:
-        stream_publish(turn.pk, content=content, finish=False, status=Turn.Status.GENERATING)
-        return
-    shown, rest = split_at_boundary(content, MAX_CONTENT_BYTES - _NOTE_RESERVE)
-    if rest:
-        shown = f"{shown}\n\n…"
-    stream_state_set(turn.stream_id, StreamState(content=shown, deadline=deadline))
-    stream_publish(turn.pk, content=content, finish=False, status=Turn.Status.GENERATING)
+    flusher.update(content)
 
 
 def _stream_close_for_deadline(*, turn: Turn, content: str, deadline: float) -> None:

@@ -7,6 +7,7 @@ finish flag. The Celery worker writes it (throttled); the callback view only rea
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -69,3 +70,64 @@ def deadline_from(received_epoch: float) -> float:
 
 def now_epoch() -> float:
     return time.time()
+
+
+class StreamFlusher:
+    """Writes a generating turn's partial content to Redis and Channels from its own thread.
+
+    The decode loop only hands over the latest text; network round trips happen here, on
+    the other core, so they never slow token generation. `close` stops stream writes
+    before the caller writes the final state, so a late partial can never overwrite it.
+    """
+
+    def __init__(self, *, turn_id: int, stream_id: str, deadline: float, interval: float) -> None:
+        self.turn_id = turn_id
+        self.stream_id = stream_id
+        self.deadline = deadline
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._latest: str | None = None
+        self._stream_open = True
+        self._thread = threading.Thread(target=self._run, name=f"stream-{turn_id}", daemon=True)
+        self._thread.start()
+
+    def update(self, content: str) -> None:
+        self._latest = content
+        self._wake.set()
+
+    def close_stream(self) -> None:
+        """From now on only Channels gets updates; waits for a write in progress."""
+        with self._lock:
+            self._stream_open = False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            content, self._latest = self._latest, None
+            if content is not None:
+                self._write(content)
+            self._stop.wait(self.interval)
+
+    def _write(self, content: str) -> None:
+        from apps.bots.wecom.messages import MAX_CONTENT_BYTES, split_at_boundary
+
+        try:
+            with self._lock:
+                if self._stream_open:
+                    shown, rest = split_at_boundary(content, MAX_CONTENT_BYTES - 256)
+                    if rest:
+                        shown = f"{shown}\n\n…"
+                    stream_state_set(
+                        self.stream_id, StreamState(content=shown, deadline=self.deadline)
+                    )
+            stream_publish(self.turn_id, content=content, finish=False, status="generating")
+        except Exception:  # the next write (or the final one) supersedes a lost update
+            logger.warning("stream %s: partial write failed", self.stream_id, exc_info=True)
