@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
@@ -184,7 +185,21 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "turns-sweep": {"task": "apps.bots.tasks.turns_sweep", "schedule": 30.0},
+    "archive-pull-due": {"task": "apps.audit.tasks.archive_pull_due", "schedule": 60.0},
+    "ledger-checkpoint": {
+        "task": "apps.audit.tasks.ledger_checkpoint",
+        "schedule": crontab(hour=0, minute=5),
+    },
+    "retention-purge": {
+        "task": "apps.audit.tasks.retention_purge",
+        "schedule": crontab(hour=3, minute=30),
+    },
 }
+
+# --- audit --------------------------------------------------------------------------------
+# Keys the content fingerprints in the ledger; keep it stable (derived from SECRET_KEY if unset).
+AUDIT_CONTENT_HASH_KEY = _secret("AUDIT_CONTENT_HASH_KEY")
+AUDIT_ARCHIVE_GAP_WARNING_HOURS = env.int("AUDIT_ARCHIVE_GAP_WARNING_HOURS", default=96)
 
 # --- WeCom ---------------------------------------------------------------------------------
 WECOM_API_BASE = env.str("WECOM_API_BASE", default="https://qyapi.weixin.qq.com").rstrip("/")

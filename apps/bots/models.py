@@ -246,6 +246,12 @@ class Turn(models.Model):
     question = models.TextField(_("question"))
     answer = models.TextField(_("answer"), blank=True)
     reasoning = models.TextField(_("reasoning"), blank=True)
+    withheld_answer = models.TextField(
+        _("withheld answer"),
+        blank=True,
+        help_text=_("What the model wrote when a compliance policy blocked the answer."),
+    )
+    filter_decisions = models.JSONField(_("policy decisions"), default=list, blank=True)
     status = models.CharField(
         _("status"), max_length=12, choices=Status.choices, default=Status.QUEUED
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from apps.bots.models import Bot, Turn
 from apps.knowledge.models import DirectoryUser
 
@@ -19,8 +21,14 @@ def bot_user_allowed(*, bot: Bot, userid: str) -> bool:
     ).exists()
 
 
-def conversation_messages(*, turn: Turn) -> tuple[dict[str, str], ...]:
-    """System prompt, the user's last N answered turns in this chat, then the question."""
+def conversation_messages(
+    *, turn: Turn, mask: Callable[[str], str] | None = None
+) -> tuple[dict[str, str], ...]:
+    """System prompt, the user's last N answered turns in this chat, then the question.
+
+    `mask` rewrites employees' questions (compliance masking) before the model sees them.
+    """
+    mask = mask or (lambda text: text)
     bot = turn.bot
     messages: list[dict[str, str]] = []
     if bot.system_prompt.strip():
@@ -37,7 +45,7 @@ def conversation_messages(*, turn: Turn) -> tuple[dict[str, str], ...]:
             .values_list("question", "answer")[: bot.context_turns]
         )
         for question, answer in reversed(list(previous)):
-            messages.append({"role": "user", "content": question})
+            messages.append({"role": "user", "content": mask(question)})
             messages.append({"role": "assistant", "content": answer})
-    messages.append({"role": "user", "content": turn.question})
+    messages.append({"role": "user", "content": mask(turn.question)})
     return tuple(messages)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +21,10 @@ from django.db.models import F, Q
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
+from apps.audit.models import AuditPolicy
+from apps.audit.services.ledger import ledger_record_turn
+from apps.audit.services.policy import policy_evaluate, policy_stream_guard
+from apps.audit.services.review import review_cases_open_for_turn
 from apps.bots import selectors
 from apps.bots.engine.base import ChatRequest, EngineError
 from apps.bots.engine.registry import get_engine
@@ -134,6 +139,19 @@ def _turn_admit(*, bot: Bot, turn: Turn, message: InboundMessage) -> None:
             )
         else:
             reason, reply = "", ""
+    if not reason:
+        policies = bot_policies(bot)
+        if policies:
+            decision = policy_evaluate(policies=policies, text=turn.question)
+            if decision.matches:
+                turn.filter_decisions = [{"subject": "question", **decision.as_record()}]
+                Turn.objects.filter(pk=turn.pk).update(filter_decisions=turn.filter_decisions)
+            if decision.needs_review:
+                review_cases_open_for_turn(
+                    turn=turn, decision=decision, policies=policies, subject="question"
+                )
+            if decision.blocked:
+                reason, reply = "policy_blocked", decision.refusal_message
     deadline = deadline_from(turn.received_at.timestamp())
     if reason:
         _turn_reject(turn=turn, reason=reason, reply=reply, deadline=deadline)
@@ -152,6 +170,8 @@ def _turn_reject(*, turn: Turn, reason: str, reply: str, deadline: float) -> Non
         stream_closed_at=now,
     )
     turn.status, turn.rejection_reason, turn.answer = Turn.Status.REJECTED, reason, reply
+    turn.finished_at = turn.stream_closed_at = now
+    _turn_ledger(turn)
     stream_state_set(turn.stream_id, StreamState(content=reply, finish=True, deadline=deadline))
     logger.info("turn %s rejected: %s", turn.pk, reason)
 
@@ -313,6 +333,8 @@ def turn_generate(*, turn_id: int) -> None:
     bot = turn.bot
     deadline = deadline_from(turn.received_at.timestamp())
     progress = _Progress(splitter=ThinkSplitter())
+    policies = bot_policies(bot)
+    guard = policy_stream_guard(policies=policies) if policies else None
     flusher = StreamFlusher(
         turn_id=turn.pk,
         stream_id=turn.stream_id,
@@ -321,15 +343,27 @@ def turn_generate(*, turn_id: int) -> None:
     )
     try:
         engine = get_engine(bot.model_profile.spec())
+        mask = _masker(policies)
         request = ChatRequest(
-            messages=selectors.conversation_messages(turn=turn),
+            messages=selectors.conversation_messages(turn=turn, mask=mask),
             sampling=bot.sampling(),
             deadline=time.monotonic() + settings.TURN_GENERATION_TIMEOUT_SECONDS,
         )
         generation = engine.submit(request)
+        raw: list[str] = []
         for piece in generation:
+            raw.append(piece)
+            if guard is not None:
+                # Only text no block/mask rule can still match reaches WeCom: a blocked word
+                # is never streamed out and then retracted.
+                piece = guard.feed(piece)
+                if guard.blocked:
+                    generation.cancel()
+                    break
             progress.splitter.feed(piece)
             _turn_progress(turn=turn, progress=progress, deadline=deadline, flusher=flusher)
+        if guard is not None and not guard.blocked:
+            progress.splitter.feed(guard.finish())
         progress.splitter.finish()
         stats = generation.stats
     except EngineError as exc:
@@ -342,11 +376,27 @@ def turn_generate(*, turn_id: int) -> None:
         turn_fail(turn=turn, error=f"{type(exc).__name__}: {exc}")
         return
     _flusher_stop(flusher)
+    turn.prompt_tokens = stats.prompt_tokens
+    turn.completion_tokens = stats.completion_tokens
+    if guard is not None:
+        if guard.decision is None:
+            guard.finish()  # blocked mid-stream: evaluate the whole text for the record
+        decision = guard.decision
+        assert decision is not None
+        if decision.matches:
+            turn.filter_decisions = [
+                *turn.filter_decisions,
+                {"subject": "answer", **decision.as_record()},
+            ]
+        if decision.needs_review:
+            review_cases_open_for_turn(turn=turn, decision=decision, policies=policies)
+        if guard.blocked:
+            turn.withheld_answer = "".join(raw)
+            turn_finish(turn=turn, reasoning="", answer=guard.refusal_message)
+            return
     if stats.finish_reason in {"error", "cancelled"}:
         turn_fail(turn=turn, error=f"generation ended: {stats.finish_reason}")
         return
-    turn.prompt_tokens = stats.prompt_tokens
-    turn.completion_tokens = stats.completion_tokens
     turn_finish(turn=turn, reasoning=progress.splitter.reasoning, answer=progress.splitter.answer)
 
 
@@ -425,15 +475,20 @@ def turn_finish(*, turn: Turn, reasoning: str, answer: str) -> None:
         rest = answer
     if rest:
         error = _response_url_deliver(turn=turn, content=rest)
-    Turn.objects.filter(pk=turn.pk).update(
-        status=Turn.Status.ANSWERED,
-        answer=answer,
-        reasoning=reasoning,
-        prompt_tokens=turn.prompt_tokens,
-        completion_tokens=turn.completion_tokens,
-        finished_at=timezone.now(),
-        error=error,
-    )
+    with transaction.atomic():
+        Turn.objects.filter(pk=turn.pk).update(
+            status=Turn.Status.ANSWERED,
+            answer=answer,
+            reasoning=reasoning,
+            withheld_answer=turn.withheld_answer,
+            filter_decisions=turn.filter_decisions,
+            prompt_tokens=turn.prompt_tokens,
+            completion_tokens=turn.completion_tokens,
+            finished_at=timezone.now(),
+            error=error,
+        )
+        turn.refresh_from_db()
+        _turn_ledger(turn)
     stream_publish(turn.pk, content=answer, finish=True, status=Turn.Status.ANSWERED)
 
 
@@ -472,9 +527,15 @@ def turn_fail(*, turn: Turn, error: str) -> None:
         )
     else:
         _response_url_deliver(turn=turn, content=apology)
-    Turn.objects.filter(pk=turn.pk).exclude(status__in=Turn.TERMINAL).update(
-        status=Turn.Status.FAILED, error=error[:4000], finished_at=timezone.now()
-    )
+    with transaction.atomic():
+        failed = (
+            Turn.objects.filter(pk=turn.pk)
+            .exclude(status__in=Turn.TERMINAL)
+            .update(status=Turn.Status.FAILED, error=error[:4000], finished_at=timezone.now())
+        )
+        if failed:
+            turn.refresh_from_db()
+            _turn_ledger(turn)
     stream_publish(turn.pk, content=apology, finish=True, status=Turn.Status.FAILED)
     logger.warning("turn %s failed: %s", turn.pk, error)
 
@@ -493,6 +554,34 @@ def turns_sweep() -> int:
         turn_fail(turn=turn, error="no worker finished this turn in time")
         count += 1
     return count
+
+
+def bot_policies(bot: Bot) -> list[AuditPolicy]:
+    return list(bot.audit_policies.filter(enabled=True).order_by("pk"))
+
+
+def _masker(policies: list[AuditPolicy]) -> Callable[[str], str] | None:
+    """What the model sees of employees' questions: masked where a policy says mask."""
+    if not policies:
+        return None
+    return lambda text: policy_evaluate(policies=policies, text=text).masked_text
+
+
+def _turn_ledger(turn: Turn) -> None:
+    """Append the finished turn to the hash-chained ledger (same transaction as its status)."""
+    ledger_record_turn(
+        turn=turn,
+        decisions=turn.filter_decisions,
+        delivery={
+            "stream_closed_at": turn.stream_closed_at.isoformat()
+            if turn.stream_closed_at
+            else None,
+            "response_url_used_at": turn.response_url_used_at.isoformat()
+            if turn.response_url_used_at
+            else None,
+            "error": turn.error[:500],
+        },
+    )
 
 
 def engines_warm() -> int:

@@ -1,0 +1,85 @@
+"""Reads that are more than a filter: what an officer may see, which policies apply where.
+
+Officers are assigned to bots and archive sources with guardian object permissions
+(`bots.review_bot`, `audit.review_archivesource`), directly or through a group; cases,
+archived messages and exports are scoped by those assignments. A global grant of the same
+permission (or superuser) sees everything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from guardian.shortcuts import get_objects_for_user
+
+from apps.audit.models import ArchivedMessage, ArchiveSource, AuditPolicy, ReviewCase
+from apps.bots.models import Bot, Turn
+
+REVIEW_BOT_PERM = "bots.review_bot"
+REVIEW_SOURCE_PERM = "audit.review_archivesource"
+
+
+def _codename(perm: str) -> str:
+    # Bare codenames with `klass` make guardian take the content type from the model
+    # instead of looking the permission row up (and caching its content type).
+    return perm.split(".", 1)[1]
+
+
+def bots_reviewable_by(*, user: Any) -> QuerySet[Bot]:
+    return get_objects_for_user(user, _codename(REVIEW_BOT_PERM), klass=Bot)
+
+
+def sources_reviewable_by(*, user: Any) -> QuerySet[ArchiveSource]:
+    return get_objects_for_user(user, _codename(REVIEW_SOURCE_PERM), klass=ArchiveSource)
+
+
+def review_cases_for_user(*, user: Any) -> QuerySet[ReviewCase]:
+    """Cases of the bots and archive sources assigned to `user`."""
+    cases = ReviewCase.objects.all()
+    if user.is_superuser:
+        return cases
+    return cases.filter(
+        Q(bot__in=bots_reviewable_by(user=user))
+        | Q(archive_source__in=sources_reviewable_by(user=user))
+    )
+
+
+def turns_for_user(*, user: Any) -> QuerySet[Turn]:
+    """Bot turns (transcripts) of the bots assigned to `user`, for scoped transcript views."""
+    turns = Turn.objects.all()
+    if user.is_superuser:
+        return turns
+    return turns.filter(bot__in=bots_reviewable_by(user=user))
+
+
+def archived_messages_for_user(*, user: Any) -> QuerySet[ArchivedMessage]:
+    messages = ArchivedMessage.objects.all()
+    if user.is_superuser:
+        return messages
+    return messages.filter(source__in=sources_reviewable_by(user=user))
+
+
+def policies_for_bot(*, bot: Bot) -> list[AuditPolicy]:
+    return list(AuditPolicy.objects.filter(enabled=True, bots=bot))
+
+
+def policies_for_source(*, source: ArchiveSource) -> list[AuditPolicy]:
+    return list(AuditPolicy.objects.filter(enabled=True, archive_sources=source))
+
+
+def archive_conversation(*, message: ArchivedMessage, around: int = 20) -> list[ArchivedMessage]:
+    """The messages of the same chat just before and after `message`, oldest first."""
+    chat = ArchivedMessage.objects.filter(source_id=message.source_id)
+    if message.roomid:
+        chat = chat.filter(roomid=message.roomid)
+    else:
+        people = {message.sender, *message.tolist}
+        chat = chat.filter(roomid="", sender__in=people, tolist__overlap=list(people))
+    before = list(chat.filter(msgtime__lt=message.msgtime).order_by("-msgtime", "-seq")[:around])
+    after = list(
+        chat.filter(msgtime__gte=message.msgtime)
+        .exclude(pk=message.pk)
+        .order_by("msgtime", "seq")[:around]
+    )
+    return [*reversed(before), message, *after]

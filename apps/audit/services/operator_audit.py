@@ -1,0 +1,96 @@
+"""Operator audit: who changed what, with the state before and after.
+
+Callers record inside the transaction of the change itself, so a rolled-back change leaves
+no entry and a committed one always has its entry. Secrets appear as "(set)"/"" only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Model
+
+from apps.audit.models import OperatorAuditEntry
+from apps.bots.fields import EncryptedTextField
+from wecom_ai.request_id import current_request_id
+
+SECRET_SET = "(set)"  # noqa: S105 - a placeholder shown instead of a secret
+
+
+def user_name(user: Any) -> str:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return ""
+    return user.get_username()
+
+
+def user_or_none(user: Any) -> Any:
+    return user if user is not None and getattr(user, "is_authenticated", False) else None
+
+
+def model_snapshot(obj: Model | None) -> dict[str, Any] | None:
+    """Field values as JSON-ready data; many-to-many fields as sorted primary keys."""
+    if obj is None:
+        return None
+    data: dict[str, Any] = {}
+    for field in obj._meta.concrete_fields:
+        value = field.value_from_object(obj)
+        if isinstance(field, EncryptedTextField):
+            value = SECRET_SET if value else ""
+        data[field.attname] = value
+    if obj.pk is not None:
+        for field in obj._meta.many_to_many:
+            data[field.name] = sorted(getattr(obj, field.name).values_list("pk", flat=True))
+    return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+
+
+def snapshot_changes(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Keep only the keys that changed (all keys on create and delete)."""
+    if before is None or after is None:
+        return (dict(before) if before else None, dict(after) if after else None)
+    keys = [key for key in after if before.get(key) != after.get(key)]
+    keys += [key for key in before if key not in after]
+    return ({k: before.get(k) for k in keys}, {k: after.get(k) for k in keys})
+
+
+def operator_audit_record(
+    *,
+    actor: Any,
+    action: str,
+    obj: Model | None = None,
+    object_type: str = "",
+    object_id: str = "",
+    object_repr: str = "",
+    before: Mapping[str, Any] | None = None,
+    after: Mapping[str, Any] | None = None,
+    request_id: str = "",
+    only_changes: bool = True,
+) -> OperatorAuditEntry:
+    """Write one operator audit entry; `actor` None (or anonymous) means the system."""
+    if obj is not None:
+        object_type = object_type or obj._meta.label_lower
+        object_id = object_id or str(obj.pk)
+        object_repr = object_repr or str(obj)
+    if only_changes:
+        before, after = snapshot_changes(before, after)
+    payload = json.loads(json.dumps({"before": before, "after": after}, cls=DjangoJSONEncoder))
+    return OperatorAuditEntry.objects.create(
+        actor=user_or_none(actor),
+        actor_username=user_name(actor),
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        object_repr=object_repr[:200],
+        before=payload["before"],
+        after=payload["after"],
+        request_id=request_id or request_id_current(),
+    )
+
+
+def request_id_current() -> str:
+    value = current_request_id()
+    return "" if value == "-" else value
