@@ -526,13 +526,13 @@ def render(config: BenchConfig, results: list[LevelResult], summary: dict[str, A
         f"{config.requests_per_client} requests per client, llama-server flash-attn "
         f"{config.server_flash_attn}",
         "",
-        f"{'engine':<16} {'conc':>4} {'reqs':>4} {'tokens':>6} {'wall s':>7} {'tok/s':>7} "
+        f"{'engine':<18} {'conc':>4} {'reqs':>4} {'tokens':>6} {'wall s':>7} {'tok/s':>7} "
         f"{'TTFT p50 ms':>11} {'TTFT p99 ms':>11} {'errors':>6} {'same as b':>9}",
     ]
     for result in results:
         same = "-" if result.same_as_single_stream is None else str(result.same_as_single_stream)
         lines.append(
-            f"{ENGINE_NAMES[result.engine] + ' (' + result.engine + ')':<16} "
+            f"{ENGINE_NAMES[result.engine] + ' (' + result.engine + ')':<18} "
             f"{result.concurrency:>4} {result.requests:>4} {result.completion_tokens:>6} "
             f"{result.wall_s:>7.2f} {result.tokens_per_s:>7.1f} "
             f"{_fmt(result.ttft_p50_ms):>11} {_fmt(result.ttft_p99_ms):>11} "

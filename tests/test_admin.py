@@ -33,6 +33,8 @@ def _bot_form(model_profile, **overrides):
         "allowed_userids": "",
         "allowed_departments": "IT,HR",
         "rate_limit_per_minute": "10",
+        "answer_only_from_sources": "on",
+        "retrieval_top_k": "4",
     }
     data.update(overrides)
     return data

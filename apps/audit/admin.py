@@ -962,6 +962,9 @@ class ArchivedMessageAdmin(AccessReasonAdminMixin, ReadOnlyAdminMixin, admin.Mod
         "media_size",
         "media_error",
         "policy_action",
+        "llm_reviewed_at",
+        "llm_review",
+        "llm_review_error",
         "purged_at",
         "transcript",
     )

@@ -423,6 +423,14 @@ class ArchivedMessage(models.Model):
         _("policy result"), max_length=10, choices=Action.choices, blank=True
     )
     raw = models.JSONField(_("decrypted record"), default=dict, blank=True)
+    llm_review = models.JSONField(
+        _("LLM review"),
+        default=dict,
+        blank=True,
+        help_text=_("Per policy id: the model's risk, label and reason for this conversation."),
+    )
+    llm_review_error = models.TextField(_("LLM review error"), blank=True)
+    llm_reviewed_at = models.DateTimeField(_("LLM reviewed"), null=True, blank=True)
     stored_at = models.DateTimeField(_("stored"), auto_now_add=True)
     purged_at = models.DateTimeField(_("content purged"), null=True, blank=True)
 

@@ -14,7 +14,7 @@ from django.db.models import Q, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from apps.audit.models import ArchivedMessage, ArchiveSource, AuditPolicy, ReviewCase
-from apps.bots.models import Bot, Turn
+from apps.bots.models import Bot, Conversation, Turn
 
 REVIEW_BOT_PERM = "bots.review_bot"
 REVIEW_SOURCE_PERM = "audit.review_archivesource"
@@ -51,6 +51,14 @@ def turns_for_user(*, user: Any) -> QuerySet[Turn]:
     if user.is_superuser:
         return turns
     return turns.filter(bot__in=bots_reviewable_by(user=user))
+
+
+def conversations_for_user(*, user: Any) -> QuerySet[Conversation]:
+    """Bot conversations of the bots assigned to `user`."""
+    conversations = Conversation.objects.all()
+    if user.is_superuser:
+        return conversations
+    return conversations.filter(bot__in=bots_reviewable_by(user=user))
 
 
 def archived_messages_for_user(*, user: Any) -> QuerySet[ArchivedMessage]:

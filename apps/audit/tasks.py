@@ -1,8 +1,9 @@
 """Thin Celery tasks: take ids, call a service, own the retry policy only.
 
 Archive pulls run on the `archive` queue (the vendor SDK is loaded only by those workers);
-the rest run on `default`. Beat runs `archive_pull_due` every minute, `ledger_checkpoint`
-once a day just after midnight and `retention_purge` once a night.
+LLM review runs on `inference`, next to the loaded model; the rest run on `default`. Beat runs
+`archive_pull_due` every minute, `ledger_checkpoint` once a day just after midnight and
+`retention_purge` once a night.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import transaction
 
-from apps.audit.services import archive, ledger, retention
+from apps.audit.models import ArchivedMessage
+from apps.audit.services import archive, ledger, llm_review, retention
 from wecom_ai import queues
 
 
@@ -20,6 +22,20 @@ def archive_pull(self, source_id: int) -> None:
     if result.error and result.retryable:
         # Transient (network, SDK system error): try again soon, well within the 5-day window.
         raise self.retry(countdown=60 * (2**self.request.retries))
+
+
+@shared_task(queue=queues.INFERENCE, ignore_result=True)
+def archive_llm_review(message_ids: list[int]) -> int:
+    """Review the conversations of freshly stored messages with the local model."""
+    by_source: dict[int, list[int]] = {}
+    for pk, source_id in ArchivedMessage.objects.filter(pk__in=message_ids).values_list(
+        "pk", "source_id"
+    ):
+        by_source.setdefault(source_id, []).append(pk)
+    cases = 0
+    for source_id, ids in by_source.items():
+        cases += llm_review.archive_messages_llm_review(source_id=source_id, message_ids=ids).cases
+    return cases
 
 
 @shared_task(queue=queues.DEFAULT, ignore_result=True)

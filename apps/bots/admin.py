@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from apps.audit import selectors
+from apps.audit.admin import AccessReasonAdminMixin
+from apps.audit.models import AccessLog
+from apps.audit.services.access import access_log_record
 from apps.bots.fields import is_undecryptable
 from apps.bots.forms import BotForm, ModelProfileForm
 from apps.bots.models import Bot, Conversation, ModelProfile, Turn
@@ -67,6 +75,7 @@ class BotAdmin(admin.ModelAdmin):
     search_fields = ("name", "slug", "aibotid")
     prepopulated_fields = {"slug": ("name",)}
     autocomplete_fields = ("model_profile",)
+    filter_horizontal = ("knowledge_bases",)
     readonly_fields = ("callback_url_copy", "secrets_state", "created_at", "updated_at")
     fieldsets = (
         (None, {"fields": ("name", "slug", "enabled", "callback_url_copy")}),
@@ -92,6 +101,10 @@ class BotAdmin(admin.ModelAdmin):
                     "welcome_message",
                 )
             },
+        ),
+        (
+            _("Knowledge"),
+            {"fields": ("knowledge_bases", "answer_only_from_sources", "retrieval_top_k")},
         ),
         (
             _("Access"),
@@ -130,6 +143,47 @@ class BotAdmin(admin.ModelAdmin):
         return f"{token} · {key}"
 
 
+class TranscriptAccessMixin(AccessReasonAdminMixin):
+    """Officers see transcripts of their assigned bots only (others: 404) and say why first.
+
+    Superusers see every bot and are not asked, but their opening is still logged, so the
+    access log stays complete.
+    """
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if request.method == "GET" and request.user.is_superuser and "reason" not in request.GET:
+            access_log_record(
+                user=request.user,
+                obj=self.get_object(request, unquote(object_id)),
+                action=AccessLog.Action.VIEW,
+                reason=gettext("Opened by a superuser (no reason asked)."),
+                request_id=getattr(request, "request_id", ""),
+            )
+            return super(AccessReasonAdminMixin, self).change_view(  # type: ignore[misc]
+                request, object_id, form_url, extra_context
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+class BotScopeFilter(admin.SimpleListFilter):
+    """Only the bots the officer is assigned to appear as choices."""
+
+    title = _("bot")
+    parameter_name = "bot"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return [(b.pk, b.name) for b in selectors.bots_reviewable_by(user=request.user)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(bot_id=self.value()) if self.value() else queryset
+
+
 class TurnInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Turn
     fields = ("received_at", "status", "question", "answer")
@@ -140,18 +194,21 @@ class TurnInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class ConversationAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("bot", "userid", "chat_type", "chat_id", "last_turn_at")
-    list_filter = ("bot", "chat_type")
+    list_filter = (BotScopeFilter, "chat_type")
     list_select_related = ("bot",)
     search_fields = ("userid", "chat_id")
     date_hierarchy = "last_turn_at"
     inlines = (TurnInline,)
     show_full_result_count = False
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
+        return selectors.conversations_for_user(user=request.user).select_related("bot")
+
 
 @admin.register(Turn)
-class TurnAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "received_at",
         "bot",
@@ -162,7 +219,7 @@ class TurnAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "total_seconds",
         "completion_tokens",
     )
-    list_filter = ("bot", "status", "rejection_reason", "received_at")
+    list_filter = (BotScopeFilter, "status", "rejection_reason", "received_at")
     list_select_related = ("bot", "conversation")
     search_fields = ("question", "answer", "msgid", "conversation__userid", "conversation__chat_id")
     date_hierarchy = "received_at"
@@ -171,7 +228,7 @@ class TurnAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     change_form_template = "admin/bots/turn/change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:
-        return super().get_queryset(request).select_related("bot", "conversation")
+        return selectors.turns_for_user(user=request.user).select_related("bot", "conversation")
 
     @admin.display(description=_("user"), ordering="conversation__userid")
     def user(self, obj: Turn) -> str:

@@ -87,6 +87,9 @@ class BotForm(forms.ModelForm):
             "allowed_userids",
             "allowed_departments",
             "rate_limit_per_minute",
+            "knowledge_bases",
+            "answer_only_from_sources",
+            "retrieval_top_k",
         )
 
     def clean_new_token(self) -> str:

@@ -159,6 +159,26 @@ class Bot(models.Model):
         default=10,
         help_text=_("0 = unlimited."),
     )
+    knowledge_bases = models.ManyToManyField(
+        "knowledge.KnowledgeBase",
+        related_name="bots",
+        blank=True,
+        verbose_name=_("knowledge bases"),
+        help_text=_("Answers are grounded in these, within what each employee may read."),
+    )
+    answer_only_from_sources = models.BooleanField(
+        _("answer only from sources"),
+        default=True,
+        help_text=_(
+            "When no passage matches, say so instead of answering from the model's own "
+            "knowledge. A knowledge base's own setting wins when it has one."
+        ),
+    )
+    retrieval_top_k = models.PositiveSmallIntegerField(
+        _("passages per question"),
+        default=4,
+        validators=[MinValueValidator(1), MaxValueValidator(20)],
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -252,6 +272,12 @@ class Turn(models.Model):
         help_text=_("What the model wrote when a compliance policy blocked the answer."),
     )
     filter_decisions = models.JSONField(_("policy decisions"), default=list, blank=True)
+    sources = models.JSONField(
+        _("sources"),
+        default=list,
+        blank=True,
+        help_text=_("The knowledge passages (chunk and document version) the answer used."),
+    )
     status = models.CharField(
         _("status"), max_length=12, choices=Status.choices, default=Status.QUEUED
     )

@@ -51,6 +51,12 @@ from apps.bots.wecom.messages import (
     text_reply,
 )
 from apps.bots.wecom.outbound import ResponseUrlError, post_response_url
+from apps.knowledge.services.retrieval import (
+    Hit,
+    knowledge_retrieve,
+    prompt_with_passages,
+    sources_footer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -344,8 +350,15 @@ def turn_generate(*, turn_id: int) -> None:
     try:
         engine = get_engine(bot.model_profile.spec())
         mask = _masker(policies)
+        messages = selectors.conversation_messages(turn=turn, mask=mask)
+        hits = _knowledge_hits(turn=turn, question=messages[-1]["content"])
+        if hits is not None:
+            messages = (
+                *messages[:-1],
+                {"role": "user", "content": _grounded(turn, messages, hits)},
+            )
         request = ChatRequest(
-            messages=selectors.conversation_messages(turn=turn, mask=mask),
+            messages=messages,
             sampling=bot.sampling(),
             deadline=time.monotonic() + settings.TURN_GENERATION_TIMEOUT_SECONDS,
         )
@@ -397,7 +410,12 @@ def turn_generate(*, turn_id: int) -> None:
     if stats.finish_reason in {"error", "cancelled"}:
         turn_fail(turn=turn, error=f"generation ended: {stats.finish_reason}")
         return
-    turn_finish(turn=turn, reasoning=progress.splitter.reasoning, answer=progress.splitter.answer)
+    answer = progress.splitter.answer
+    if hits:
+        turn.sources = [_source_record(hit) for hit in hits]
+        with _reply_language():
+            answer = f"{answer.rstrip()}\n\n{sources_footer(hits=hits)}"
+    turn_finish(turn=turn, reasoning=progress.splitter.reasoning, answer=answer)
 
 
 def _flusher_stop(flusher: StreamFlusher) -> None:
@@ -482,6 +500,7 @@ def turn_finish(*, turn: Turn, reasoning: str, answer: str) -> None:
             reasoning=reasoning,
             withheld_answer=turn.withheld_answer,
             filter_decisions=turn.filter_decisions,
+            sources=turn.sources,
             prompt_tokens=turn.prompt_tokens,
             completion_tokens=turn.completion_tokens,
             finished_at=timezone.now(),
@@ -554,6 +573,48 @@ def turns_sweep() -> int:
         turn_fail(turn=turn, error="no worker finished this turn in time")
         count += 1
     return count
+
+
+def _knowledge_hits(*, turn: Turn, question: str) -> list[Hit] | None:
+    """Passages this employee may read, or None when the bot has no knowledge base.
+
+    The permission filter runs inside the search query, so a restricted passage never
+    reaches the prompt of someone not allowed to read it.
+    """
+    kb_ids = list(turn.bot.knowledge_bases.values_list("pk", flat=True))
+    if not kb_ids:
+        return None
+    return knowledge_retrieve(
+        bot_kb_ids=kb_ids,
+        userid=turn.conversation.userid,
+        query=question,
+        top_k=turn.bot.retrieval_top_k,
+    )
+
+
+def _grounded(turn: Turn, messages: tuple[dict[str, str], ...], hits: list[Hit]) -> str:
+    bot = turn.bot
+    only_sources = (
+        bot.answer_only_from_sources
+        or bot.knowledge_bases.filter(answer_only_from_sources=True).exists()
+    )
+    with _reply_language():
+        return prompt_with_passages(
+            question=messages[-1]["content"], hits=hits, answer_only_from_sources=only_sources
+        )
+
+
+def _source_record(hit: Hit) -> dict[str, Any]:
+    return {
+        "chunk": hit.chunk_id,
+        "document": hit.document_id,
+        "document_version": hit.document_version,
+        "file": hit.document,
+        "title": hit.title,
+        "heading": hit.heading,
+        "knowledge_base": hit.knowledge_base,
+        "score": hit.score,
+    }
 
 
 def bot_policies(bot: Bot) -> list[AuditPolicy]:

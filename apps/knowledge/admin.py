@@ -1,13 +1,278 @@
-from django.contrib import admin
+from __future__ import annotations
 
-from apps.knowledge.models import DirectoryUser
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import Count, QuerySet
+from django.forms import ModelForm
+from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from apps.knowledge.forms import DocumentForm, KnowledgeBaseForm
+from apps.knowledge.models import Chunk, DirectoryUser, Document, KnowledgeBase
+from apps.knowledge.services.ingest import document_file_replace, document_reindex
+
+# Changing these changes every chunk of the knowledge base, so saving them re-indexes.
+_REINDEX_FIELDS = frozenset({"embedding_profile", "chunk_size", "chunk_overlap"})
+_AUDIENCE_FIELDS = ("allowed_departments", "allowed_userids", "allowed_tags")
+
+
+def _audience(obj: KnowledgeBase | Document, *, empty: str) -> str:
+    names = [*obj.allowed_departments, *obj.allowed_userids, *obj.allowed_tags]
+    return ", ".join(names) if names else empty
 
 
 @admin.register(DirectoryUser)
 class DirectoryUserAdmin(admin.ModelAdmin):
-    list_display = ("userid", "name", "department_list", "updated_at")
+    list_display = ("userid", "name", "department_list", "tag_list", "updated_at")
     search_fields = ("userid", "name")
+    readonly_fields = ("updated_at",)
 
     @admin.display(description=DirectoryUser._meta.get_field("departments").verbose_name)
     def department_list(self, obj: DirectoryUser) -> str:
         return ", ".join(obj.departments)
+
+    @admin.display(description=DirectoryUser._meta.get_field("tags").verbose_name)
+    def tag_list(self, obj: DirectoryUser) -> str:
+        return ", ".join(obj.tags)
+
+
+@admin.register(KnowledgeBase)
+class KnowledgeBaseAdmin(admin.ModelAdmin):
+    form = KnowledgeBaseForm
+    list_display = ("name", "slug", "embedding_profile", "document_count", "audience")
+    list_select_related = ("embedding_profile",)
+    search_fields = ("name", "slug", "description")
+    prepopulated_fields = {"slug": ("name",)}
+    autocomplete_fields = ("embedding_profile",)
+    readonly_fields = ("created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "description")}),
+        (
+            _("Indexing"),
+            {
+                "fields": ("embedding_profile", "chunk_size", "chunk_overlap"),
+                "description": _(
+                    "Saving a change here re-indexes every document of the knowledge base."
+                ),
+            },
+        ),
+        (
+            _("Audience"),
+            {
+                "fields": _AUDIENCE_FIELDS,
+                "description": _(
+                    "Who may get answers from these documents. Leave all three empty for "
+                    "everyone; otherwise an employee needs to be listed, or be in a listed "
+                    "department (or its sub-departments) or tag."
+                ),
+            },
+        ),
+        (_("Answers"), {"fields": ("answer_only_from_sources",)}),
+        (_("History"), {"fields": ("created_at", "updated_at")}),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[KnowledgeBase]:
+        return super().get_queryset(request).annotate(document_total=Count("documents"))
+
+    @admin.display(description=_("documents"), ordering="document_total")
+    def document_count(self, obj: KnowledgeBase) -> int:
+        return obj.document_total
+
+    @admin.display(description=_("audience"))
+    def audience(self, obj: KnowledgeBase) -> str:
+        return _audience(obj, empty=str(_("everyone")))
+
+    def save_model(
+        self, request: HttpRequest, obj: KnowledgeBase, form: ModelForm, change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        if change and _REINDEX_FIELDS.intersection(form.changed_data):
+            count = document_reindex(documents=obj.documents.all())
+            if count:
+                self.message_user(
+                    request,
+                    ngettext(
+                        "%(count)d document is being re-indexed.",
+                        "%(count)d documents are being re-indexed.",
+                        count,
+                    )
+                    % {"count": count},
+                )
+
+
+@admin.register(Document)
+class DocumentAdmin(admin.ModelAdmin):
+    form = DocumentForm
+    list_display = (
+        "__str__",
+        "kb",
+        "original_filename",
+        "version",
+        "active_version",
+        "live_status",
+        "chunk_count",
+        "expires_on",
+        "updated_at",
+    )
+    list_filter = ("status", "kb", "expires_on")
+    list_select_related = ("kb",)
+    search_fields = ("title", "original_filename")
+    autocomplete_fields = ("kb", "owner")
+    actions = ("reindex",)
+    date_hierarchy = "updated_at"
+    readonly_fields = (
+        "live_status",
+        "original_filename",
+        "version",
+        "active_version",
+        "error_code",
+        "error_message",
+        "sha256",
+        "size_bytes",
+        "pages",
+        "chunk_count",
+        "audience_summary",
+        "created_at",
+        "updated_at",
+    )
+
+    class Media:
+        js = ("knowledge/document_live.js",)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Document | None = None) -> Any:
+        fieldsets: list[tuple[Any, dict[str, Any]]] = [
+            (None, {"fields": ("kb", "upload", "title", "owner", "expires_on")}),
+            (
+                _("Audience"),
+                {
+                    "fields": _AUDIENCE_FIELDS
+                    if obj is None
+                    else (*_AUDIENCE_FIELDS, "audience_summary"),
+                    "description": _(
+                        "Leave empty to use the knowledge base's audience; anything set here "
+                        "replaces it for this document."
+                    ),
+                },
+            ),
+        ]
+        if obj is not None:
+            fieldsets.append(
+                (
+                    _("Indexing"),
+                    {
+                        "fields": (
+                            "live_status",
+                            "original_filename",
+                            ("version", "active_version"),
+                            ("error_code", "error_message"),
+                            ("pages", "chunk_count"),
+                            ("sha256", "size_bytes"),
+                            ("created_at", "updated_at"),
+                        )
+                    },
+                )
+            )
+        return fieldsets
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Document | None = None) -> Any:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return (*fields, "kb") if obj is not None else fields
+
+    @admin.display(description=_("status"), ordering="status")
+    def live_status(self, obj: Document) -> str:
+        """Status and progress; the page's script follows pending and running ingestions live."""
+        live = obj.status in (Document.Status.PENDING, Document.Status.PROCESSING)
+        text = obj.get_status_display()
+        if live:
+            text = f"{text} · {obj.progress}%"
+        elif obj.status == Document.Status.FAILED and obj.error_message:
+            text = f"{text}: {obj.error_message}"
+        return format_html(
+            '<span class="kb-document-live" data-url="{}" data-live="{}">'
+            '<progress max="100" value="{}"{}></progress> <span class="kb-document-text">{}</span>'
+            "</span>",
+            f"/ws/knowledge/documents/{obj.pk}/",
+            "1" if live else "0",
+            obj.progress,
+            "" if live else " hidden",
+            text,
+        )
+
+    @admin.display(description=_("who may read it"))
+    def audience_summary(self, obj: Document) -> str:
+        if obj.has_own_audience:
+            return _audience(obj, empty="")
+        return format_html(
+            "{} ({})", _audience(obj.kb, empty=str(_("everyone"))), _("from the knowledge base")
+        )
+
+    @admin.action(description=_("Re-index the selected documents"), permissions=["change"])
+    def reindex(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        count = document_reindex(documents=queryset)
+        self.message_user(
+            request,
+            ngettext(
+                "%(count)d document queued for re-indexing.",
+                "%(count)d documents queued for re-indexing.",
+                count,
+            )
+            % {"count": count},
+            messages.SUCCESS,
+        )
+
+    def save_model(
+        self, request: HttpRequest, obj: Document, form: ModelForm, change: bool
+    ) -> None:
+        upload = form.cleaned_data.get("upload")
+        if not change and obj.owner_id is None:
+            obj.owner = request.user
+        if upload is not None:
+            result = document_file_replace(document=obj, content=upload, filename=upload.name)
+            if result.outcome == "unchanged":
+                self.message_user(
+                    request,
+                    _("The uploaded file is identical to the current version; nothing to index."),
+                    messages.WARNING,
+                )
+            return
+        # Only what the form edits: the rest of the row belongs to ingestion.
+        obj.save(update_fields=[*form.changed_data, "updated_at"])
+
+
+@admin.register(Chunk)
+class ChunkAdmin(admin.ModelAdmin):
+    """Read-only: passages are what ingestion made of a document, for checking retrieval."""
+
+    list_display = ("document", "document_version", "position", "heading", "token_count", "page")
+    list_filter = ("document__kb",)
+    list_select_related = ("document",)
+    search_fields = ("text", "document__title", "document__original_filename")
+    fields = (
+        "document",
+        "document_version",
+        "generation",
+        "position",
+        "heading_path",
+        "page",
+        "token_count",
+        "text",
+        "embedding_model",
+    )
+    readonly_fields = fields
+    show_full_result_count = False
+
+    @admin.display(description=_("headings"))
+    def heading(self, obj: Chunk) -> str:
+        return " > ".join(obj.heading_path)
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -335,6 +335,7 @@ def _store_page(
             decisions.append(decision)
         rows = ArchivedMessage.objects.bulk_create(rows)
         _recalls_link(source, rows)
+        _llm_review_enqueue(rows, policies)
         for row, decision in zip(rows, decisions, strict=True):
             if decision is not None and decision.needs_review:
                 result.cases += len(
@@ -380,6 +381,17 @@ def _store_page(
             "archive source %s: quarantined seq %s: %s", source.pk, failure.seq, failure.error
         )
     return new_cursor
+
+
+def _llm_review_enqueue(rows: list[ArchivedMessage], policies: list[AuditPolicy]) -> None:
+    """Queue stored texts for LLM review once the page commits (inference queue)."""
+    if not any(policy.llm_review_enabled for policy in policies):
+        return
+    message_ids = [row.pk for row in rows if row.text]
+    if message_ids:
+        from apps.audit.tasks import archive_llm_review
+
+        transaction.on_commit(lambda: archive_llm_review.delay(message_ids))
 
 
 def _recalls_link(source: ArchiveSource, rows: list[ArchivedMessage]) -> None:

@@ -204,6 +204,11 @@ def turn_ledger_payload(
         "received_at": _iso(turn.received_at),
         "finished_at": _iso(turn.finished_at),
         "filter_decisions": [dict(decision) for decision in decisions],
+        # Which knowledge passages (chunk ids and document versions) grounded the answer.
+        "sources": [
+            {key: source.get(key) for key in ("chunk", "document", "document_version")}
+            for source in getattr(turn, "sources", None) or []
+        ],
         "delivery": dict(delivery)
         if delivery is not None
         else {

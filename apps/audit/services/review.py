@@ -21,6 +21,7 @@ from apps.audit.selectors import REVIEW_BOT_PERM, REVIEW_SOURCE_PERM
 from apps.audit.services.ledger import ledger_append, object_ref
 from apps.audit.services.operator_audit import model_snapshot, operator_audit_record
 from apps.audit.services.policy import PolicyDecision
+from apps.audit.streams import review_cases_publish
 from apps.bots.models import Bot, Turn
 
 
@@ -51,7 +52,10 @@ def _open_cases(
                 **source,
             )
         )
-    return ReviewCase.objects.bulk_create(cases)
+    created = ReviewCase.objects.bulk_create(cases)
+    if created:
+        transaction.on_commit(lambda: review_cases_publish(created))
+    return created
 
 
 def review_cases_open_for_turn(

@@ -1,0 +1,125 @@
+"""Admin forms: uploads are checked (size, type, name clash) before anything is stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django import forms
+from django.core.files.uploadedfile import UploadedFile
+from django.template.defaultfilters import filesizeformat
+from django.utils.translation import gettext_lazy as _
+
+from apps.knowledge.models import Document, KnowledgeBase
+from apps.knowledge.parsing import SUPPORTED_EXTENSIONS
+from apps.knowledge.services.ingest import max_upload_bytes
+
+
+class KnowledgeBaseForm(forms.ModelForm):
+    class Meta:
+        model = KnowledgeBase
+        fields = (
+            "name",
+            "slug",
+            "description",
+            "embedding_profile",
+            "chunk_size",
+            "chunk_overlap",
+            "allowed_departments",
+            "allowed_userids",
+            "allowed_tags",
+            "answer_only_from_sources",
+        )
+
+    def clean_embedding_profile(self) -> Any:
+        profile = self.cleaned_data.get("embedding_profile")
+        if profile is not None and not Path(profile.gguf_path).is_file():
+            raise forms.ValidationError(
+                _("The model file of this profile does not exist: %(path)s"),
+                params={"path": profile.gguf_path},
+            )
+        return profile
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        size, overlap = cleaned.get("chunk_size"), cleaned.get("chunk_overlap")
+        if size is not None and overlap is not None and overlap >= size:
+            self.add_error("chunk_overlap", _("The overlap must be smaller than the chunk size."))
+        return cleaned
+
+
+class DocumentForm(forms.ModelForm):
+    """Adding needs a file; on an existing document a file uploads its next version."""
+
+    upload = forms.FileField(
+        label=_("file"),
+        required=False,
+        help_text=_("PDF, Word (.docx), Excel (.xlsx), Markdown, HTML, text or CSV."),
+    )
+
+    class Meta:
+        model = Document
+        fields = (
+            "kb",
+            "title",
+            "owner",
+            "expires_on",
+            "allowed_departments",
+            "allowed_userids",
+            "allowed_tags",
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is None:
+            self.fields["upload"].required = True
+        else:
+            self.fields["upload"].label = _("new version")
+            self.fields["upload"].help_text = _(
+                "Upload a changed file to index it as the next version; the current version "
+                "stays searchable until the new one is ready."
+            )
+
+    def clean_upload(self) -> UploadedFile | None:
+        upload = self.cleaned_data.get("upload")
+        if upload is None:
+            return None
+        limit = max_upload_bytes()
+        if upload.size > limit:
+            raise forms.ValidationError(
+                _("The file is %(size)s, over the %(limit)s upload limit."),
+                params={"size": filesizeformat(upload.size), "limit": filesizeformat(limit)},
+                code="too_large",
+            )
+        extension = Path(upload.name).suffix.lower().lstrip(".")
+        if extension not in SUPPORTED_EXTENSIONS:
+            raise forms.ValidationError(
+                _("%(name)s cannot be indexed: supported types are %(types)s."),
+                params={
+                    "name": upload.name,
+                    "types": ", ".join(f".{e}" for e in sorted(SUPPORTED_EXTENSIONS)),
+                },
+                code="unsupported",
+            )
+        return upload
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        upload, kb = cleaned.get("upload"), cleaned.get("kb") or self.instance_kb()
+        if upload is None or kb is None:
+            return cleaned
+        name = Path(upload.name).name
+        clash = Document.objects.filter(kb=kb, original_filename=name).exclude(pk=self.instance.pk)
+        if clash.exists():
+            self.add_error(
+                "upload",
+                _(
+                    "This knowledge base already has a document named %(name)s; open it and "
+                    "upload the file there as a new version."
+                )
+                % {"name": name},
+            )
+        return cleaned
+
+    def instance_kb(self) -> KnowledgeBase | None:
+        return self.instance.kb if self.instance.kb_id else None

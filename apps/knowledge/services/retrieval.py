@@ -1,0 +1,261 @@
+"""Hybrid search over knowledge bases, and the prompt pieces that cite what it found.
+
+Dense (pgvector HNSW, cosine) and lexical (`ts_rank` over the jieba-segmented `simple`
+tsvector) candidate lists are fused by reciprocal rank fusion. Both lists come from one
+SQL statement (a UNION ALL), so they share one snapshot: a document's version flip can
+never land between them. The permission filter is part of that statement too
+(`selectors.chunks_searchable`).
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from functools import reduce
+from typing import Any
+
+from django.contrib.postgres.search import SearchQuery, SearchRank
+from django.db import connection, transaction
+from django.db.models import F, QuerySet, Value
+from django.db.models.functions import Cast
+from django.utils.translation import gettext as _
+from pgvector.django import CosineDistance, VectorField
+
+from apps.knowledge import selectors
+from apps.knowledge.models import Chunk, KnowledgeBase
+from apps.knowledge.segment import query_terms
+from apps.knowledge.services.embedding import (
+    EmbeddingError,
+    EmbeddingSpec,
+    embedding_spec_for,
+    get_embedder,
+)
+
+logger = logging.getLogger(__name__)
+
+RRF_K = 60
+# Candidates each list contributes to the fusion, at least; more for a larger top_k.
+_MIN_CANDIDATES = 20
+_LEXICAL = "lexical"
+_HIT_FIELDS = (
+    "id",
+    "document_id",
+    "document__original_filename",
+    "document__title",
+    "document__kb__slug",
+    "heading_path",
+    "text",
+    "document_version",
+    "page",
+)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One passage found for a question, with what a citation needs."""
+
+    chunk_id: int
+    document_id: int
+    document: str  # the uploaded file's name
+    title: str
+    knowledge_base: str  # slug
+    heading_path: tuple[str, ...]
+    text: str
+    document_version: int
+    page: int | None
+    score: float  # reciprocal-rank-fusion score: higher is better
+
+    @property
+    def heading(self) -> str:
+        return " > ".join(self.heading_path)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["heading_path"] = list(self.heading_path)
+        data["heading"] = self.heading
+        return data
+
+
+def knowledge_retrieve(
+    *, bot_kb_ids: Iterable[int], userid: str | None, query: str, top_k: int = 5
+) -> list[Hit]:
+    """The best `top_k` passages for `query` that employee `userid` may read.
+
+    `userid=None` is the admin view (no audience filter). A knowledge base whose embedding
+    model cannot be loaded is still searched lexically; the problem is logged.
+    """
+    kb_ids = list(dict.fromkeys(bot_kb_ids))
+    query = query.strip()
+    if not query or top_k < 1 or not kb_ids:
+        return []
+    candidates = max(_MIN_CANDIDATES, top_k * 4)
+    searchable = selectors.chunks_searchable(kb_ids=kb_ids, userid=userid)
+    lists = [
+        *_dense_lists(searchable, kb_ids=kb_ids, query=query, candidates=candidates),
+        *_lexical_lists(searchable, query=query, candidates=candidates),
+    ]
+    if not lists:
+        return []
+    combined = lists[0].union(*lists[1:], all=True) if len(lists) > 1 else lists[0]
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Filters apply after the HNSW scan; let it keep scanning until enough rows pass.
+        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(40, candidates))])
+        rows = list(combined)
+    return _fuse(rows, top_k=top_k)
+
+
+def _dense_lists(
+    searchable: QuerySet[Chunk], *, kb_ids: list[int], query: str, candidates: int
+) -> list[QuerySet]:
+    """One nearest-neighbour list per embedding model the knowledge bases use."""
+    by_spec: dict[EmbeddingSpec, list[int]] = defaultdict(list)
+    for kb in KnowledgeBase.objects.filter(pk__in=kb_ids).select_related("embedding_profile"):
+        by_spec[embedding_spec_for(kb.embedding_profile)].append(kb.pk)
+    lists = []
+    for number, (spec, spec_kb_ids) in enumerate(by_spec.items()):
+        try:
+            embedder = get_embedder(spec)
+            vector = embedder.embed([query])[0]
+        except EmbeddingError:
+            logger.warning("dense search skipped for %s", spec.path, exc_info=True)
+            continue
+        # Cast to the fixed dimension so that the partial HNSW index for it applies.
+        as_fixed = Cast("embedding", VectorField(dimensions=embedder.dimensions))
+        lists.append(
+            searchable.filter(
+                document__kb_id__in=spec_kb_ids,
+                embedding_dimensions=embedder.dimensions,
+                embedding_model=spec.model_key,
+            )
+            .annotate(closeness=CosineDistance(as_fixed, vector), method=Value(f"dense{number}"))
+            .order_by("closeness", "id")
+            .values(*_HIT_FIELDS, "closeness", "method")[:candidates]
+        )
+    return lists
+
+
+def _lexical_lists(searchable: QuerySet[Chunk], *, query: str, candidates: int) -> list[QuerySet]:
+    """Passages sharing any search word with the question, best `ts_rank` first."""
+    terms = query_terms(query)
+    if not terms:
+        return []
+    tsquery = reduce(
+        operator.or_,
+        (SearchQuery(term, config="simple", search_type="plain") for term in terms),
+    )
+    return [
+        searchable.filter(search_vector=tsquery)
+        .annotate(closeness=-SearchRank(F("search_vector"), tsquery), method=Value(_LEXICAL))
+        .order_by("closeness", "id")
+        .values(*_HIT_FIELDS, "closeness", "method")[:candidates]
+    ]
+
+
+def _fuse(rows: Sequence[dict[str, Any]], *, top_k: int) -> list[Hit]:
+    """Reciprocal rank fusion: each list adds 1 / (RRF_K + rank) to the passages it found.
+
+    Two passages that swap places in two lists tie exactly; the one the vectors rank higher
+    wins, since a shared common word says less than closeness in meaning.
+    """
+    per_list: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        per_list[row["method"]].append(row)
+    scores: dict[int, float] = defaultdict(float)
+    dense_rank: dict[int, int] = {}
+    by_id: dict[int, dict[str, Any]] = {}
+    for method, ranked in per_list.items():
+        ranked.sort(key=lambda row: (row["closeness"], row["id"]))
+        for rank, row in enumerate(ranked, start=1):
+            chunk_id = row["id"]
+            scores[chunk_id] += 1.0 / (RRF_K + rank)
+            by_id[chunk_id] = row
+            if method != _LEXICAL:
+                dense_rank[chunk_id] = min(rank, dense_rank.get(chunk_id, rank))
+    best = sorted(
+        scores,
+        key=lambda chunk_id: (
+            -round(scores[chunk_id], 12),
+            dense_rank.get(chunk_id, len(rows) + 1),
+            chunk_id,
+        ),
+    )[:top_k]
+    return [_hit(by_id[chunk_id], scores[chunk_id]) for chunk_id in best]
+
+
+def _hit(row: dict[str, Any], score: float) -> Hit:
+    return Hit(
+        chunk_id=row["id"],
+        document_id=row["document_id"],
+        document=row["document__original_filename"],
+        title=row["document__title"] or row["document__original_filename"],
+        knowledge_base=row["document__kb__slug"],
+        heading_path=tuple(row["heading_path"] or ()),
+        text=row["text"],
+        document_version=row["document_version"],
+        page=row["page"],
+        score=round(score, 6),
+    )
+
+
+# --- prompt pieces for the answer path -----------------------------------------------------
+
+
+def prompt_with_passages(
+    *, question: str, hits: Sequence[Hit], answer_only_from_sources: bool = False
+) -> str:
+    """The user message that puts numbered passages before the question.
+
+    The numbers match `sources_footer`, so the model can cite [1], [2]. With
+    `answer_only_from_sources` the model is told to admit when the passages do not answer.
+    """
+    if not hits:
+        if answer_only_from_sources:
+            return "\n\n".join(
+                [
+                    _("No passage in the knowledge base matches this question. Say that you "
+                      "do not know and suggest whom to ask."),
+                    _("Question: %(question)s") % {"question": question},
+                ]
+            )  # fmt: skip
+        return question
+    blocks = []
+    for number, hit in enumerate(hits, start=1):
+        label = f"{hit.title} > {hit.heading}" if hit.heading else hit.title
+        blocks.append(f"[{number}] {label}\n{hit.text.strip()}")
+    rule = (
+        _("Answer only from the passages above. If they do not contain the answer, say that "
+          "you do not know.")
+        if answer_only_from_sources
+        else _("Use the passages above when they are relevant.")
+    )  # fmt: skip
+    return "\n\n".join(
+        [
+            _("Passages from the company knowledge base:"),
+            *blocks,
+            rule + " " + _("Cite passages by their numbers, like [1]."),
+            _("Question: %(question)s") % {"question": question},
+        ]
+    )
+
+
+def sources_footer(*, hits: Sequence[Hit]) -> str:
+    """A "Sources" block for the end of an answer: one line per document version, listing
+    the passage numbers `prompt_with_passages` gave it."""
+    if not hits:
+        return ""
+    numbers: dict[tuple[int, int], list[int]] = defaultdict(list)
+    first: dict[tuple[int, int], Hit] = {}
+    for number, hit in enumerate(hits, start=1):
+        key = (hit.document_id, hit.document_version)
+        numbers[key].append(number)
+        first.setdefault(key, hit)
+    lines = []
+    for key, hit in first.items():
+        cited = "".join(f"[{number}]" for number in numbers[key])
+        where = f" · {hit.heading}" if hit.heading else ""
+        lines.append(f"{cited} {hit.title}{where} ({hit.document}, v{hit.document_version})")
+    return _("Sources:") + "\n" + "\n".join(lines)
