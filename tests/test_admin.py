@@ -131,3 +131,40 @@ def test_admin_renders_in_both_languages(staff, bot, language, expected):
     assert expected in response.content.decode()
     page = staff.get(reverse("admin:bots_bot_change", args=[bot.pk]), HTTP_ACCEPT_LANGUAGE=language)
     assert page.status_code == 200
+
+
+def test_admin_changes_to_bots_and_permissions_are_recorded(staff, bot, model_profile):
+    from django.contrib.auth.models import Permission, User
+
+    from apps.audit.models import OperatorAuditEntry
+
+    data = _bot_form(
+        model_profile, slug=bot.slug, new_token="Rotated123", system_prompt="Be brief."
+    )
+    response = staff.post(reverse("admin:bots_bot_change", args=[bot.pk]), data)
+    assert response.status_code == 302
+    entry = OperatorAuditEntry.objects.get(action="bots.bot.update")
+    assert entry.before["system_prompt"] == "You are a concise HR assistant."
+    assert entry.after["system_prompt"] == "Be brief."
+    assert "Rotated123" not in str(entry.before) + str(entry.after)  # secrets never logged
+    assert entry.actor_username == "admin"
+
+    officer = User.objects.create_user("officer", password="x-Very-Long-Pass-1")
+    permission = Permission.objects.get(codename="view_turn")
+    response = staff.post(
+        reverse("admin:auth_user_change", args=[officer.pk]),
+        {
+            "username": "officer",
+            "is_active": "on",
+            "is_staff": "on",
+            "user_permissions": [permission.pk],
+            "date_joined_0": "2026-11-01",
+            "date_joined_1": "00:00:00",
+            "initial-date_joined_0": "2026-11-01",
+            "initial-date_joined_1": "00:00:00",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    entry = OperatorAuditEntry.objects.get(action="auth.user.update")
+    assert entry.after["user_permissions"] == [permission.pk]
+    assert "pbkdf2" not in str(entry.before) + str(entry.after)

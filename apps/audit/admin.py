@@ -16,6 +16,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Model, QuerySet
@@ -1101,3 +1103,26 @@ class OperatorAuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("actor_username", "action", "object_id", "object_repr", "request_id")
     date_hierarchy = "created_at"
     show_full_result_count = False
+
+
+# --- who may do what: changes to users, groups and their permissions are audited too ----
+
+
+class AuditedUserAdmin(OperatorAuditAdminMixin, UserAdmin):
+    audit_action_prefix = "auth.user"
+
+    def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
+        data = super().audit_snapshot(obj)
+        if data is not None and "password" in data:
+            data["password"] = "(set)" if data["password"] else ""  # never the hash
+        return data
+
+
+class AuditedGroupAdmin(OperatorAuditAdminMixin, GroupAdmin):
+    audit_action_prefix = "auth.group"
+
+
+admin.site.unregister(User)
+admin.site.register(User, AuditedUserAdmin)
+admin.site.unregister(Group)
+admin.site.register(Group, AuditedGroupAdmin)

@@ -11,7 +11,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit import selectors
-from apps.audit.admin import AccessReasonAdminMixin
+from apps.audit.admin import AccessReasonAdminMixin, OperatorAuditAdminMixin
 from apps.audit.models import AccessLog
 from apps.audit.services.access import access_log_record
 from apps.bots.fields import is_undecryptable
@@ -33,7 +33,8 @@ class ReadOnlyAdminMixin:
 
 
 @admin.register(ModelProfile)
-class ModelProfileAdmin(admin.ModelAdmin):
+class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
+    audit_action_prefix = "bots.model_profile"
     form = ModelProfileForm
     list_display = ("name", "gguf_path", "context_size", "n_gpu_layers", "threads", "bot_count")
     search_fields = ("name", "gguf_path")
@@ -67,7 +68,8 @@ class ModelProfileAdmin(admin.ModelAdmin):
 
 
 @admin.register(Bot)
-class BotAdmin(admin.ModelAdmin):
+class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
+    audit_action_prefix = "bots.bot"
     form = BotForm
     list_display = ("name", "slug", "enabled", "model_profile", "rate_limit_per_minute")
     list_filter = ("enabled", "model_profile")

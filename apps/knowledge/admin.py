@@ -10,6 +10,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from apps.audit.admin import OperatorAuditAdminMixin
 from apps.knowledge.forms import DocumentForm, KnowledgeBaseForm
 from apps.knowledge.models import Chunk, DirectoryUser, Document, KnowledgeBase
 from apps.knowledge.services.ingest import document_file_replace, document_reindex
@@ -25,7 +26,7 @@ def _audience(obj: KnowledgeBase | Document, *, empty: str) -> str:
 
 
 @admin.register(DirectoryUser)
-class DirectoryUserAdmin(admin.ModelAdmin):
+class DirectoryUserAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     list_display = ("userid", "name", "department_list", "tag_list", "updated_at")
     search_fields = ("userid", "name")
     readonly_fields = ("updated_at",)
@@ -40,7 +41,7 @@ class DirectoryUserAdmin(admin.ModelAdmin):
 
 
 @admin.register(KnowledgeBase)
-class KnowledgeBaseAdmin(admin.ModelAdmin):
+class KnowledgeBaseAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     form = KnowledgeBaseForm
     list_display = ("name", "slug", "embedding_profile", "document_count", "audience")
     list_select_related = ("embedding_profile",)
@@ -104,7 +105,7 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
 
 
 @admin.register(Document)
-class DocumentAdmin(admin.ModelAdmin):
+class DocumentAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     form = DocumentForm
     list_display = (
         "__str__",

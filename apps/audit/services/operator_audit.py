@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
 from django.db.models import Model
 
 from apps.audit.models import OperatorAuditEntry
@@ -39,6 +40,8 @@ def model_snapshot(obj: Model | None) -> dict[str, Any] | None:
         value = field.value_from_object(obj)
         if isinstance(field, EncryptedTextField):
             value = SECRET_SET if value else ""
+        elif isinstance(field, models.FileField):
+            value = value.name if value else ""
         data[field.attname] = value
     if obj.pk is not None:
         for field in obj._meta.many_to_many:
