@@ -12,6 +12,16 @@ max_tokens and greedy sampling, and run one at a time.
 
 The first run with engine c builds llama-server into ~/.cache/wecom-ai (many minutes on two
 cores); `--build-only` does just that.
+
+Each engine is started fresh per concurrency level (slots = --parallel = the level), gets
+one unmeasured warm-up request, then N client threads each ask --requests-per-client
+questions back to back (one shared system prompt, a distinct question per request).
+Columns: tok/s = completion tokens of all requests / wall time from the common start to
+the last answer; TTFT = send to first non-empty text (for b it includes waiting for the
+lock); "same as b" = answers identical to the single-stream engine's (a should match b
+except where b's streaming drops CJK characters; c decodes with other kernels and batches
+and differs after a few tokens). Ratios: (a)/(c) tok/s per level, (a)/(b) tok/s at 8, and
+p99 TTFT at 8 over p50 TTFT at 1.
 """
 
 from __future__ import annotations

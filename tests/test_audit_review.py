@@ -365,3 +365,32 @@ def test_archive_source_secrets_and_keys_are_write_only(admin_client) -> None:
     form.update({"name": "分部", "keys-0-new_private_key": "-----BEGIN NOTHING-----"})
     response = admin_client.post(reverse("admin:audit_archivesource_add"), form)
     assert response.status_code == 200 and ArchiveSource.objects.count() == 1
+
+
+def test_case_list_filters_by_department_and_bot(admin_client, bot) -> None:
+    from django.utils import timezone
+
+    from apps.bots.models import Conversation, Turn
+    from apps.knowledge.models import DirectoryUser
+
+    DirectoryUser.objects.create(userid="hr-ann", departments=["HR"])
+    DirectoryUser.objects.create(userid="eng-bo", departments=["Engineering"])
+    cases = {}
+    for userid in ("hr-ann", "eng-bo"):
+        conversation = Conversation.objects.create(bot=bot, chat_type="single", userid=userid)
+        turn = Turn.objects.create(
+            bot=bot,
+            conversation=conversation,
+            msgid=f"m-{userid}",
+            stream_id=f"s-{userid}",
+            question="q",
+            received_at=timezone.now(),
+        )
+        cases[userid] = ReviewCase.objects.create(turn=turn, bot=bot, action="flag")
+    url = reverse("admin:audit_reviewcase_changelist")
+    page = admin_client.get(url, {"department": "HR"})
+    assert page.status_code == 200
+    shown = {case.pk for case in page.context["cl"].result_list}
+    assert shown == {cases["hr-ann"].pk}
+    page = admin_client.get(url, {"bot": bot.pk})
+    assert {case.pk for case in page.context["cl"].result_list} == {c.pk for c in cases.values()}

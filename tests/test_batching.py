@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
 from apps.bots.engine import registry
@@ -110,7 +111,12 @@ def test_concurrent_greedy_equals_sequential_and_single_stream(
     computes every matmul output from its own row alone. So a sequence's logits do not
     depend on the batch size or on the other sequences in the batch. (A unified KV
     cache would interleave sequences' cells and change the summation order inside
-    attention, which is where batch-dependent rounding would come from.)
+    attention, which is where batch-dependent rounding would come from.) One kernel
+    difference does exist: a token decoded alone in its stream gets slightly different
+    numbers from one decoded in a chunk of two or more; the engine decodes prompts in
+    chunks of two or more and answer tokens one at a time, as llama-cpp-python does. The
+    single-stream engine's streamed text can still differ in rare CJK answers, by
+    dropping characters; see test_streamed_chinese_keeps_every_character.
     """
     requests = [ChatRequest(messages=ask(question), sampling=GREEDY) for question in QUESTIONS]
 
@@ -131,6 +137,45 @@ def test_concurrent_greedy_equals_sequential_and_single_stream(
     assert None not in prefilled and None not in finished
     assert max(prefilled) < min(finished)  # type: ignore[type-var]
     assert {generation.stats.finish_reason for generation in generations} <= {"stop", "length"}
+
+
+def test_streamed_chinese_keeps_every_character(engine: BatchingEngine, spec: ModelSpec) -> None:
+    """The streamed answer equals llama-cpp-python's non-streamed one, character for character.
+
+    This greedy answer contains a token whose bytes end inside a character; llama-cpp-python
+    0.3.36's own streaming loses text after it (so LlamaEngine streams
+    "如何在工作中实oliberal为" here), while the non-streamed completion decodes all tokens
+    at once. The batching engine releases whole characters as they complete.
+    """
+    system = {
+        "role": "system",
+        "content": (
+            "You are the assistant of an enterprise chat platform. Employees ask you about "
+            "their work: processes, tools, writing and planning. Answer in the language of the "
+            "question, in full sentences, with concrete steps where they help."
+        ),
+    }
+    messages = ask("请详细介绍一下如何做好季度预算评审。", system)
+
+    generation = engine.submit(ChatRequest(messages=messages, sampling=GREEDY))
+    pieces = list(generation)
+    direct_llama = llama_cpp.Llama(model_path=spec.path, n_ctx=spec.n_ctx, verbose=False)
+    try:
+        direct = direct_llama.create_chat_completion(
+            messages=list(messages),  # type: ignore[arg-type]
+            temperature=0.0,
+            top_p=GREEDY.top_p,
+            top_k=GREEDY.top_k,
+            min_p=GREEDY.min_p,
+            repeat_penalty=GREEDY.repeat_penalty,
+            max_tokens=GREEDY.max_tokens,
+        )
+    finally:
+        direct_llama.close()
+
+    assert "".join(pieces) == direct["choices"][0]["message"]["content"]  # type: ignore[index]
+    assert "".join(pieces).startswith("如何在工作中实oliberal地为")
+    assert all("\ufffd" not in piece for piece in pieces)
 
 
 def test_seeded_sampling_uses_per_sequence_chains(

@@ -20,7 +20,7 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -514,6 +514,63 @@ class ReviewScopeForm(forms.Form):
     )
 
 
+class ReviewBotFilter(admin.SimpleListFilter):
+    """Only the bots the officer is assigned to appear as choices."""
+
+    title = _("bot")
+    parameter_name = "bot"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return [(b.pk, b.name) for b in selectors.bots_reviewable_by(user=request.user)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(bot_id=self.value()) if self.value() else queryset
+
+
+class ReviewDepartmentFilter(admin.SimpleListFilter):
+    """Cases about people of one department (the asking employee or the archived sender)."""
+
+    title = _("department")
+    parameter_name = "department"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT DISTINCT unnest(departments) AS d FROM knowledge_directoryuser ORDER BY d"
+            )
+            return [(row[0], row[0]) for row in cursor.fetchall()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if not self.value():
+            return queryset
+        from apps.knowledge.models import DirectoryUser
+
+        people = DirectoryUser.objects.filter(departments__contains=[self.value()]).values("userid")
+        return queryset.filter(
+            Q(turn__conversation__userid__in=people) | Q(archived_message__sender__in=people)
+        )
+
+
+class ArchiveSourceScopeFilter(admin.SimpleListFilter):
+    """Only the sources the officer is assigned to appear as choices."""
+
+    title = _("archive source")
+    parameter_name = "source"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return [(s.pk, s.name) for s in selectors.sources_reviewable_by(user=request.user)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(source_id=self.value()) if self.value() else queryset
+
+
+class ReviewSourceFilter(ArchiveSourceScopeFilter):
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(archive_source_id=self.value()) if self.value() else queryset
+
+
 @admin.register(ReviewCase)
 class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
     form = ReviewCaseForm
@@ -528,7 +585,15 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         "decision",
     )
     list_display_links = ("id", "created_at")
-    list_filter = ("status", "action", "decision", "policy")
+    list_filter = (
+        "status",
+        "action",
+        "decision",
+        "policy",
+        ReviewBotFilter,
+        ReviewSourceFilter,
+        ReviewDepartmentFilter,
+    )
     list_select_related = ("policy", "bot", "archive_source", "assignee")
     search_fields = ("note", "turn__msgid", "archived_message__msgid")
     date_hierarchy = "created_at"
@@ -914,19 +979,6 @@ class ArchiveSourceAdmin(OperatorAuditAdminMixin, GuardedModelAdminMixin, admin.
         for source in queryset.filter(enabled=True):
             transaction.on_commit(lambda pk=source.pk: archive_pull.delay(pk))
         self.message_user(request, _("Pulls queued."))
-
-
-class ArchiveSourceScopeFilter(admin.SimpleListFilter):
-    """Only the sources the officer is assigned to appear as choices."""
-
-    title = _("archive source")
-    parameter_name = "source"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return [(s.pk, s.name) for s in selectors.sources_reviewable_by(user=request.user)]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return queryset.filter(source_id=self.value()) if self.value() else queryset
 
 
 @admin.register(ArchivedMessage)

@@ -195,6 +195,8 @@ def turn_ledger_payload(
             "userid": conversation.userid,
         },
         "model_profile": {"id": profile.pk, "name": profile.name, "gguf_path": profile.gguf_path},
+        # The prompt version: a hash of the system prompt the answer was generated under.
+        "system_prompt_sha256": sha256_hex(turn.bot.system_prompt.encode()),
         "question_hmac": content_fingerprint(turn.question),
         "answer_hmac": content_fingerprint(turn.answer),
         "reasoning_hmac": content_fingerprint(turn.reasoning) if turn.reasoning else None,
