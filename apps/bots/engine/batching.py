@@ -399,9 +399,10 @@ class BatchingEngine(Engine):
     """Decodes up to `slots` conversations at once in one llama.cpp context.
 
     `submit()` is thread-safe and returns at once; the scheduler thread does all llama.cpp
-    work. Requests beyond `slots` wait in FIFO order. Up to `prefix_cache_size` finished
-    sequences stay cached in extra sequence ids, so a conversation's next turn, or another
-    conversation with the same system prompt, starts from their KV cache.
+    work. Requests beyond `slots` wait in FIFO order. The prompts of up to
+    `prefix_cache_size` finished requests stay cached in extra sequence ids (LRU), so a
+    conversation's next turn, or another conversation with the same system prompt, starts
+    from their KV cache; each cache id costs a full context window of KV memory.
     """
 
     def __init__(
@@ -415,6 +416,8 @@ class BatchingEngine(Engine):
             raise EngineError(f"A batching engine needs at least one slot, got {slots}")
         if prefix_cache_size < 0:
             raise EngineError(f"prefix_cache_size cannot be negative, got {prefix_cache_size}")
+        if slots > spec.n_batch:
+            raise EngineError(f"slots ({slots}) cannot exceed n_batch ({spec.n_batch})")
         n_seq = slots + prefix_cache_size
         if n_seq > llama_cpp.llama_max_parallel_sequences():
             raise EngineError(
@@ -644,12 +647,15 @@ class BatchingEngine(Engine):
         return any(sequence is not None for sequence in self._running)
 
     def _step(self) -> None:
-        """One scheduler iteration: retire, admit, decode running sequences, prefill chunks.
+        """One scheduler iteration: retire, admit, prefill prompt chunks, decode.
 
-        Running sequences' next tokens go through llama_decode together, one token each;
-        each prompt chunk then gets its own llama_decode call. Prefill is compute-bound, so
-        the extra calls cost little, and keeping the two apart keeps every token on the
-        same kernels as in a single-sequence context (see `_plan_prefill`).
+        Each prompt chunk gets its own llama_decode call, then the next token of every
+        running sequence goes through one call together, one token each. Prefill is
+        compute-bound, so the extra calls cost little, and keeping the two apart keeps
+        every token on the same kernels as in a single-sequence context (see
+        `_chunk_size`). Chunks go first so that a new request's first token does not wait
+        for the running sequences' decode; sequences whose prompt completes join the
+        decode call of the same step.
         """
         now = time.monotonic()
         for sequence in self._active():
@@ -659,17 +665,11 @@ class BatchingEngine(Engine):
         self._release_followers()
         self._compact()
         active = self._active()
-        decoding = sorted(
-            (sequence for sequence in active if not sequence.prefilling),
-            key=lambda sequence: sequence.seq_id,
-        )
-        plan = self._plan_prefill(active, len(decoding))
-        if not decoding and not plan:
+        plan = self._plan_prefill(active, sum(1 for s in active if not s.prefilling))
+        if not plan and all(sequence.prefilling for sequence in active):
             self._publish_estimates(None)
             return
         started = time.monotonic()
-        if decoding:
-            self._decode(decoding, [(sequence, [sequence.pending]) for sequence in decoding])
         for sequence, length in plan:
             # Prefill calls can add up to a long step: honour cancellations between them.
             if reason := sequence.generation._interruption(time.monotonic()):
@@ -678,6 +678,12 @@ class BatchingEngine(Engine):
             start = sequence.n_past
             chunk = sequence.generation.prompt[start : start + length]
             self._decode([sequence], [(sequence, chunk)])
+        decoding = sorted(
+            (sequence for sequence in self._active() if not sequence.prefilling),
+            key=lambda sequence: sequence.seq_id,
+        )
+        if decoding:
+            self._decode(decoding, [(sequence, [sequence.pending]) for sequence in decoding])
         self._publish_estimates(time.monotonic() - started)
 
     def _active(self) -> list[_Sequence]:
@@ -901,7 +907,7 @@ class BatchingEngine(Engine):
         return piece
 
     def _retire(self, sequence: _Sequence, reason: str, failure: str | None = None) -> None:
-        """Finish the generation and free its slot; keep a finished answer's KV as a prefix."""
+        """Finish the generation and free its slot; a finished one's prompt KV stays cached."""
         generation = sequence.generation
         if reason in {"cancelled", "deadline"}:
             generation._emit(sequence.text.finish())
