@@ -35,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -632,22 +633,31 @@ def main(argv: list[str] | None = None) -> int:
     if "c" in engines:
         runners["c"] = ServerRunner(config, build_llama_server())
     order = [key for key in ("a", "b", "c") if key in engines]
-    results = []
-    for level in levels:
-        best: dict[str, LevelResult] = {}
-        for round_number in range(args.rounds):
-            # Alternate the order (abc, cba, ...) so slow drift hits every engine alike.
-            keys = order if round_number % 2 == 0 else order[::-1]
-            for key in keys:
-                print(
-                    f"running {ENGINE_NAMES[key]} at concurrency {level}, round {round_number + 1}",
-                    file=sys.stderr,
-                )
-                result = run_level(runners[key], level, config)
-                # Other load only ever slows a run down: keep each engine's fastest round.
-                if key not in best or result.tokens_per_s > best[key].tokens_per_s:
-                    best[key] = result
-        results.extend(best[key] for key in order)
+    best: dict[tuple[int, str], LevelResult] = {}
+    interrupted = False
+    # SIGTERM (or Ctrl-C) ends the run early but still reports the levels already measured.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        for level in levels:
+            for round_number in range(args.rounds):
+                # Alternate the order (abc, cba, ...) so slow drift hits every engine alike.
+                keys = order if round_number % 2 == 0 else order[::-1]
+                for key in keys:
+                    result = run_level(runners[key], level, config)
+                    print(
+                        f"{ENGINE_NAMES[key]} at concurrency {level}, round {round_number + 1}: "
+                        f"{result.tokens_per_s:.1f} tok/s, TTFT p50 "
+                        f"{_fmt(result.ttft_p50_ms)} ms, p99 {_fmt(result.ttft_p99_ms)} ms",
+                        file=sys.stderr,
+                    )
+                    # Other load only ever slows a run down: keep each engine's fastest round.
+                    kept = best.get((level, key))
+                    if kept is None or result.tokens_per_s > kept.tokens_per_s:
+                        best[level, key] = result
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: reporting the runs completed so far", file=sys.stderr)
+    results = [best[level, key] for level in levels for key in order if (level, key) in best]
     summary = summarise(results)
     if args.json:
         rows = []
@@ -655,10 +665,18 @@ def main(argv: list[str] | None = None) -> int:
             row = asdict(result)
             row.pop("texts")
             rows.append(row)
-        payload = {"config": asdict(config), "rounds": args.rounds, "results": rows, **summary}
+        payload = {
+            "config": asdict(config),
+            "rounds": args.rounds,
+            "interrupted": interrupted,
+            "results": rows,
+            **summary,
+        }
         print(json.dumps(payload, indent=2))
     else:
         print(render(config, results, summary, args.rounds))
+    if interrupted:
+        return 130
     return 1 if any(result.errors for result in results) else 0
 
 

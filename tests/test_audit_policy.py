@@ -9,6 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
+from django.utils import translation
 
 from apps.audit.models import (
     Action,
@@ -143,18 +144,21 @@ def test_regex_import_refuses_an_invalid_pattern_with_its_line_number(
 ) -> None:
     rules = tmp_path / "rules.txt"
     rules.write_text("# order numbers\nORD-\\d{6}\nblock\t(unclosed\n\nmask\t工号\\d+\n")
-    # The service names the line and imports nothing
-    with pytest.raises(PolicyImportError) as caught:
-        regex_rules_import(policy=policy, text=rules.read_text())
-    assert len(caught.value.problems) == 1 and caught.value.problems[0].startswith("line 3:")
+    # The service names the line, in the admin's language, and imports nothing
+    for language, line_label in (("en", "line 3:"), ("zh-hans", "第 3 行")):
+        with translation.override(language), pytest.raises(PolicyImportError) as caught:
+            regex_rules_import(policy=policy, text=rules.read_text())
+        assert len(caught.value.problems) == 1
+        assert caught.value.problems[0].startswith(line_label)
     # So does the command
-    with pytest.raises(CommandError, match="line 3"):
+    with translation.override("en"), pytest.raises(CommandError, match="line 3"):
         call_command("policy_import", "regex", policy.name, str(rules))
     assert policy.regex_rules.count() == 2
     # A valid file imports every line with its action
     rules.write_text("ORD-\\d{6}\nblock\t(?i)confidential\n")
     out = StringIO()
-    call_command("policy_import", "regex", policy.name, str(rules), "--replace", stdout=out)
+    with translation.override("en"):
+        call_command("policy_import", "regex", policy.name, str(rules), "--replace", stdout=out)
     assert "2 regex rules" in out.getvalue()
     assert list(policy.regex_rules.values_list("action", "pattern")) == [
         (Action.FLAG, "ORD-\\d{6}"),
@@ -175,7 +179,7 @@ def test_word_list_import_from_a_gb18030_file(policy: AuditPolicy, tmp_path: Pat
     decision = policy_evaluate(policies=[policy], text="这里有敏感词2999")
     assert decision.action == Action.FLAG
     words.write_text("正常\n***\n")
-    with pytest.raises(CommandError, match="line 2"):
+    with translation.override("en"), pytest.raises(CommandError, match="line 2"):
         call_command("policy_import", "words", "大名单", str(words))
 
 
