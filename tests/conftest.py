@@ -92,15 +92,17 @@ def worker_env(**overrides: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A real `celery worker` (prefork) against the test database and Redis."""
+    """A real `celery worker` (prefork unless told otherwise) on the test database and Redis."""
 
-    def __init__(self, *, queues: str, concurrency: int = 1, **env: str) -> None:
+    def __init__(
+        self, *, queues: str, concurrency: int = 1, pool: str = "prefork", **env: str
+    ) -> None:
         self.log_path = Path(settings.DATA_DIR) / f"test-worker-{os.getpid()}-{time.time_ns()}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "wecom_ai", "worker",
-                "-Q", queues, "-c", str(concurrency), "-P", "prefork",
+                "-Q", queues, "-c", str(concurrency), "-P", pool,
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "-n", f"test-{time.time_ns()}@%h", "--loglevel", "INFO",
             ],
@@ -147,8 +149,14 @@ class WorkerProcess:
 def start_worker(transactional_db: None) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
-    def start(*, queues: str = "inference,default", **env: str) -> WorkerProcess:
-        worker = WorkerProcess(queues=queues, **env)
+    def start(
+        *,
+        queues: str = "inference,default",
+        concurrency: int = 1,
+        pool: str = "prefork",
+        **env: str,
+    ) -> WorkerProcess:
+        worker = WorkerProcess(queues=queues, concurrency=concurrency, pool=pool, **env)
         workers.append(worker)
         return worker
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 from django.urls import reverse
 
+from apps.bots.engine.base import EngineLoad
+from apps.bots.model_load import _client, model_load_get, model_load_publish
 from apps.bots.models import Bot, Turn
 from apps.bots.wecom.crypto import generate_encoding_aes_key
 
@@ -35,6 +40,7 @@ def _bot_form(model_profile, **overrides):
         "rate_limit_per_minute": "10",
         "answer_only_from_sources": "on",
         "retrieval_top_k": "4",
+        "queue_notice_seconds": "3",
     }
     data.update(overrides)
     return data
@@ -81,22 +87,78 @@ def test_model_profile_path_must_be_a_gguf(staff, tmp_path):
     ]:
         response = staff.post(
             reverse("admin:bots_modelprofile_add"),
-            {
-                "name": "m",
-                "gguf_path": path,
-                "context_size": 4096,
-                "n_gpu_layers": 0,
-                "batch_size": 512,
-                "temperature": 0.7,
-                "top_p": 0.95,
-                "top_k": 40,
-                "min_p": 0.05,
-                "repeat_penalty": 1.1,
-            },
+            _model_profile_form(path),
             HTTP_ACCEPT_LANGUAGE="en",
         )
         errors = response.context["adminform"].form.errors["gguf_path"]
         assert any(fragment in error for error in errors), errors
+
+
+def _model_profile_form(path: str, **overrides):
+    data = {
+        "name": "m",
+        "gguf_path": path,
+        "context_size": 4096,
+        "n_gpu_layers": 0,
+        "batch_size": 512,
+        "slots": 4,
+        "prefix_cache_size": 2,
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "top_k": 40,
+        "min_p": 0.05,
+        "repeat_penalty": 1.1,
+    }
+    data.update(overrides)
+    return data
+
+
+def test_model_profile_slots_cannot_exceed_the_batch_size(staff, model_profile):
+    # Given a batch of 16 tokens: every running conversation needs one per decode step
+    data = _model_profile_form(model_profile.gguf_path, batch_size=16, slots=32)
+
+    response = staff.post(reverse("admin:bots_modelprofile_add"), data, HTTP_ACCEPT_LANGUAGE="en")
+
+    errors = response.context["adminform"].form.errors["slots"]
+    assert any("batch size (16)" in error for error in errors), errors
+    # And with slots inside the batch the same profile saves
+    data["slots"] = 16
+    response = staff.post(reverse("admin:bots_modelprofile_add"), data)
+    assert response.status_code == 302
+
+
+def test_model_profile_page_shows_the_live_load_workers_publish(staff, model_profile):
+    # Given no worker has the model loaded
+    url = reverse("admin:bots_modelprofile_change", args=[model_profile.pk])
+    page = staff.get(url, HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "not loaded by any inference worker" in page
+
+    # When two worker processes publish their engines' load
+    model_load_publish(
+        profile_id=model_profile.pk,
+        load=EngineLoad(slots=4, running=4, waiting=3, estimated_wait_seconds=2.5),
+    )
+    _client().hset(
+        f"wecom_ai:model-load:{model_profile.pk}",
+        "other-host:42",
+        json.dumps({"slots": 4, "running": 1, "waiting": 0, "wait": 0.0, "at": time.time()}),
+    )
+    # (and a third one that died a minute ago)
+    _client().hset(
+        f"wecom_ai:model-load:{model_profile.pk}",
+        "dead-host:7",
+        json.dumps({"slots": 4, "running": 4, "waiting": 9, "wait": 60, "at": time.time() - 60}),
+    )
+
+    # Then the admin adds up the live ones
+    load = model_load_get(profile_id=model_profile.pk)
+    assert (load.slots, load.running, load.waiting, load.workers) == (8, 5, 3, 2)
+    assert load.estimated_wait_seconds == 0.0
+    page = staff.get(url, HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "5 of 8 slots busy, 3 waiting" in page
+    page = staff.get(url, HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "8 个槽位中 5 个忙碌，3 个排队" in page
+    _client().delete(f"wecom_ai:model-load:{model_profile.pk}")
 
 
 def test_turns_are_read_only_and_searchable(staff, bot):

@@ -18,7 +18,6 @@ from apps.bots.engine.batching import (
     MIN_PREFIX_REUSE,
     BatchingEngine,
     BatchingGeneration,
-    batching_factory,
 )
 from apps.bots.engine.llama import LlamaEngine
 
@@ -319,6 +318,9 @@ def test_queue_positions_and_wait_estimates_follow_the_queue(single_slot: Batchi
     assert [generation.queue_position for generation in queued] == [1, 2, 3]
     assert single_slot.queue_depth() == 3
     assert single_slot.estimated_wait_seconds() > 0
+    load = single_slot.load()
+    assert (load.slots, load.running, load.waiting) == (1, 1, 3)
+    assert load.estimated_wait_seconds > 0
 
     # When the first queued one is cancelled, the others move up
     queued[0].cancel()
@@ -500,15 +502,15 @@ def test_close_cancels_work_and_refuses_new_requests(spec: ModelSpec) -> None:
         closing.submit(ChatRequest(messages=ask("Hi"), sampling=GREEDY))
 
 
-def test_registry_builds_batching_engines_with_the_factory(spec: ModelSpec) -> None:
+def test_registry_picks_the_engine_by_slots(spec: ModelSpec) -> None:
     registry.close_all()
-    previous = registry.register_engine_factory(batching_factory(2, prefix_cache_size=1))
     try:
-        loaded = registry.get_engine(replace(spec, n_ctx=256))
-        assert isinstance(loaded, BatchingEngine)
-        assert (loaded.slots, loaded.prefix_cache_size) == (2, 1)
+        batching = registry.get_engine(replace(spec, n_ctx=256, slots=2, prefix_cache_size=1))
+        single = registry.get_engine(replace(spec, n_ctx=256, slots=1))
+        assert isinstance(batching, BatchingEngine)
+        assert (batching.slots, batching.prefix_cache_size) == (2, 1)
+        assert isinstance(single, LlamaEngine)
     finally:
-        registry.register_engine_factory(previous)
         registry.close_all()
     with pytest.raises(EngineError, match="at least one slot"):
         BatchingEngine(spec, slots=0)

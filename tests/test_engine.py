@@ -190,7 +190,11 @@ def test_cancel_while_queued_behind_another_generation(engine: LlamaEngine) -> N
 
     # When a second one waiting for the context is cancelled
     waiter.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while engine.load().waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    load = engine.load()
+    assert (load.slots, load.running, load.waiting) == (1, 1, 1)
     queued.cancel()
     waiter.join(timeout=10)
 
@@ -199,8 +203,10 @@ def test_cancel_while_queued_behind_another_generation(engine: LlamaEngine) -> N
     assert pieces == []
     assert queued.stats.finish_reason == "cancelled"
     assert queued.stats.completion_tokens == 0
+    assert engine.load().waiting == 0
     list(running_stream)
     assert running.stats.finish_reason == "length"
+    assert engine.load().running == 0
 
 
 def test_dropping_a_half_read_generation_frees_the_context(engine: LlamaEngine) -> None:

@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from wecom_ai import queues
 
@@ -22,16 +22,30 @@ app.autodiscover_tasks()
 
 
 @worker_process_init.connect
-def _warm_models(**_kwargs: Any) -> None:
-    """Load models in each pool process after fork, in the background.
+def _warm_models_in_pool_process(**_kwargs: Any) -> None:
+    """Load models in each prefork pool process after fork, in the background.
 
     Never in the parent (CUDA state does not survive fork), and never inside this signal
     (Celery kills a process whose init takes over 4 seconds); a task that arrives while
     the model loads waits for it on the registry's per-model lock.
     """
-    if os.environ.get("WECOM_AI_WARM_MODELS") != "1":
-        return
+    if os.environ.get("WECOM_AI_WARM_MODELS") == "1":
+        _warm_in_background()
 
+
+@worker_ready.connect
+def _warm_models_in_worker(sender: Any = None, **_kwargs: Any) -> None:
+    """Thread and solo pools run tasks in the worker process itself: load models there.
+
+    On `worker_ready`, not `worker_init`: a loader thread started while the worker still
+    imports its task modules can deadlock with it on the import lock.
+    """
+    pool = type(getattr(sender, "pool", None)).__module__
+    if os.environ.get("WECOM_AI_WARM_MODELS") == "1" and pool.endswith((".thread", ".solo")):
+        _warm_in_background()
+
+
+def _warm_in_background() -> None:
     def warm() -> None:
         from django.db import connection
 

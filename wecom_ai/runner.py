@@ -36,7 +36,9 @@ def _python(*args: str) -> list[str]:
 
 
 def _children(port: int, data: Path) -> list[Child]:
-    inference_concurrency = os.environ.get("INFERENCE_CONCURRENCY", "1")
+    # Threads, not processes: every task thread of the inference worker feeds the same
+    # in-process batching engine, which decodes their conversations together.
+    inference_concurrency = os.environ.get("INFERENCE_CONCURRENCY", "16")
     return [
         Child(
             "web",
@@ -52,7 +54,8 @@ def _children(port: int, data: Path) -> list[Child]:
             "inference",
             _python(
                 "-m", "celery", "-A", "wecom_ai", "worker", "-Q", queues.INFERENCE,
-                "-n", "inference@%h", "-c", inference_concurrency, "--loglevel", "INFO",
+                "-n", "inference@%h", "-P", "threads", "-c", inference_concurrency,
+                "--loglevel", "INFO",
             ),
             env={"WECOM_AI_WARM_MODELS": "1"},
         ),

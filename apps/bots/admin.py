@@ -16,6 +16,7 @@ from apps.audit.models import AccessLog
 from apps.audit.services.access import access_log_record
 from apps.bots.fields import is_undecryptable
 from apps.bots.forms import BotForm, ModelProfileForm
+from apps.bots.model_load import model_load_get
 from apps.bots.models import Bot, Conversation, ModelProfile, Turn
 
 
@@ -36,14 +37,26 @@ class ReadOnlyAdminMixin:
 class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     audit_action_prefix = "bots.model_profile"
     form = ModelProfileForm
-    list_display = ("name", "gguf_path", "context_size", "n_gpu_layers", "threads", "bot_count")
+    list_display = (
+        "name",
+        "gguf_path",
+        "context_size",
+        "n_gpu_layers",
+        "slots",
+        "live_load",
+        "bot_count",
+    )
     search_fields = ("name", "gguf_path")
-    readonly_fields = ("gpu_build", "created_at", "updated_at")
+    readonly_fields = ("gpu_build", "live_load", "created_at", "updated_at")
     fieldsets = (
         (None, {"fields": ("name", "gguf_path")}),
         (
             _("Runtime"),
             {"fields": ("context_size", "n_gpu_layers", "gpu_build", "threads", "batch_size")},
+        ),
+        (
+            _("Concurrency"),
+            {"fields": ("slots", "prefix_cache_size", "live_load")},
         ),
         (
             _("Sampling defaults"),
@@ -59,6 +72,27 @@ class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     @admin.display(description=_("bots"))
     def bot_count(self, obj: ModelProfile) -> int:
         return obj.bots.count()
+
+    @admin.display(description=_("load now"))
+    def live_load(self, obj: ModelProfile) -> str:
+        if not obj.pk:
+            return "—"
+        load = model_load_get(profile_id=obj.pk)
+        if load is None:
+            return str(_("not loaded by any inference worker"))
+        return str(
+            _(
+                "%(running)s of %(slots)s slots busy, %(waiting)s waiting, "
+                "about %(wait)s s wait (%(workers)s workers)"
+            )
+            % {
+                "running": load.running,
+                "slots": load.slots,
+                "waiting": load.waiting,
+                "wait": f"{load.estimated_wait_seconds:.0f}",
+                "workers": load.workers,
+            }
+        )
 
     @admin.display(description=_("GPU offload in this build"))
     def gpu_build(self, obj: ModelProfile) -> str:
@@ -101,6 +135,7 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
                     "max_tokens",
                     "context_turns",
                     "welcome_message",
+                    "queue_notice_seconds",
                 )
             },
         ),

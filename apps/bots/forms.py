@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django import forms
 from django.utils.translation import gettext_lazy as _
@@ -23,6 +24,8 @@ class ModelProfileForm(forms.ModelForm):
             "n_gpu_layers",
             "threads",
             "batch_size",
+            "slots",
+            "prefix_cache_size",
             "temperature",
             "top_p",
             "top_k",
@@ -49,6 +52,18 @@ class ModelProfileForm(forms.ModelForm):
         if magic != GGUF_MAGIC:
             raise forms.ValidationError(_("This file is not a GGUF model."))
         return value
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        slots, batch_size = cleaned.get("slots"), cleaned.get("batch_size")
+        if slots is not None and batch_size is not None and slots > batch_size:
+            # Every running conversation decodes one token per batch.
+            self.add_error(
+                "slots",
+                _("Parallel conversations cannot exceed the batch size (%(batch)s).")
+                % {"batch": batch_size},
+            )
+        return cleaned
 
 
 class BotForm(forms.ModelForm):
@@ -84,6 +99,7 @@ class BotForm(forms.ModelForm):
             "max_tokens",
             "context_turns",
             "welcome_message",
+            "queue_notice_seconds",
             "allowed_userids",
             "allowed_departments",
             "rate_limit_per_minute",

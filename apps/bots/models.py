@@ -12,6 +12,10 @@ from django.utils.translation import gettext_lazy as _
 from apps.bots.engine.base import ModelSpec, SamplingParams
 from apps.bots.fields import EncryptedTextField
 
+# llama.cpp caps the sequences of one context (LLAMA_MAX_SEQ = 256); stay well inside it.
+MAX_SLOTS = 64
+MAX_PREFIX_CACHE = 32
+
 
 class ModelProfile(models.Model):
     """A GGUF model and how llama.cpp runs it; bots share profiles, workers cache by profile."""
@@ -49,6 +53,26 @@ class ModelProfile(models.Model):
     )
     batch_size = models.PositiveIntegerField(
         _("batch size"), default=512, validators=[MinValueValidator(8), MaxValueValidator(65536)]
+    )
+    slots = models.PositiveSmallIntegerField(
+        _("parallel conversations"),
+        default=4,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_SLOTS)],
+        help_text=_(
+            "Conversations each inference worker decodes together in one batch. More slots "
+            "raise total throughput at some cost per answer; each slot reserves a context "
+            "window of KV cache memory. 1 = one answer at a time."
+        ),
+    )
+    prefix_cache_size = models.PositiveSmallIntegerField(
+        _("cached prompts"),
+        default=2,
+        validators=[MaxValueValidator(MAX_PREFIX_CACHE)],
+        help_text=_(
+            "Finished prompts kept in memory so that a follow-up question, or another chat "
+            "with the same system prompt, starts without recomputing them. Each costs a "
+            "context window of KV cache memory. Used only with more than one slot."
+        ),
     )
     temperature = models.FloatField(
         _("temperature"), default=0.7, validators=[MinValueValidator(0), MaxValueValidator(2)]
@@ -94,6 +118,8 @@ class ModelProfile(models.Model):
             n_batch=self.batch_size,
             chat_format=self.chat_format or None,
             chat_template=self.chat_template or None,
+            slots=self.slots,
+            prefix_cache_size=self.prefix_cache_size if self.slots > 1 else 0,
         )
 
 
@@ -178,6 +204,16 @@ class Bot(models.Model):
         _("passages per question"),
         default=4,
         validators=[MinValueValidator(1), MaxValueValidator(20)],
+    )
+    queue_notice_seconds = models.PositiveSmallIntegerField(
+        _("queue notice after (seconds)"),
+        default=3,
+        validators=[MaxValueValidator(300)],
+        help_text=_(
+            "When every model slot is busy and the expected wait is longer than this, the "
+            "employee's reply bubble says they are queued and at which position, instead "
+            "of staying empty. 0 = say so whenever the question has to wait."
+        ),
     )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)

@@ -8,6 +8,7 @@ model is never called inside a request: `mention_receive` records the turn and e
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -26,10 +27,11 @@ from apps.audit.services.ledger import ledger_record_turn
 from apps.audit.services.policy import policy_evaluate, policy_stream_guard
 from apps.audit.services.review import review_cases_open_for_turn
 from apps.bots import selectors
-from apps.bots.engine.base import ChatRequest, EngineError
+from apps.bots.engine.base import ChatRequest, Engine, EngineError, Generation
 from apps.bots.engine.registry import get_engine
 from apps.bots.engine.think import ThinkSplitter, wecom_stream_content
-from apps.bots.models import Bot, Conversation, Turn
+from apps.bots.model_load import load_publisher
+from apps.bots.models import Bot, Conversation, ModelProfile, Turn
 from apps.bots.ratelimit import rate_limit_exceeded
 from apps.bots.streams import (
     StreamFlusher,
@@ -349,6 +351,7 @@ def turn_generate(*, turn_id: int) -> None:
     )
     try:
         engine = get_engine(bot.model_profile.spec())
+        load_publisher.watch(profile_id=bot.model_profile_id, engine=engine)
         mask = _masker(policies)
         messages = selectors.conversation_messages(turn=turn, mask=mask)
         hits = _knowledge_hits(turn=turn, question=messages[-1]["content"])
@@ -364,17 +367,24 @@ def turn_generate(*, turn_id: int) -> None:
         )
         generation = engine.submit(request)
         raw: list[str] = []
-        for piece in generation:
-            raw.append(piece)
-            if guard is not None:
-                # Only text no block/mask rule can still match reaches WeCom: a blocked word
-                # is never streamed out and then retracted.
-                piece = guard.feed(piece)
-                if guard.blocked:
-                    generation.cancel()
-                    break
-            progress.splitter.feed(piece)
-            _turn_progress(turn=turn, progress=progress, deadline=deadline, flusher=flusher)
+        with _QueueNotice(
+            generation=generation,
+            engine=engine,
+            threshold=bot.queue_notice_seconds,
+            flusher=flusher,
+        ) as notice:
+            for piece in generation:
+                notice.stop()
+                raw.append(piece)
+                if guard is not None:
+                    # Only text no block/mask rule can still match reaches WeCom: a blocked
+                    # word is never streamed out and then retracted.
+                    piece = guard.feed(piece)
+                    if guard.blocked:
+                        generation.cancel()
+                        break
+                progress.splitter.feed(piece)
+                _turn_progress(turn=turn, progress=progress, deadline=deadline, flusher=flusher)
         if guard is not None and not guard.blocked:
             progress.splitter.feed(guard.finish())
         progress.splitter.finish()
@@ -416,6 +426,68 @@ def turn_generate(*, turn_id: int) -> None:
         with _reply_language():
             answer = f"{answer.rstrip()}\n\n{sources_footer(hits=hits)}"
     turn_finish(turn=turn, reasoning=progress.splitter.reasoning, answer=answer)
+
+
+class _QueueNotice:
+    """Tells a waiting employee their place in line while every model slot is busy.
+
+    Runs beside the decode loop, which blocks until the first token: when the expected
+    wait (waited so far plus the engine's estimate) passes the bot's threshold, the
+    stream shows "queued, position N" and follows the position. `stop()` on the first
+    token joins the thread, so the notice can never overwrite the answer.
+    """
+
+    POLL_SECONDS = 0.5
+
+    def __init__(
+        self, *, generation: Generation, engine: Engine, threshold: float, flusher: StreamFlusher
+    ) -> None:
+        self._generation = generation
+        self._engine = engine
+        self._threshold = threshold
+        self._flusher = flusher
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _QueueNotice:
+        if self._generation.queue_position > 0:
+            self._thread = threading.Thread(target=self._run, name="queue-notice", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stopped.set()
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        shown = 0
+        while True:
+            position = self._generation.queue_position
+            if position <= 0:
+                return
+            waited = time.monotonic() - started
+            load = self._engine.load()
+            # With a slot free the request is admitted at the next decode step: no notice.
+            busy = load.running >= load.slots
+            expected = waited + load.estimated_wait_seconds
+            if busy and position != shown and max(expected, waited) > self._threshold:
+                shown = position
+                with _reply_language():
+                    self._flusher.update(
+                        _(
+                            "All answer slots are busy: you are number %(position)s in the "
+                            "queue. Your answer starts as soon as a slot frees up."
+                        )
+                        % {"position": position}
+                    )
+            if self._stopped.wait(self.POLL_SECONDS):
+                return
 
 
 def _flusher_stop(flusher: StreamFlusher) -> None:
@@ -647,12 +719,10 @@ def _turn_ledger(turn: Turn) -> None:
 
 def engines_warm() -> int:
     """Load the models of enabled bots, so the first question after a restart is not slow."""
-    from apps.bots.models import ModelProfile
-
     loaded = 0
     for profile in ModelProfile.objects.filter(bots__enabled=True).distinct():
         try:
-            get_engine(profile.spec())
+            load_publisher.watch(profile_id=profile.pk, engine=get_engine(profile.spec()))
             loaded += 1
         except EngineError as exc:
             logger.error("model profile %s cannot be loaded: %s", profile.name, exc)

@@ -31,6 +31,10 @@ class ModelSpec:
     chat_format: str | None = None  # a llama-cpp-python chat_format name
     chat_template: str | None = None  # a Jinja chat template; wins over chat_format
     seed: int = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED, i.e. a random seed
+    # Conversations decoded together in one context; 1 = the single-stream engine.
+    slots: int = 1
+    # Finished prompts kept in the KV cache for reuse (batching engine only).
+    prefix_cache_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,21 @@ class GenerationStats:
     finished_at: float | None = None
 
 
+@dataclass(frozen=True)
+class EngineLoad:
+    """How busy an engine is right now, for the admin and for backpressure decisions."""
+
+    slots: int
+    running: int
+    waiting: int
+    estimated_wait_seconds: float
+
+
 class Generation(ABC):
     """A submitted request whose text is pulled by iterating it, and which any thread may cancel."""
+
+    # 1 for the next request to get a slot, N for the Nth in line, 0 once it runs (or ended).
+    queue_position: int = 0
 
     @abstractmethod
     def __iter__(self) -> Iterator[str]:
@@ -100,6 +117,10 @@ class Engine(ABC):
     @abstractmethod
     def close(self) -> None:
         """Free the model; later submits raise EngineError."""
+
+    def load(self) -> EngineLoad:
+        """Slots in use and requests waiting; engines without a queue report themselves idle."""
+        return EngineLoad(slots=1, running=0, waiting=0, estimated_wait_seconds=0.0)
 
     def __enter__(self) -> Self:
         return self

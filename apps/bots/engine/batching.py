@@ -34,12 +34,12 @@ from apps.bots.engine.base import (
     ChatRequest,
     Engine,
     EngineError,
+    EngineLoad,
     Generation,
     GenerationStats,
     ModelSpec,
 )
 from apps.bots.engine.llama import LlamaEngine, gpu_offload_supported
-from apps.bots.engine.registry import EngineFactory
 from apps.bots.engine.sampling import SamplerChain, SeedSequence
 
 logger = logging.getLogger(__name__)
@@ -544,6 +544,16 @@ class BatchingEngine(Engine):
             heapq.heappush(steps_left, heapq.heappop(steps_left) + steps)
         return steps_left[0] * step_seconds
 
+    def load(self) -> EngineLoad:
+        with self._cond:
+            waiting = len(self._waiting)
+        return EngineLoad(
+            slots=self.slots,
+            running=sum(1 for sequence in self._running if sequence is not None),
+            waiting=waiting,
+            estimated_wait_seconds=self.estimated_wait_seconds(),
+        )
+
     def snapshot(self) -> BatchingSnapshot:
         """Counts taken between two decode steps; waits for the current step to finish."""
         with self._ctx_lock:
@@ -1030,14 +1040,3 @@ class BatchingEngine(Engine):
             self._waiting.clear()
         for generation in waiting:
             generation._finish(reason, failure)
-
-
-def batching_factory(
-    slots: int, *, prefix_cache_size: int = DEFAULT_PREFIX_CACHE_SIZE
-) -> EngineFactory:
-    """A registry factory for BatchingEngines: `register_engine_factory(batching_factory(8))`."""
-
-    def build(spec: ModelSpec) -> Engine:
-        return BatchingEngine(spec, slots=slots, prefix_cache_size=prefix_cache_size)
-
-    return build

@@ -22,6 +22,7 @@ from apps.bots.engine.base import (
     ChatRequest,
     Engine,
     EngineError,
+    EngineLoad,
     Generation,
     GenerationStats,
     ModelSpec,
@@ -84,6 +85,8 @@ class LlamaEngine(Engine):
         )
         self._lock = threading.Lock()
         self._closed = False
+        self._waiting = 0  # generations blocked on _lock, guarded by _waiting_lock
+        self._waiting_lock = threading.Lock()
 
     @property
     def n_ctx(self) -> int:
@@ -110,6 +113,13 @@ class LlamaEngine(Engine):
         """The exact prompt text the model will see, for debugging templates in the admin."""
         self._check_open()
         return self._format(messages).prompt
+
+    def load(self) -> EngineLoad:
+        with self._waiting_lock:
+            waiting = self._waiting
+        return EngineLoad(
+            slots=1, running=int(self._lock.locked()), waiting=waiting, estimated_wait_seconds=0.0
+        )
 
     def close(self) -> None:
         """Stop the running generation at its next token, then free the model."""
@@ -244,11 +254,18 @@ class LlamaGeneration(Generation):
 
     def _acquire_context(self) -> bool:
         """Wait for the context; give up (and finish) if cancelled or past the deadline."""
-        lock = self._engine._lock
-        while not lock.acquire(timeout=_QUEUE_POLL_SECONDS):
-            if reason := self._interruption():
-                self._finish(reason)
-                return False
+        engine = self._engine
+        lock = engine._lock
+        with engine._waiting_lock:
+            engine._waiting += 1
+        try:
+            while not lock.acquire(timeout=_QUEUE_POLL_SECONDS):
+                if reason := self._interruption():
+                    self._finish(reason)
+                    return False
+        finally:
+            with engine._waiting_lock:
+                engine._waiting -= 1
         if reason := self._interruption():
             lock.release()
             self._finish(reason)

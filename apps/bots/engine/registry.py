@@ -16,14 +16,19 @@ from apps.bots.engine.base import Engine, ModelSpec
 EngineFactory = Callable[[ModelSpec], Engine]
 
 
-def _llama_engine(spec: ModelSpec) -> Engine:
+def _default_engine(spec: ModelSpec) -> Engine:
+    """The batching engine when the spec asks for several slots, else the single-stream one."""
     # Imported here so that importing the registry does not load libllama.
+    if spec.slots > 1:
+        from apps.bots.engine.batching import BatchingEngine
+
+        return BatchingEngine(spec, slots=spec.slots, prefix_cache_size=spec.prefix_cache_size)
     from apps.bots.engine.llama import LlamaEngine
 
     return LlamaEngine(spec)
 
 
-_factory: EngineFactory = _llama_engine
+_factory: EngineFactory = _default_engine
 _state_lock = threading.Lock()
 _engines: dict[ModelSpec, Engine] = {}
 _load_locks: dict[ModelSpec, threading.Lock] = {}
