@@ -100,8 +100,8 @@ RUN apt-get update \
 RUN groupadd --system --gid 10001 wecom \
     && useradd --system --uid 10001 --gid wecom --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin wecom \
-    && mkdir -p /data /models \
-    && chown wecom:wecom /data /models
+    && mkdir -p /data/media /models \
+    && chown wecom:wecom /data /data/media /models
 
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/wecom-ai /opt/wecom-ai

@@ -49,6 +49,11 @@ def test_expired_turns_are_purged_and_the_chain_still_verifies(make_bot) -> None
         turn(kept_30, n, days_old=d) for n, d in [(1, 40), (2, 5), (3, 40)]
     )
     held_turn = turn(held, 4, days_old=400)
+    # (the old one was blocked: the model's withheld words and the employee's comment are
+    # content too)
+    Turn.objects.filter(pk=old.pk).update(
+        withheld_answer="被拦截的原文", feedback_detail={"type": 2, "content": "不准确"}
+    )
     ReviewCase.objects.create(turn=under_review, bot=kept_30, action="flag")
     recorded = LedgerEntry.objects.get(ref=f"bots.turn:{old.pk}")
     assert recorded.payload["question_hmac"] == content_fingerprint("问题1")
@@ -59,6 +64,7 @@ def test_expired_turns_are_purged_and_the_chain_still_verifies(make_bot) -> None
     assert (result.turns, result.ledger_entries) == (1, 1)
     old.refresh_from_db()
     assert (old.question, old.answer, old.status) == ("", "", Turn.Status.ANSWERED)
+    assert (old.withheld_answer, old.feedback_detail) == ("", {})
     for untouched in (recent, under_review, held_turn):
         untouched.refresh_from_db()
         assert untouched.question and untouched.answer

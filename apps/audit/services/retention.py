@@ -33,7 +33,15 @@ from apps.bots.models import Bot, Turn
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
-TURN_FIELDS = ("question", "answer", "reasoning")
+# Every field that can hold what an employee or the model wrote (feedback may carry a comment).
+TURN_FIELDS = ("question", "answer", "reasoning", "withheld_answer", "feedback_detail")
+_TURN_PURGED = {
+    "question": "",
+    "answer": "",
+    "reasoning": "",
+    "withheld_answer": "",
+    "feedback_detail": {},
+}
 MESSAGE_FIELDS = ("text", "raw", "sdkfileid", "media")
 
 
@@ -59,7 +67,7 @@ def _open_review() -> Q:
 
 
 def _expired_turns(bot: Bot, cutoff: dt.datetime) -> QuerySet[Turn]:
-    has_text = ~Q(question="") | ~Q(answer="") | ~Q(reasoning="")
+    has_text = ~Q(**_TURN_PURGED)  # any of them not yet empty
     return (
         Turn.objects.filter(bot=bot, received_at__lt=cutoff, status__in=Turn.TERMINAL)
         .filter(has_text)
@@ -104,7 +112,7 @@ def _turns_purge(bot: Bot, days: int, now: dt.datetime, result: PurgeResult) -> 
             )
             if not ids:
                 return
-            Turn.objects.filter(pk__in=ids).update(question="", answer="", reasoning="")
+            Turn.objects.filter(pk__in=ids).update(**_TURN_PURGED)
             _purge_entry(
                 scope=bot, model="bots.turn", ids=ids, days=days, cutoff=cutoff, fields=TURN_FIELDS
             )

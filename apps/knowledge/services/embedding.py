@@ -73,9 +73,7 @@ class EmbeddingSpec:
 def embedding_spec_for(profile: ModelProfile | None) -> EmbeddingSpec:
     """A knowledge base's embedding profile, or the default model when it has none."""
     if profile is None:
-        path = (
-            getattr(settings, "KNOWLEDGE_EMBEDDING_MODEL_PATH", "") or settings.DEFAULT_MODEL_PATH
-        )
+        path = settings.KNOWLEDGE_EMBEDDING_MODEL_PATH or settings.DEFAULT_MODEL_PATH
         return EmbeddingSpec(path=str(path), n_ctx=_DEFAULT_CONTEXT)
     return EmbeddingSpec(
         path=profile.gguf_path,
@@ -116,7 +114,7 @@ class Embedder:
             raise EmbeddingError(f"Could not load embedding model {spec.path}: {exc}") from exc
         self.dimensions = int(self._llama.n_embd())
         self._cache: OrderedDict[str, list[float]] = OrderedDict()
-        self._cache_size = int(getattr(settings, "KNOWLEDGE_EMBEDDING_CACHE_SIZE", 4096))
+        self._cache_size = settings.KNOWLEDGE_EMBEDDING_CACHE_SIZE
         self._centre = self._raw(list(_CENTRING_SENTENCES)).mean(axis=0)
 
     @property

@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[Document, str], None]
 
-DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 # Progress (percent) when each stage starts; embedding fills the span up to _EMBEDDED.
 _PARSING, _CHUNKING, _EMBEDDING, _EMBEDDED = 2, 8, 10, 95
 # Fields that uploads and ingestion runs own; an admin form's copy of them may be stale.
@@ -58,7 +57,7 @@ _CONTEXT_MARGIN = 8
 
 
 def max_upload_bytes() -> int:
-    return int(getattr(settings, "KNOWLEDGE_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
+    return settings.KNOWLEDGE_MAX_UPLOAD_BYTES
 
 
 # --- uploading ------------------------------------------------------------------------------
@@ -304,7 +303,7 @@ def _run_build(run: _Run, reporter: _ProgressReporter) -> None:
         raise DocumentParseError("empty", "The document contains no extractable text.")
     embedding_index_ensure(dimensions=embedder.dimensions)
     model_key = embedder.spec.model_key
-    batch_size = max(1, int(getattr(settings, "KNOWLEDGE_EMBEDDING_BATCH", 16)))
+    batch_size = settings.KNOWLEDGE_EMBEDDING_BATCH
     reporter.report("embedding", _EMBEDDING, force=True)
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start : start + batch_size]
@@ -414,7 +413,7 @@ class _ProgressReporter:
     def __init__(self, run: _Run, callback: ProgressCallback | None) -> None:
         self.run = run
         self.callback = callback
-        self.interval = float(getattr(settings, "KNOWLEDGE_PROGRESS_INTERVAL_SECONDS", 0.5))
+        self.interval = settings.KNOWLEDGE_PROGRESS_INTERVAL_SECONDS
         self._last = 0.0
 
     def report(self, stage: str, progress: int, *, force: bool = False) -> None:
