@@ -122,3 +122,22 @@ def test_staff_without_review_scope_and_anonymous_are_refused(asgi_server, make_
         with pytest.raises(websockets.exceptions.InvalidStatus) as excinfo:
             asyncio.run(_watch(asgi_server, cookie, lambda: None))
         assert excinfo.value.response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        ("en", "New flagged items since this page was opened"),
+        ("zh-hans", "打开此页面后新增的待审核内容"),
+    ],
+)
+def test_review_case_list_listens_to_the_feed(admin_client, language, text):
+    page = admin_client.get(
+        "/admin/audit/reviewcase/", HTTP_ACCEPT_LANGUAGE=language
+    ).content.decode()
+
+    assert 'data-url="/ws/audit/flagged/"' in page
+    assert "audit/flagged_live.js" in page
+    assert text in page
+    # The script fills the count into the translated sentence.
+    assert text + ("：%(count)s" if language == "zh-hans" else ": %(count)s") in page
