@@ -263,6 +263,19 @@ def test_records_near_the_five_day_window_raise_a_warning(
     assert archive_gap_check() == [source]
     source.refresh_from_db()
     assert source.health == ArchiveSource.Health.WARNING
+    # And so is one that was set up days ago and never pulled successfully (a new one is not)
+    ArchiveSource.objects.filter(pk=source.pk).update(
+        health=ArchiveSource.Health.OK, last_success_at=None, created_at=timezone.now() - old
+    )
+    fresh = ArchiveSource.objects.create(
+        name="新建", corp_id="ww3", secret="s", sdk_library_path="/x.so"
+    )
+    assert archive_gap_check() == [source]
+    source.refresh_from_db()
+    assert source.health == ArchiveSource.Health.WARNING
+    assert source.status_message.startswith("never pulled since")
+    fresh.refresh_from_db()
+    assert fresh.health == ArchiveSource.Health.NEVER
 
 
 def test_due_sources_are_queued_on_the_archive_queue(

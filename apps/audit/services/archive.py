@@ -24,6 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.audit import selectors
@@ -598,16 +599,17 @@ def archive_gap_check(*, now: dt.datetime | None = None) -> list[ArchiveSource]:
     """Warn about enabled sources whose last successful pull is close to the 5-day window."""
     now = now or timezone.now()
     limit = now - gap_warning_after()
+    # A source that never pulled successfully is as late as its age.
+    never = Q(last_success_at__isnull=True, created_at__lt=limit)
     late = list(
-        ArchiveSource.objects.filter(enabled=True, last_success_at__lt=limit).exclude(
+        ArchiveSource.objects.filter(Q(last_success_at__lt=limit) | never, enabled=True).exclude(
             health=ArchiveSource.Health.ERROR
         )
     )
     for source in late:
-        message = (
-            f"no successful pull since {source.last_success_at:%Y-%m-%d %H:%M} UTC; WeCom "
-            "deletes records after 5 days"
-        )
+        since = source.last_success_at or source.created_at
+        what = "no successful pull since" if source.last_success_at else "never pulled since"
+        message = f"{what} {since:%Y-%m-%d %H:%M} UTC; WeCom deletes records after 5 days"
         logger.error("archive source %s (%s): %s", source.pk, source.name, message)
         ArchiveSource.objects.filter(pk=source.pk).update(
             health=ArchiveSource.Health.WARNING, status_message=message
