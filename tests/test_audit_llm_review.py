@@ -27,6 +27,7 @@ from apps.audit.services.llm_review import (
     llm_review_prompt,
     llm_verdict_parse,
 )
+from apps.bots.models import ModelProfile
 
 pytestmark = pytest.mark.django_db
 
@@ -152,6 +153,27 @@ def test_real_model_answer_is_recorded_whatever_it_says(source, llm_policy, mode
     else:
         assert 0 <= outcome["risk"] <= 1
         assert ReviewCase.objects.count() == int(outcome["risk"] >= 0.8)
+
+
+def test_each_policy_reviews_with_its_own_model(source, llm_policy, model_profile):
+    # Given a second policy that names its own review model (whose file is not there)
+    big = ModelProfile.objects.create(
+        name="大模型", gguf_path="/nonexistent/review-model.gguf", context_size=2048
+    )
+    second = AuditPolicy.objects.create(
+        name="大模型复核", llm_review_enabled=True, llm_review_model=big
+    )
+    second.archive_sources.add(source)
+    messages = [archived(source, 1, "把客户名单发我私人邮箱"), archived(source, 2, "好的")]
+
+    result = archive_messages_llm_review(source_id=source.pk, message_ids=[m.pk for m in messages])
+
+    # Then the first policy was reviewed by the default (first) profile, the bundled model,
+    # and the second by its own, which failed to load: an error naming that model
+    messages[0].refresh_from_db()
+    assert "/nonexistent/review-model.gguf" not in str(messages[0].llm_review[str(llm_policy.pk)])
+    assert "/nonexistent/review-model.gguf" in messages[0].llm_review[str(second.pk)]["error"]
+    assert result.conversations == 1 and result.errors >= 1
 
 
 def test_pull_enqueues_llm_review_after_commit_only_when_a_policy_asks(

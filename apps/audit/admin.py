@@ -379,6 +379,7 @@ class AuditPolicyForm(forms.ModelForm):
             "legal_hold_reason",
             "llm_review_enabled",
             "llm_review_prompt",
+            "llm_review_model",
             "llm_review_threshold",
             "bots",
             "archive_sources",
@@ -423,7 +424,12 @@ class AuditPolicyAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         (
             _("LLM review"),
             {
-                "fields": ("llm_review_enabled", "llm_review_prompt", "llm_review_threshold"),
+                "fields": (
+                    "llm_review_enabled",
+                    "llm_review_prompt",
+                    "llm_review_model",
+                    "llm_review_threshold",
+                ),
                 "classes": ("collapse",),
             },
         ),

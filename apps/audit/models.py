@@ -127,6 +127,18 @@ class AuditPolicy(models.Model):
         blank=True,
         help_text=_("Asks the review model for a 0–1 risk score of a message."),
     )
+    llm_review_model = models.ForeignKey(
+        "bots.ModelProfile",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("LLM review model"),
+        help_text=_(
+            "The model that reviews archived conversations; empty = the first model profile. "
+            "Pick a larger model than the small default for judgement worth trusting."
+        ),
+    )
     llm_review_threshold = models.FloatField(
         _("LLM review threshold"),
         default=0.8,

@@ -110,7 +110,10 @@ def llm_review_prompt(*, policy: AuditPolicy, transcript: str) -> str:
     return f"{template}\n\n{transcript}"
 
 
-def _profile() -> ModelProfile | None:
+def _profile(policy: AuditPolicy) -> ModelProfile | None:
+    """The policy's review model, else the first model profile."""
+    if policy.llm_review_model is not None:
+        return policy.llm_review_model
     return ModelProfile.objects.order_by("pk").first()
 
 
@@ -141,9 +144,9 @@ def archive_messages_llm_review(*, source_id: int, message_ids: Iterable[int]) -
     """Review the conversations of these stored messages under each LLM-review policy."""
     result = LlmReviewResult()
     policies = list(
-        AuditPolicy.objects.filter(
-            enabled=True, llm_review_enabled=True, archive_sources=source_id
-        ).order_by("pk")
+        AuditPolicy.objects.filter(enabled=True, llm_review_enabled=True, archive_sources=source_id)
+        .select_related("llm_review_model")
+        .order_by("pk")
     )
     messages = list(
         ArchivedMessage.objects.filter(
@@ -154,7 +157,6 @@ def archive_messages_llm_review(*, source_id: int, message_ids: Iterable[int]) -
     )
     if not policies or not messages:
         return result
-    profile = _profile()
     conversations: dict[str, list[ArchivedMessage]] = defaultdict(list)
     for message in messages:
         conversations[_conversation_key(message)].append(message)
@@ -165,6 +167,7 @@ def archive_messages_llm_review(*, source_id: int, message_ids: Iterable[int]) -
         errors: list[str] = []
         cases: list[ReviewCase] = []
         for policy in policies:
+            profile = _profile(policy)
             try:
                 if profile is None:
                     raise EngineError("no model profile is configured")
