@@ -8,14 +8,16 @@ OpenAI-compatible streaming endpoint. All three get the same model, threads, pro
 max_tokens and greedy sampling, and run one at a time.
 
     .venv/bin/python bench/concurrency.py [--engines a,b,c] [--concurrency 1,4,8,16]
-        [--requests-per-client 2] [--max-tokens 64] [--json]
+        [--requests-per-client 2] [--min-requests 8] [--max-tokens 64] [--json]
 
 The first run with engine c builds llama-server into ~/.cache/wecom-ai (many minutes on two
 cores); `--build-only` does just that.
 
 Each engine is started fresh per concurrency level (slots = --parallel = the level), gets
 one unmeasured warm-up request, then N client threads each ask --requests-per-client
-questions back to back (one shared system prompt, a distinct question per request).
+questions back to back (one shared system prompt, a distinct question per request), or
+more so that a level asks at least --min-requests in all (one stream alone would otherwise
+be measured over two answers, about two seconds).
 Columns: tok/s = completion tokens of all requests / wall time from the common start to
 the last answer; TTFT = send to first non-empty text (for b it includes waiting for the
 lock); "p99 later" = p99 TTFT of each client's second and later requests only (they
@@ -228,6 +230,7 @@ class BenchConfig:
     n_batch: int
     max_tokens: int
     requests_per_client: int
+    min_requests: int
     prefix_cache_size: int
     server_flash_attn: str
     request_timeout_s: float
@@ -443,11 +446,12 @@ def run_level(runner: Runner, concurrency: int, config: BenchConfig) -> LevelRes
         runner.ask(conversation(len(TEMPLATES) * len(TOPICS) - 1))  # warm-up, not measured
         results: dict[int, RequestResult] = {}
         gate = threading.Barrier(concurrency + 1)
+        per_client = max(config.requests_per_client, math.ceil(config.min_requests / concurrency))
 
         def client(number: int) -> None:
             gate.wait()
-            for turn in range(config.requests_per_client):
-                index = number * config.requests_per_client + turn
+            for turn in range(per_client):
+                index = number * per_client + turn
                 try:
                     results[index] = runner.ask(conversation(index))
                 except Exception as exc:  # reported as an error row, never hidden
@@ -468,7 +472,7 @@ def run_level(runner: Runner, concurrency: int, config: BenchConfig) -> LevelRes
     later = [
         result.ttft_ms
         for index, result in sorted(results.items())
-        if index % config.requests_per_client and result.ttft_ms is not None
+        if index % per_client and result.ttft_ms is not None
     ]
     tokens = sum(result.completion_tokens for result in ordered)
     return LevelResult(
@@ -563,7 +567,8 @@ def render(
     lines = [
         f"model {Path(config.model).name}, {config.threads} threads, n_ctx {config.n_ctx} per "
         f"sequence, n_batch {config.n_batch}, max_tokens {config.max_tokens}, greedy, "
-        f"{config.requests_per_client} requests per client, llama-server flash-attn "
+        f"{config.requests_per_client}+ requests per client and {config.min_requests}+ per "
+        f"level, llama-server flash-attn "
         f"{config.server_flash_attn}, best of {rounds} round(s) per engine and level",
         "",
         f"{'engine':<18} {'conc':>4} {'reqs':>4} {'tokens':>6} {'wall s':>7} {'tok/s':>7} "
@@ -603,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,4,8,16", help="comma-separated levels")
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument(
+        "--min-requests", type=int, default=8, help="at least this many requests per level"
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1, help="runs per engine and level; the fastest is kept"
     )
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -637,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         n_batch=args.n_batch,
         max_tokens=args.max_tokens,
         requests_per_client=args.requests_per_client,
+        min_requests=args.min_requests,
         prefix_cache_size=args.prefix_cache_size,
         server_flash_attn=args.server_flash_attn,
         request_timeout_s=args.timeout,
