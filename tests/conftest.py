@@ -112,7 +112,12 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            # Never leave a worker behind: it would keep taking later tests' tasks.
+            self.stop()
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

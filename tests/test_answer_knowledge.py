@@ -72,4 +72,5 @@ def test_answer_cites_sources_and_never_sees_restricted_passages(
 
     allowed = sim.ask("@HR助手 工程师薪级表月薪多少", userid="hr1", chatid="g2", timeout=180)
     turn = Turn.objects.get(msgid=allowed.msgid)
-    assert "salary.md" in _files(turn)
+    assert turn.status == Turn.Status.ANSWERED, (turn.status, turn.error, turn.answer)
+    assert "salary.md" in _files(turn), (turn.sources, turn.answer)
