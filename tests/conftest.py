@@ -91,6 +91,23 @@ def worker_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def turn_terminal(msgid: str, timeout: float = 60.0):
+    """The turn once its worker has recorded how it ended.
+
+    The worker finishes the WeCom stream a moment before it commits the turn's row, so a
+    simulator that has just seen `finish` may still read the turn as generating.
+    """
+    from apps.bots.models import Turn
+
+    deadline = time.monotonic() + timeout
+    while True:
+        turn = Turn.objects.get(msgid=msgid)
+        if turn.is_terminal:
+            return turn
+        assert time.monotonic() < deadline, f"turn {turn.pk} stuck in {turn.status}"
+        time.sleep(0.1)
+
+
 class WorkerProcess:
     """A real `celery worker` (prefork unless told otherwise) on the test database and Redis."""
 

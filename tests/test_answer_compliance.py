@@ -14,6 +14,7 @@ from apps.audit.models import SensitiveWordList as WordList
 from apps.bots.models import Turn
 from apps.bots.selectors import conversation_messages
 from apps.bots.services import _masker, bot_policies
+from tests.conftest import turn_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,7 +84,7 @@ def test_blocked_word_in_the_answer_is_never_streamed(make_bot, simulator_for, s
     assert second.answer == "该内容无法回答。"
     for snapshot in second.snapshots:
         assert blocked.lower() not in snapshot.lower(), snapshot
-    turn = Turn.objects.get(msgid=second.msgid)
+    turn = turn_terminal(second.msgid)
     assert blocked in turn.withheld_answer
     assert turn.filter_decisions[-1]["subject"] == "answer"
     assert ReviewCase.objects.filter(turn=turn).exists()

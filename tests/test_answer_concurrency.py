@@ -15,6 +15,7 @@ import pytest
 from apps.bots.model_load import model_load_get
 from apps.bots.models import Turn
 from apps.bots.wecom.simulator import AskResult
+from tests.conftest import turn_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -56,7 +57,7 @@ def test_eight_employees_asking_at_once_are_streamed_together(
 
     results = _ask_together(simulator_for, bot, QUESTIONS)
 
-    turns = list(Turn.objects.order_by("pk"))
+    turns = [turn_terminal(result.msgid) for result in results]
     assert len(turns) == len(QUESTIONS)
     assert all(turn.status == Turn.Status.ANSWERED for turn in turns)
     for result in results:
@@ -102,7 +103,7 @@ def test_employees_beyond_the_slots_are_told_their_queue_position(
     assert all(any(f"第 {n} 位" in snapshot for n in (1, 2, 3)) for snapshot in told)
     # The notice gives way to the answer; it is never part of what the employee ends with.
     assert all(QUEUE_NOTICE not in result.content for result in results)
-    assert all(QUEUE_NOTICE not in turn.answer for turn in Turn.objects.all())
+    assert all(QUEUE_NOTICE not in turn_terminal(result.msgid).answer for result in results)
     # The admin's live load saw both slots busy while others waited.
     assert any(load.slots == 2 and load.running == 2 for load in loads), loads
     assert any(load.waiting >= 1 for load in loads), loads

@@ -9,6 +9,7 @@ from django.core.management import call_command
 
 from apps.bots.models import Turn
 from apps.knowledge.models import DirectoryUser, KnowledgeBase
+from tests.conftest import turn_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -56,7 +57,7 @@ def test_answer_cites_sources_and_never_sees_restricted_passages(
     sim = simulator_for(hr_bot)
     leave = sim.ask("@HR助手 刚入职一年能休几天年假", userid="eng1", chatid="g1", timeout=180)
     assert leave.finished
-    turn = Turn.objects.get(msgid=leave.msgid)
+    turn = turn_terminal(leave.msgid)
     assert "handbook.md" in _files(turn)
     assert "salary.md" not in _files(turn)
     # The streamed answer ends with the compact sources list (document title + section).
@@ -66,11 +67,11 @@ def test_answer_cites_sources_and_never_sees_restricted_passages(
     assert all(source["document_version"] == 1 for source in turn.sources)
 
     salary = sim.ask("@HR助手 工程师薪级表月薪多少", userid="eng1", chatid="g1", timeout=180)
-    turn = Turn.objects.get(msgid=salary.msgid)
+    turn = turn_terminal(salary.msgid)
     assert "salary.md" not in _files(turn)  # never in the prompt of someone not allowed
     assert "两万" not in salary.answer
 
     allowed = sim.ask("@HR助手 工程师薪级表月薪多少", userid="hr1", chatid="g2", timeout=180)
-    turn = Turn.objects.get(msgid=allowed.msgid)
+    turn = turn_terminal(allowed.msgid)
     assert turn.status == Turn.Status.ANSWERED, (turn.status, turn.error, turn.answer)
     assert "salary.md" in _files(turn), (turn.sources, turn.answer)

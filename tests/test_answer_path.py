@@ -14,6 +14,7 @@ import pytest
 
 from apps.bots.models import Turn
 from apps.bots.selectors import conversation_messages
+from tests.conftest import turn_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -25,7 +26,7 @@ def test_mention_streams_a_model_answer_to_the_end(bot, simulator_for, start_wor
     assert result.finished
     assert result.answer.strip()
     assert result.refreshes >= 1
-    turn = Turn.objects.get()
+    turn = turn_terminal(result.msgid)
     assert turn.status == Turn.Status.ANSWERED
     assert turn.answer == result.answer.strip()
     assert turn.attempts == 1
@@ -43,13 +44,13 @@ def test_follow_up_question_carries_the_earlier_turn(bot, simulator_for, start_w
     second = sim.ask("What is my name?", userid="aiko", chatid="grp", timeout=120)
     other_user = sim.ask("What is my name?", userid="bob", chatid="grp", timeout=120)
     assert first.finished and second.finished and other_user.finished
-    follow_up = Turn.objects.get(msgid=second.msgid)
+    follow_up = turn_terminal(second.msgid)
     messages = conversation_messages(turn=follow_up)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[1]["content"] == "My name is Aiko. Remember it."
-    assert messages[2]["content"] == Turn.objects.get(msgid=first.msgid).answer
+    assert messages[2]["content"] == turn_terminal(first.msgid).answer
     # Context is per user and chat: bob's turn sees only his own question.
-    bob_turn = Turn.objects.get(msgid=other_user.msgid)
+    bob_turn = turn_terminal(other_user.msgid)
     assert [m["role"] for m in conversation_messages(turn=bob_turn)] == ["system", "user"]
 
 
