@@ -150,6 +150,13 @@ if REDIS_URL.rsplit("/", 1)[-1].isdigit():
 REDIS_DB_BASE = env.int("REDIS_DB_BASE", default=8 if DJANGO_ENV == "test" else 0)
 
 
+def _positive_int(name: str, default: int) -> int:
+    value = env.int(name, default=default)
+    if value < 1:
+        raise ImproperlyConfigured(f"{name} must be at least 1")
+    return value
+
+
 def _redis_db(offset: int) -> str:
     return f"{REDIS_URL}/{REDIS_DB_BASE + offset}"
 
@@ -202,17 +209,14 @@ AUDIT_CONTENT_HASH_KEY = _secret("AUDIT_CONTENT_HASH_KEY")
 AUDIT_ARCHIVE_GAP_WARNING_HOURS = env.int("AUDIT_ARCHIVE_GAP_WARNING_HOURS", default=96)
 
 # --- knowledge ----------------------------------------------------------------------------
-KNOWLEDGE_MAX_UPLOAD_BYTES = env.int("KNOWLEDGE_MAX_UPLOAD_BYTES", default=50 * 1024 * 1024)
+KNOWLEDGE_MAX_UPLOAD_BYTES = _positive_int("KNOWLEDGE_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
 # Passages embedded per llama.cpp call while indexing.
-KNOWLEDGE_EMBEDDING_BATCH = env.int("KNOWLEDGE_EMBEDDING_BATCH", default=16)
+KNOWLEDGE_EMBEDDING_BATCH = _positive_int("KNOWLEDGE_EMBEDDING_BATCH", 16)
 KNOWLEDGE_PROGRESS_INTERVAL_SECONDS = env.float("KNOWLEDGE_PROGRESS_INTERVAL_SECONDS", default=0.5)
 # The embedding model of knowledge bases that name none; empty = DEFAULT_MODEL_PATH.
 KNOWLEDGE_EMBEDDING_MODEL_PATH = env.str("KNOWLEDGE_EMBEDDING_MODEL_PATH", default="")
 # Embeddings of recent texts kept per process (LRU), so repeated questions skip the model.
 KNOWLEDGE_EMBEDDING_CACHE_SIZE = env.int("KNOWLEDGE_EMBEDDING_CACHE_SIZE", default=4096)
-for _name in ("KNOWLEDGE_MAX_UPLOAD_BYTES", "KNOWLEDGE_EMBEDDING_BATCH"):
-    if globals()[_name] < 1:
-        raise ImproperlyConfigured(f"{_name} must be at least 1")
 
 # --- WeCom ---------------------------------------------------------------------------------
 WECOM_API_BASE = env.str("WECOM_API_BASE", default="https://qyapi.weixin.qq.com").rstrip("/")

@@ -471,12 +471,11 @@ class _QueueNotice:
             position = self._generation.queue_position
             if position <= 0:
                 return
-            waited = time.monotonic() - started
             load = self._engine.load()
             # With a slot free the request is admitted at the next decode step: no notice.
             busy = load.running >= load.slots
-            expected = waited + load.estimated_wait_seconds
-            if busy and position != shown and max(expected, waited) > self._threshold:
+            expected = time.monotonic() - started + load.estimated_wait_seconds
+            if busy and position != shown and expected > self._threshold:
                 shown = position
                 with _reply_language():
                     self._flusher.update(

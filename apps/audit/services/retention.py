@@ -33,8 +33,8 @@ from apps.bots.models import Bot, Turn
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
-# Every field that can hold what an employee or the model wrote (feedback may carry a comment).
-TURN_FIELDS = ("question", "answer", "reasoning", "withheld_answer", "feedback_detail")
+# Every field that can hold what an employee or the model wrote (feedback may carry a
+# comment), with its purged value.
 _TURN_PURGED = {
     "question": "",
     "answer": "",
@@ -42,6 +42,7 @@ _TURN_PURGED = {
     "withheld_answer": "",
     "feedback_detail": {},
 }
+TURN_FIELDS = tuple(_TURN_PURGED)
 MESSAGE_FIELDS = ("text", "raw", "sdkfileid", "media")
 
 
