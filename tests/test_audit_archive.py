@@ -182,7 +182,7 @@ def test_pull_stores_decrypts_checks_and_quarantines(
     assert ledger_verify().ok
     source.refresh_from_db()
     assert source.cursor == 9 and source.health == ArchiveSource.Health.WARNING
-    assert "3 records quarantined" in source.status_message
+    assert "3 条记录已隔离" in source.status_message  # the deployment language, zh-hans
 
     # When the same records are served again from an earlier cursor
     ArchiveSource.objects.filter(pk=source.pk).update(cursor=0)
@@ -254,8 +254,8 @@ def test_records_near_the_five_day_window_raise_a_warning(
     assert result.ok and result.stored == 1
     source.refresh_from_db()
     assert source.health == ArchiveSource.Health.WARNING
-    assert "5 days" in source.status_message
-    assert any(r.levelname == "WARNING" and "5 days" in r.getMessage() for r in caplog.records)
+    assert "企业微信 5 天后删除记录" in source.status_message
+    assert any(r.levelname == "WARNING" and "5 天" in r.getMessage() for r in caplog.records)
     # And a source that has not pulled successfully for days is flagged by the gap check
     ArchiveSource.objects.filter(pk=source.pk).update(
         health=ArchiveSource.Health.OK, last_success_at=timezone.now() - old
@@ -273,7 +273,7 @@ def test_records_near_the_five_day_window_raise_a_warning(
     assert archive_gap_check() == [source]
     source.refresh_from_db()
     assert source.health == ArchiveSource.Health.WARNING
-    assert source.status_message.startswith("never pulled since")
+    assert "从未成功拉取" in source.status_message
     fresh.refresh_from_db()
     assert fresh.health == ArchiveSource.Health.NEVER
 

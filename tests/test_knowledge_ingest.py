@@ -128,17 +128,20 @@ def test_searches_see_exactly_one_version_while_a_new_one_is_ingested(
     policy.write_text(version("第一版"), encoding="utf-8")
     kb_ingest("hr", str(policy))
     kb = KnowledgeBase.objects.get()
-    results: list[tuple[int, ...]] = []
+    # (started, finished, versions seen) per search, on one monotonic clock
+    results: list[tuple[float, float, tuple[int, ...]]] = []
     errors: list[BaseException] = []
     stop = threading.Event()
 
     def search() -> None:
         try:
             while not stop.is_set():
+                started = time.monotonic()
                 hits = knowledge_retrieve(
                     bot_kb_ids=[kb.pk], userid=None, query="请假规定", top_k=20
                 )
-                results.append(tuple(sorted(hit.document_version for hit in hits)))
+                versions = tuple(sorted(hit.document_version for hit in hits))
+                results.append((started, time.monotonic(), versions))
                 time.sleep(0.01)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
@@ -154,19 +157,28 @@ def test_searches_see_exactly_one_version_while_a_new_one_is_ingested(
         policy.write_text(version("第二版"), encoding="utf-8")
         output, _ = kb_ingest("hr", str(policy))
         assert "leave.md: ready · v2 · 4 passages" in output
-        seen = len(results)
-        _wait_for(lambda: len(results) >= seen + 3)
+        _wait_for(lambda: bool(_began_after_new_version(list(results))))
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
     # Then every search saw all passages of exactly one version: never both, never none,
-    # and never the old one again once the new one showed up
+    # and a search that began after one saw the new version never sees the old one.
+    # (Threads append in any order, so only start and finish times order searches.)
     assert not errors, errors
-    assert set(results) == {(1, 1, 1, 1), (2, 2, 2, 2)}
-    first_new = results.index((2, 2, 2, 2))
-    assert all(result == (2, 2, 2, 2) for result in results[first_new:])
+    assert {versions for _, _, versions in results} == {(1, 1, 1, 1), (2, 2, 2, 2)}
+    assert set(_began_after_new_version(results)) == {(2, 2, 2, 2)}
     assert set(Chunk.objects.values_list("document_version", flat=True)) == {2}
+
+
+def _began_after_new_version(
+    results: list[tuple[float, float, tuple[int, ...]]],
+) -> list[tuple[int, ...]]:
+    """Versions seen by searches that began after some search had returned version 2."""
+    finishes = [finished for _, finished, versions in results if 2 in versions]
+    if not finishes:
+        return []
+    return [versions for started, _, versions in results if started > min(finishes)]
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from apps.audit import selectors
 from apps.audit.archive.decrypt import ArchivedMessage as DecryptedMessage
@@ -118,8 +119,11 @@ def _private_keys(source: ArchiveSource, result: ArchivePullResult) -> dict[int,
     for key in source.keys.all():
         if is_undecryptable(key.private_key):
             result.warnings.append(
-                f"the private key of publickey_ver={key.publickey_ver} cannot be decrypted "
-                "with FIELD_ENCRYPTION_KEYS"
+                _(
+                    "the private key of publickey_ver=%(version)s cannot be decrypted "
+                    "with FIELD_ENCRYPTION_KEYS"
+                )
+                % {"version": key.publickey_ver}
             )
             continue
         keys[key.publickey_ver] = key.private_key
@@ -448,11 +452,11 @@ def archive_pull(*, source_id: int, max_batches: int | None = None) -> ArchivePu
     source = ArchiveSource.objects.get(pk=source_id)
     result.cursor = source.cursor
     if not source.enabled:
-        result.skipped = "disabled"
+        result.skipped = _("the source is disabled")
         return result
     with _pull_lock(source_id) as acquired:
         if not acquired:
-            result.skipped = "another pull of this source is running"
+            result.skipped = _("another pull of this source is running")
             return result
         oldest_seen: dt.datetime | None = None
         try:
@@ -509,27 +513,37 @@ def _health_record(
     if oldest_seen is not None and now - oldest_seen > gap_warning_after():
         age = now - oldest_seen
         warnings.append(
-            f"pulled records up to {age.days} days old: WeCom deletes records after 5 days; "
-            "pull more often or check for an outage"
+            _(
+                "pulled records up to %(days)d days old: WeCom deletes records after 5 days; "
+                "pull more often or check for an outage"
+            )
+            % {"days": age.days}
         )
     if result.quarantined:
-        warnings.append(f"{result.quarantined} records quarantined")
+        warnings.append(_("%(count)d records quarantined") % {"count": result.quarantined})
     if result.media_pending:
-        warnings.append(f"{result.media_pending} media files to retry")
-    summary = (
-        f"stored {result.stored}, duplicates {result.duplicates}, "
-        f"quarantined {result.quarantined}, cases {result.cases}, cursor {result.cursor}"
-    )
+        warnings.append(_("%(count)d media files to retry") % {"count": result.media_pending})
+    summary = _(
+        "stored %(stored)d, duplicates %(duplicates)d, quarantined %(quarantined)d, "
+        "cases %(cases)d, cursor %(cursor)d"
+    ) % {
+        "stored": result.stored,
+        "duplicates": result.duplicates,
+        "quarantined": result.quarantined,
+        "cases": result.cases,
+        "cursor": result.cursor,
+    }
     if result.error:
         last_success = source.last_success_at
         if result.error_code == 10010 or (
             last_success is not None and now - last_success > gap_warning_after()
         ):
             warnings.append(
-                "records may be lost: the last successful pull is near the 5-day window"
+                _("records may be lost: the last successful pull is near the 5-day window")
             )
         fields["health"] = ArchiveSource.Health.ERROR
-        fields["status_message"] = "; ".join([f"pull failed: {result.error}", summary, *warnings])
+        failed = _("pull failed: %(error)s") % {"error": result.error}
+        fields["status_message"] = "; ".join([failed, summary, *warnings])
         logger.error("archive source %s (%s): %s", source.pk, source.name, fields["status_message"])
     else:
         fields["last_success_at"] = now
@@ -562,7 +576,7 @@ def archive_quarantine_retry(
         return result
     with _pull_lock(source_id) as acquired:
         if not acquired:
-            result.skipped = "a pull of this source is running"
+            result.skipped = _("another pull of this source is running")
             return result
         try:
             with _sdk_open(source) as sdk:
@@ -608,8 +622,11 @@ def archive_gap_check(*, now: dt.datetime | None = None) -> list[ArchiveSource]:
     )
     for source in late:
         since = source.last_success_at or source.created_at
-        what = "no successful pull since" if source.last_success_at else "never pulled since"
-        message = f"{what} {since:%Y-%m-%d %H:%M} UTC; WeCom deletes records after 5 days"
+        if source.last_success_at:
+            what = _("no successful pull since %(time)s UTC; WeCom deletes records after 5 days")
+        else:
+            what = _("never pulled since %(time)s UTC; WeCom deletes records after 5 days")
+        message = what % {"time": f"{since:%Y-%m-%d %H:%M}"}
         logger.error("archive source %s (%s): %s", source.pk, source.name, message)
         ArchiveSource.objects.filter(pk=source.pk).update(
             health=ArchiveSource.Health.WARNING, status_message=message
