@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from django.urls import reverse
 from django.utils import timezone
 
 from apps.audit.archive.testsdk.build import (
@@ -291,3 +293,33 @@ def test_due_sources_are_queued_on_the_archive_queue(
         assert tasks.archive_pull_due() == 1
     assert len(callbacks) == 1
     assert tasks.archive_pull.queue == queues.ARCHIVE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_quarantine_retry_from_the_admin_runs_on_an_archive_worker(
+    source: ArchiveSource, serve: Serve, keys, admin_client, start_worker
+) -> None:
+    # Given two records sealed with key version 3, which the source did not have at pull time
+    serve([FixtureRecord(message(n), publickey_ver=3 if n > 1 else 1) for n in (1, 2, 3)])
+    archive_pull(source_id=source.pk)
+    assert sorted(ArchiveQuarantine.objects.values_list("msgid", flat=True)) == ["msg2", "msg3"]
+    ArchiveKey.objects.create(source=source, publickey_ver=3, private_key=pem(keys[3]))
+    worker = start_worker(queues="archive")
+    # When an admin retries one of them from the quarantine list
+    chosen = ArchiveQuarantine.objects.get(msgid="msg2")
+    response = admin_client.post(
+        reverse("admin:audit_archivequarantine_changelist"),
+        {"action": "retry", "_selected_action": [chosen.pk]},
+        follow=True,
+    )
+    # Then the page says the work is queued, and the archive worker opens that record only
+    assert response.status_code == 200
+    assert "1 条记录已排队" in response.content.decode()
+    deadline = time.monotonic() + 60
+    while not ArchivedMessage.objects.filter(msgid="msg2").exists():
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.2)
+    assert ArchivedMessage.objects.get(msgid="msg2").text == "第2条消息"
+    assert list(ArchiveQuarantine.objects.values_list("msgid", flat=True)) == ["msg3"]
+    assert "archive_quarantine_retry" in worker.log()
+    assert ledger_verify().ok

@@ -46,7 +46,7 @@ from apps.audit.models import (
     SensitiveWordList,
 )
 from apps.audit.services.access import access_log_record
-from apps.audit.services.archive import archive_key_fingerprint, archive_quarantine_retry
+from apps.audit.services.archive import archive_key_fingerprint
 from apps.audit.services.export import export_write, export_zip
 from apps.audit.services.operator_audit import model_snapshot, operator_audit_record
 from apps.audit.services.policy import (
@@ -1088,22 +1088,23 @@ class ArchiveQuarantineAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         description=_("Retry selected records (after adding a key)"), permissions=["retry"]
     )
     def retry(self, request: HttpRequest, queryset: QuerySet[ArchiveQuarantine]) -> None:
-        stored = failing = 0
-        for source_id in queryset.values_list("source_id", flat=True).distinct():
-            result = archive_quarantine_retry(
-                source_id=source_id,
-                quarantine_ids=list(
-                    queryset.filter(source_id=source_id).values_list("pk", flat=True)
-                ),
+        # The vendor SDK runs on the archive workers, never inside a web request.
+        from apps.audit.tasks import archive_quarantine_retry
+
+        by_source: dict[int, list[int]] = {}
+        for pk, source_id in queryset.values_list("pk", "source_id"):
+            by_source.setdefault(source_id, []).append(pk)
+        for source_id, ids in by_source.items():
+            transaction.on_commit(
+                lambda source_id=source_id, ids=ids: archive_quarantine_retry.delay(source_id, ids)
             )
-            if result.error or result.skipped:
-                self.message_user(request, result.error or result.skipped, messages.ERROR)
-            stored += result.stored
-            failing += result.quarantined
         self.message_user(
             request,
-            _("%(stored)d records stored, %(failing)d still failing.")
-            % {"stored": stored, "failing": failing},
+            _(
+                "%(count)d records queued for another try on the archive workers; records "
+                "that open leave this list."
+            )
+            % {"count": sum(len(ids) for ids in by_source.values())},
         )
 
     @admin.display(description=_("error"))

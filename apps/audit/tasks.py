@@ -1,6 +1,7 @@
 """Thin Celery tasks: take ids, call a service, own the retry policy only.
 
-Archive pulls run on the `archive` queue (the vendor SDK is loaded only by those workers);
+Archive pulls and quarantine retries run on the `archive` queue (the vendor SDK is loaded
+only by those workers, never in a web request);
 LLM review runs on `inference`, next to the loaded model; the rest run on `default`. Beat runs
 `archive_pull_due` every minute, `ledger_checkpoint` once a day just after midnight and
 `retention_purge` once a night.
@@ -22,6 +23,15 @@ def archive_pull(self, source_id: int) -> None:
     if result.error and result.retryable:
         # Transient (network, SDK system error): try again soon, well within the 5-day window.
         raise self.retry(countdown=60 * (2**self.request.retries))
+
+
+@shared_task(bind=True, queue=queues.ARCHIVE, ignore_result=True, max_retries=10)
+def archive_quarantine_retry(self, source_id: int, quarantine_ids: list[int]) -> int:
+    """Open quarantined records again; waits for a running pull of the source to end."""
+    result = archive.archive_quarantine_retry(source_id=source_id, quarantine_ids=quarantine_ids)
+    if result.skipped or (result.error and result.retryable):
+        raise self.retry(countdown=30)
+    return result.stored
 
 
 @shared_task(queue=queues.INFERENCE, ignore_result=True)
