@@ -27,6 +27,7 @@ from apps.audit.services.llm_review import (
     llm_review_prompt,
     llm_verdict_parse,
 )
+from apps.bots.model_load import model_load_get
 from apps.bots.models import ModelProfile
 
 pytestmark = pytest.mark.django_db
@@ -144,6 +145,9 @@ def test_real_model_answer_is_recorded_whatever_it_says(source, llm_policy, mode
     result = archive_messages_llm_review(source_id=source.pk, message_ids=[m.pk for m in messages])
     # Then the outcome is recorded: a verdict (case only at/above the threshold) or an error
     assert result.conversations == 1 and result.verdicts + result.errors == 1
+    # And the model's load shows in the admin like any bot's use of it
+    load = model_load_get(profile_id=model_profile.pk)
+    assert load is not None and load.workers == 1 and load.slots >= 1
     messages[0].refresh_from_db()
     outcome = messages[0].llm_review[str(llm_policy.pk)]
     assert messages[0].llm_reviewed_at is not None

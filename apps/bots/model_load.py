@@ -16,11 +16,16 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import redis
 from django.conf import settings
 
 from apps.bots.engine.base import Engine, EngineLoad
+from apps.bots.engine.registry import get_engine
+
+if TYPE_CHECKING:
+    from apps.bots.models import ModelProfile
 
 logger = logging.getLogger(__name__)
 
@@ -136,3 +141,10 @@ class LoadPublisher:
 
 
 load_publisher = LoadPublisher()
+
+
+def profile_engine(*, profile: ModelProfile) -> Engine:
+    """This process's engine for `profile`, its load published so the admin sees every user."""
+    engine = get_engine(profile.spec())
+    load_publisher.watch(profile_id=profile.pk, engine=engine)
+    return engine

@@ -28,9 +28,8 @@ from apps.audit.services.policy import policy_evaluate, policy_stream_guard
 from apps.audit.services.review import review_cases_open_for_turn
 from apps.bots import selectors
 from apps.bots.engine.base import ChatRequest, Engine, EngineError, Generation
-from apps.bots.engine.registry import get_engine
 from apps.bots.engine.think import ThinkSplitter, wecom_stream_content
-from apps.bots.model_load import load_publisher
+from apps.bots.model_load import profile_engine
 from apps.bots.models import Bot, Conversation, ModelProfile, Turn
 from apps.bots.ratelimit import rate_limit_exceeded
 from apps.bots.streams import (
@@ -350,8 +349,7 @@ def turn_generate(*, turn_id: int) -> None:
         interval=settings.WECOM_STREAM_FLUSH_SECONDS,
     )
     try:
-        engine = get_engine(bot.model_profile.spec())
-        load_publisher.watch(profile_id=bot.model_profile_id, engine=engine)
+        engine = profile_engine(profile=bot.model_profile)
         mask = _masker(policies)
         messages = selectors.conversation_messages(turn=turn, mask=mask)
         hits = _knowledge_hits(turn=turn, question=messages[-1]["content"])
@@ -721,7 +719,7 @@ def engines_warm() -> int:
     loaded = 0
     for profile in ModelProfile.objects.filter(bots__enabled=True).distinct():
         try:
-            load_publisher.watch(profile_id=profile.pk, engine=get_engine(profile.spec()))
+            profile_engine(profile=profile)
             loaded += 1
         except EngineError as exc:
             logger.error("model profile %s cannot be loaded: %s", profile.name, exc)

@@ -23,7 +23,7 @@ from django.utils import timezone
 from apps.audit.models import Action, ArchivedMessage, AuditPolicy, ReviewCase
 from apps.audit.streams import review_cases_publish
 from apps.bots.engine.base import ChatRequest, EngineError, SamplingParams
-from apps.bots.engine.registry import get_engine
+from apps.bots.model_load import profile_engine
 from apps.bots.models import ModelProfile
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def _profile(policy: AuditPolicy) -> ModelProfile | None:
 
 
 def _ask(profile: ModelProfile, prompt: str) -> str:
-    engine = get_engine(profile.spec())
+    engine = profile_engine(profile=profile)
     generation = engine.submit(
         ChatRequest(
             messages=({"role": "user", "content": prompt},),
