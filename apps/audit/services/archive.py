@@ -25,7 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from apps.audit import selectors
@@ -114,17 +114,21 @@ def _pull_lock(source_id: int) -> Iterator[bool]:
                 )
 
 
+def _stored_language() -> translation.override:
+    """Status texts are saved for every admin to read: in the deployment's language."""
+    return translation.override(settings.LANGUAGE_CODE)
+
+
 def _private_keys(source: ArchiveSource, result: ArchivePullResult) -> dict[int, str]:
     keys = {}
     for key in source.keys.all():
         if is_undecryptable(key.private_key):
-            result.warnings.append(
-                _(
+            with _stored_language():
+                warning = _(
                     "the private key of publickey_ver=%(version)s cannot be decrypted "
                     "with FIELD_ENCRYPTION_KEYS"
-                )
-                % {"version": key.publickey_ver}
-            )
+                ) % {"version": key.publickey_ver}
+            result.warnings.append(warning)
             continue
         keys[key.publickey_ver] = key.private_key
     return keys
@@ -499,7 +503,8 @@ def archive_pull(*, source_id: int, max_batches: int | None = None) -> ArchivePu
             result.error, result.error_code, result.retryable = str(exc), exc.code, exc.retryable
         except (OSError, DatabaseError) as exc:
             result.error, result.retryable = f"{type(exc).__name__}: {exc}", True
-        _health_record(source, result, oldest_seen=oldest_seen)
+        with _stored_language():
+            _health_record(source, result, oldest_seen=oldest_seen)
     return result
 
 
@@ -622,10 +627,13 @@ def archive_gap_check(*, now: dt.datetime | None = None) -> list[ArchiveSource]:
     )
     for source in late:
         since = source.last_success_at or source.created_at
-        if source.last_success_at:
-            what = _("no successful pull since %(time)s UTC; WeCom deletes records after 5 days")
-        else:
-            what = _("never pulled since %(time)s UTC; WeCom deletes records after 5 days")
+        with _stored_language():
+            if source.last_success_at:
+                what = _(
+                    "no successful pull since %(time)s UTC; WeCom deletes records after 5 days"
+                )
+            else:
+                what = _("never pulled since %(time)s UTC; WeCom deletes records after 5 days")
         message = what % {"time": f"{since:%Y-%m-%d %H:%M}"}
         logger.error("archive source %s (%s): %s", source.pk, source.name, message)
         ArchiveSource.objects.filter(pk=source.pk).update(
