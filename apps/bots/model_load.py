@@ -132,7 +132,7 @@ class LoadPublisher:
                 self._publish(profile_id, engine)
 
     def _publish(self, profile_id: int, engine: Engine) -> None:
-        if getattr(engine, "closed", False):
+        if engine.closed:
             return
         try:
             model_load_publish(profile_id=profile_id, load=engine.load())

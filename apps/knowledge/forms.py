@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.template.defaultfilters import filesizeformat
 from django.utils.translation import gettext_lazy as _
 
 from apps.knowledge.models import Document, KnowledgeBase
 from apps.knowledge.parsing import SUPPORTED_EXTENSIONS
-from apps.knowledge.services.ingest import max_upload_bytes
 
 
 class KnowledgeBaseForm(forms.ModelForm):
@@ -84,7 +84,7 @@ class DocumentForm(forms.ModelForm):
         upload = self.cleaned_data.get("upload")
         if upload is None:
             return None
-        limit = max_upload_bytes()
+        limit = settings.KNOWLEDGE_MAX_UPLOAD_BYTES
         if upload.size > limit:
             raise forms.ValidationError(
                 _("The file is %(size)s, over the %(limit)s upload limit."),

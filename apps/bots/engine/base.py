@@ -118,6 +118,11 @@ class Engine(ABC):
     def close(self) -> None:
         """Free the model; later submits raise EngineError."""
 
+    @property
+    @abstractmethod
+    def closed(self) -> bool:
+        """Whether `close()` has been called."""
+
     def load(self) -> EngineLoad:
         """Slots in use and requests waiting; engines without a queue report themselves idle."""
         return EngineLoad(slots=1, running=0, waiting=0, estimated_wait_seconds=0.0)

@@ -56,10 +56,6 @@ INGESTION_FIELDS = (
 _CONTEXT_MARGIN = 8
 
 
-def max_upload_bytes() -> int:
-    return settings.KNOWLEDGE_MAX_UPLOAD_BYTES
-
-
 # --- uploading ------------------------------------------------------------------------------
 
 
@@ -289,7 +285,9 @@ def _run_start(document_id: int) -> _Run | None:
 
 def _run_build(run: _Run, reporter: _ProgressReporter) -> None:
     with _local_path(run.file_name) as path:
-        parsed = parse_document(path, filename=run.original_filename, max_bytes=max_upload_bytes())
+        parsed = parse_document(
+            path, filename=run.original_filename, max_bytes=settings.KNOWLEDGE_MAX_UPLOAD_BYTES
+        )
     reporter.report("chunking", _CHUNKING, force=True)
     embedder = get_embedder(embedding_spec_for(run.kb.embedding_profile))
     chunk_size = min(run.kb.chunk_size, embedder.max_tokens - _CONTEXT_MARGIN)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -17,7 +18,6 @@ from apps.knowledge.services.ingest import (
     document_ingest,
     document_upload,
     knowledge_base_ensure,
-    max_upload_bytes,
 )
 
 
@@ -57,9 +57,10 @@ class Command(BaseCommand):
                 failed.append(path.name)
                 self.stderr.write(f"{path}: unsupported file type")
                 continue
-            if path.stat().st_size > max_upload_bytes():
+            limit = settings.KNOWLEDGE_MAX_UPLOAD_BYTES
+            if path.stat().st_size > limit:
                 failed.append(path.name)
-                self.stderr.write(f"{path}: larger than the {max_upload_bytes()} byte limit")
+                self.stderr.write(f"{path}: larger than the {limit} byte limit")
                 continue
             with path.open("rb") as handle:
                 result = document_upload(
