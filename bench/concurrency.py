@@ -180,6 +180,7 @@ TOPICS = (
 TARGET_BATCHING_VS_SERVER = 0.9
 TARGET_BATCHING_VS_SINGLE_AT_8 = 1.5
 TARGET_TTFT_P99_AT_8_VS_SINGLE = 2.0
+TARGET_BATCHING_SCALING_32_VS_1 = 8.0  # on a GPU, where decoding 32 rows costs about one
 READY_TIMEOUT_SECONDS = 120.0
 
 
@@ -234,10 +235,15 @@ class BenchConfig:
     prefix_cache_size: int
     server_flash_attn: str
     request_timeout_s: float
+    n_gpu_layers: int = 0
 
     def spec(self) -> ModelSpec:
         return ModelSpec(
-            path=self.model, n_ctx=self.n_ctx, n_threads=self.threads, n_batch=self.n_batch
+            path=self.model,
+            n_ctx=self.n_ctx,
+            n_threads=self.threads,
+            n_batch=self.n_batch,
+            n_gpu_layers=self.n_gpu_layers,
         )
 
     def sampling(self) -> SamplingParams:
@@ -332,7 +338,8 @@ class ServerRunner(Runner):
             "--flash-attn",
             config.server_flash_attn,
             "--n-gpu-layers",
-            "0",
+            # llama-server reads -1 as "auto" (fit to free memory); "all" is the library's -1.
+            "all" if config.n_gpu_layers < 0 else str(config.n_gpu_layers),
             "--jinja",
         ]
         log = self.log_path.open("wb")
@@ -525,6 +532,7 @@ def summarise(
         if at_8 is not None and at_1 is not None:
             ttft_ratio[engine] = ratio(at_8.ttft_p99_ms, at_1.ttft_p50_ms)
     paired = {n: statistics.median(ratios) for n, ratios in (same_round or {}).items() if ratios}
+    a_scaling = ratio(rate("a", 32), rate("a", 1))
     targets = {
         "a/c tokens/s >= 0.9 at every concurrency": _met(
             [value >= TARGET_BATCHING_VS_SERVER for value in a_vs_c.values() if value is not None]
@@ -534,6 +542,9 @@ def summarise(
         ),
         "a/b tokens/s >= 1.5 at 8": _met(
             [a_vs_b_at_8 >= TARGET_BATCHING_VS_SINGLE_AT_8] if a_vs_b_at_8 is not None else []
+        ),
+        "a tokens/s at 32 >= 8 x at 1": _met(
+            [a_scaling >= TARGET_BATCHING_SCALING_32_VS_1] if a_scaling is not None else []
         ),
         "a p99 TTFT at 8 <= 2 x single-request TTFT": _met(
             [ttft_ratio["a"] <= TARGET_TTFT_P99_AT_8_VS_SINGLE]
@@ -546,6 +557,7 @@ def summarise(
         "a_vs_c_same_round": {n: list(ratios) for n, ratios in (same_round or {}).items()},
         "a_vs_c_same_round_median": paired,
         "a_vs_b_tokens_per_s_at_8": a_vs_b_at_8,
+        "a_tokens_per_s_at_32_vs_1": a_scaling,
         "ttft_p99_at_8_vs_p50_at_1": ttft_ratio,
         "targets": targets,
     }
@@ -566,7 +578,8 @@ def render(
 ) -> str:
     lines = [
         f"model {Path(config.model).name}, {config.threads} threads, n_ctx {config.n_ctx} per "
-        f"sequence, n_batch {config.n_batch}, max_tokens {config.max_tokens}, greedy, "
+        f"sequence, n_batch {config.n_batch}, n_gpu_layers {config.n_gpu_layers}, "
+        f"max_tokens {config.max_tokens}, greedy, "
         f"{config.requests_per_client}+ requests per client and {config.min_requests}+ per "
         f"level, llama-server flash-attn "
         f"{config.server_flash_attn}, best of {rounds} round(s) per engine and level",
@@ -594,6 +607,7 @@ def render(
             line += f", {median:.2f} median of same-round ratios ({each})"
         lines.append(line)
     lines.append(f"(a)/(b) tokens/s at  8: {_fmt(summary['a_vs_b_tokens_per_s_at_8'], '.2f')}")
+    lines.append(f"(a) tokens/s at 32 / at 1: {_fmt(summary['a_tokens_per_s_at_32_vs_1'], '.2f')}")
     for engine, value in summary["ttft_p99_at_8_vs_p50_at_1"].items():
         lines.append(f"({engine}) TTFT p99 at 8 / TTFT p50 at 1: {_fmt(value, '.2f')}")
     lines.append("")
@@ -626,6 +640,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument(
+        "--n-gpu-layers", type=int, default=0, help="layers offloaded by every engine; -1 = all"
+    )
+    parser.add_argument(
+        "--server-binary",
+        help="a llama-server built elsewhere (e.g. with CUDA) instead of building one here",
+    )
     parser.add_argument("--build-only", action="store_true", help="build llama-server and exit")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -649,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         prefix_cache_size=args.prefix_cache_size,
         server_flash_attn=args.server_flash_attn,
         request_timeout_s=args.timeout,
+        n_gpu_layers=args.n_gpu_layers,
     )
     spec = config.spec()
     runners: dict[str, Runner] = {
@@ -662,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
         "b": InProcessRunner(config, lambda _slots: LlamaEngine(spec), "b"),
     }
     if "c" in engines:
-        runners["c"] = ServerRunner(config, build_llama_server())
+        binary = Path(args.server_binary) if args.server_binary else build_llama_server()
+        runners["c"] = ServerRunner(config, binary)
     # a next to c, so each round's a/c ratio compares runs minutes apart at most.
     order = [key for key in ("a", "c", "b") if key in engines]
     same_round: dict[int, list[float]] = {}
