@@ -14,7 +14,7 @@ import httpx
 import pytest
 import websockets
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.utils import timezone
 
@@ -100,6 +100,7 @@ async def _watch(base: str, cookie: str | None, flag: Callable[[], None]) -> lis
 def test_officer_receives_only_cases_of_assigned_bots(asgi_server, make_bot, admin_user):
     hr, it = make_bot(), make_bot(name="IT助手", slug="it")
     officer = User.objects.create_user("officer_a", password="x", is_staff=True)
+    officer.user_permissions.add(Permission.objects.get(codename="view_reviewcase"))
     review_scope_set(officer=officer, bots=[hr], sources=[], actor=admin_user)
     opened: dict[str, int] = {}
 

@@ -30,6 +30,7 @@ from apps.audit.services.ledger import ledger_verify
 from apps.audit.services.policy import policy_evaluate
 from apps.audit.services.review import review_cases_open_for_turn, review_scope_set
 from apps.bots.models import Conversation, Turn
+from tests.access_reason import REASON, open_with_reason
 
 pytestmark = pytest.mark.django_db
 
@@ -40,7 +41,6 @@ OFFICER_PERMS = (
     "view_archivedmessage",
     "export_archivedmessage",
 )
-REASON = {"reason": "工单 #4711 合规抽查"}
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def test_officer_lists_and_opens_only_cases_of_assigned_bots(scenario) -> None:
     listing = client_a.get(reverse("admin:audit_reviewcase_changelist")).content.decode()
     assert change_url(case_a) in listing and change_url(case_b) not in listing
     # B's case answers 404, with or without a reason, and leaves no access-log row
-    assert client_a.get(change_url(case_b), REASON).status_code == 404
+    assert open_with_reason(client_a, change_url(case_b)).status_code == 404
     assert client_a.get(change_url(case_b)).status_code == 404
     # Opening A's own case first asks why, without showing the content or logging
     ask = client_a.get(change_url(case_a))
@@ -119,10 +119,13 @@ def test_officer_lists_and_opens_only_cases_of_assigned_bots(scenario) -> None:
     assert "内部价格是一百元" not in ask.content.decode()
     assert not AccessLog.objects.exists()
     # With a reason the transcript is shown and the access is logged
-    page = client_a.get(change_url(case_a), REASON)
+    page = open_with_reason(client_a, change_url(case_a))
     assert page.status_code == 200 and "<mark>内部价格</mark>是一百元" in page.content.decode()
-    log = AccessLog.objects.get()
+    log = AccessLog.objects.get(object_type="audit.reviewcase")
     assert (log.username, log.action, log.reason) == ("officer_a", "view", REASON["reason"])
+    # The flagged turn the page shows is logged under the same reason
+    shown = AccessLog.objects.get(object_type="bots.turn")
+    assert (shown.object_id, shown.reason) == (str(case_a.turn_id), REASON["reason"])
     assert (log.object_type, log.object_id) == ("audit.reviewcase", str(case_a.pk))
     assert log.request_id  # the middleware's id, to correlate with the server logs
 
@@ -137,7 +140,7 @@ def test_assignment_page_grants_scope_through_guardian(scenario, admin_client) -
         {"officer": officer_a.pk, "bots": [hr.pk, it.pk], "archive_sources": []},
     )
     assert response.status_code == 302
-    assert client_a.get(change_url(case_b), REASON).status_code == 200
+    assert open_with_reason(client_a, change_url(case_b)).status_code == 200
     entry = OperatorAuditEntry.objects.filter(action="audit.review_scope.update").latest("id")
     assert entry.actor_username == "admin" and entry.after["bots"] == sorted([hr.pk, it.pk])
 
@@ -155,7 +158,8 @@ def test_officer_decides_a_case_and_the_decision_is_audited(scenario) -> None:
     case_a.refresh_from_db()
     case_b.refresh_from_db()
     assert (case_a.assignee, case_b.assignee) == (officer_a, None)
-    # A decides their own from the change form
+    # A decides their own from the change form, which they open with a reason first
+    assert open_with_reason(client_a, change_url(case_a)).status_code == 200
     response = client_a.post(change_url(case_a), {"decision": "confirmed", "note": "已提醒"})
     assert response.status_code == 302
     case_a.refresh_from_db()
@@ -223,12 +227,15 @@ def test_archived_message_transcript_is_scoped_and_needs_a_reason(officers) -> N
     assert "周五开会" in listing and "分部消息" not in listing
     url = reverse("admin:audit_archivedmessage_change", args=[first.pk])
     assert "access-reason-form" in client.get(url).content.decode()
-    page = client.get(url, REASON).content.decode()
+    page = open_with_reason(client, url).content.decode()
     assert "周五开会" in page and "好的收到" in page  # the conversation around it
     other_url = reverse("admin:audit_archivedmessage_change", args=[elsewhere.pk])
-    assert client.get(other_url, REASON).status_code == 404
-    assert AccessLog.objects.filter(object_type="audit.archivedmessage").count() == 1
-    assert second.pk
+    assert open_with_reason(client, other_url).status_code == 404
+    # The opened message and the one shown around it are both logged
+    logged = AccessLog.objects.filter(object_type="audit.archivedmessage")
+    assert sorted(logged.values_list("object_id", flat=True)) == sorted(
+        [str(first.pk), str(second.pk)]
+    )
 
 
 @pytest.mark.parametrize("model", ["ledgerentry", "accesslog", "operatorauditentry"])

@@ -11,10 +11,9 @@ from django.utils import timezone
 from apps.audit.models import AccessLog
 from apps.audit.services.review import review_scope_set
 from apps.bots.models import Conversation, Turn
+from tests.access_reason import REASON, open_with_reason
 
 pytestmark = pytest.mark.django_db
-
-REASON = {"reason": "工单 #4711 合规抽查"}
 
 
 def make_turn(bot, answer: str) -> Turn:
@@ -59,7 +58,7 @@ def test_officer_lists_and_opens_only_turns_of_assigned_bots(scenario) -> None:
         reverse("admin:bots_turn_change", args=[turn_it.pk]),
         reverse("admin:bots_conversation_change", args=[turn_it.conversation_id]),
     ):
-        assert client.get(url, REASON).status_code == 404
+        assert open_with_reason(client, url).status_code == 404
         assert client.get(url).status_code == 404
     conversations = client.get(reverse("admin:bots_conversation_changelist")).content.decode()
     assert "IT助手" not in conversations and "HR助手" in conversations
@@ -74,7 +73,7 @@ def test_opening_an_assigned_turn_asks_why_and_logs_it(scenario) -> None:
     assert ask.status_code == 200 and "access-reason-form" in ask.content.decode()
     assert "年假五天" not in ask.content.decode() and not AccessLog.objects.exists()
     # With a reason: the transcript, and one access-log row naming officer, turn and reason
-    opened = client.get(url, REASON)
+    opened = open_with_reason(client, url)
     assert opened.status_code == 200 and "年假五天" in opened.content.decode()
     (entry,) = AccessLog.objects.all()
     assert (entry.username, entry.action, entry.object_type, entry.object_id, entry.reason) == (

@@ -14,7 +14,9 @@ import pytest
 import websockets
 from django.conf import settings
 from django.test import Client
+from django.utils import timezone
 
+from apps.bots.models import Conversation, Turn
 from apps.bots.streams import stream_publish
 from tests.conftest import BASE_DIR, worker_env
 
@@ -62,11 +64,21 @@ async def _watch(base: str, cookie: str | None, turn_id: int) -> list[dict]:
     return received
 
 
-def test_staff_see_the_answer_stream_live(asgi_server, admin_user):
+def test_staff_see_the_answer_stream_live(asgi_server, admin_user, bot):
+    conversation = Conversation.objects.create(bot=bot, chat_type="single", userid="wangwu")
+    turn = Turn.objects.create(
+        bot=bot,
+        conversation=conversation,
+        msgid="m-live",
+        stream_id="s-live",
+        question="年假几天？",
+        status=Turn.Status.GENERATING,
+        received_at=timezone.now(),
+    )
     client = Client()
     client.force_login(admin_user)
     cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
-    received = asyncio.run(_watch(asgi_server, cookie, 42))
+    received = asyncio.run(_watch(asgi_server, cookie, turn.pk))
     assert received == [{"content": "年假五天", "finish": True, "status": "answered"}]
 
 

@@ -17,7 +17,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Model, Q, QuerySet
@@ -27,7 +27,6 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
-from guardian.admin import GuardedModelAdminMixin
 
 from apps.audit import selectors
 from apps.audit.models import (
@@ -45,7 +44,7 @@ from apps.audit.models import (
     ReviewCase,
     SensitiveWordList,
 )
-from apps.audit.services.access import access_log_record
+from apps.audit.services.access import access_log_record, access_log_record_many
 from apps.audit.services.archive import archive_key_fingerprint
 from apps.audit.services.export import export_write, export_zip
 from apps.audit.services.operator_audit import model_snapshot, operator_audit_record
@@ -162,8 +161,44 @@ class AccessReasonForm(forms.Form):
     )
 
 
+# The hidden field that tells a reason POST from the change form's own POST.
+ACCESS_REASON_FIELD = "_access_reason"
+# One-shot grants: a reason POST leaves one for its page, the redirected GET spends it.
+_REASON_GRANTS = "audit.access_reason_grants"
+_REASON_GRANT_SECONDS = 120
+
+
+def _reason_grant_store(request: HttpRequest, path: str, reason: str) -> None:
+    now = timezone.now().timestamp()
+    grants = {
+        key: grant
+        for key, grant in request.session.get(_REASON_GRANTS, {}).items()
+        if now - grant["at"] < _REASON_GRANT_SECONDS
+    }
+    grants[path] = {"reason": reason, "at": now}
+    request.session[_REASON_GRANTS] = grants
+
+
+def _reason_grant_pop(request: HttpRequest, path: str) -> str | None:
+    grants = request.session.get(_REASON_GRANTS, {})
+    grant = grants.pop(path, None)
+    if grant is None:
+        return None
+    request.session[_REASON_GRANTS] = grants
+    if timezone.now().timestamp() - grant["at"] >= _REASON_GRANT_SECONDS:
+        return None
+    return grant["reason"]
+
+
 class AccessReasonAdminMixin:
-    """Scope to what the user may see (others: 404) and ask why before showing a record."""
+    """Scope to what the user may see (others: 404) and ask why before showing a record.
+
+    Every page that shows the record (change and history views, whatever the HTTP method)
+    asks first. The reason is POSTed with CSRF (never a GET parameter that lands in proxy
+    logs and browser history); the POST redirects to the page, which spends the one-shot
+    grant and logs the record and every other record it shows. A change POST (a review
+    decision) needs a reason given for the record within `ACCESS_REASON_REUSE`.
+    """
 
     access_reason_template = "admin/audit/access_reason.html"
 
@@ -173,6 +208,70 @@ class AccessReasonAdminMixin:
             raise Http404(_("No such record, or it is not assigned to you."))
         return obj
 
+    def access_reason_required(self, request: HttpRequest) -> bool:
+        return True
+
+    def access_reason_default(self, request: HttpRequest) -> str:
+        """The reason logged when none is asked (see `access_reason_required`)."""
+        return ""
+
+    def access_shown_with(self, request: HttpRequest, obj: Model) -> list[Model]:
+        """Other records the page shows with `obj`; each is logged under the same reason."""
+        return []
+
+    def _access_gate(self, request: HttpRequest, object_id: str) -> HttpResponse | None:
+        """A response asking for the reason, or None once the access is logged."""
+        obj = self.get_object(request, unquote(object_id))
+        if not self.has_view_or_change_permission(request, obj):  # type: ignore[attr-defined]
+            raise PermissionDenied
+        if request.method == "POST" and ACCESS_REASON_FIELD in request.POST:
+            form = AccessReasonForm(request.POST)
+            if not form.is_valid():
+                return self._access_reason_form(request, obj, form)
+            _reason_grant_store(request, request.path, form.cleaned_data["reason"])
+            return HttpResponseRedirect(request.get_full_path())
+        if request.method == "POST":
+            if selectors.access_reason_recent(user=request.user, obj=obj) is None:
+                raise PermissionDenied
+            return None
+        reason = _reason_grant_pop(request, request.path)
+        if reason is None and not self.access_reason_required(request):
+            reason = self.access_reason_default(request)
+        if not reason:
+            return self._access_reason_form(request, obj, AccessReasonForm())
+        with transaction.atomic():
+            access_log_record(
+                user=request.user,
+                obj=obj,
+                action=AccessLog.Action.VIEW,
+                reason=reason,
+                request_id=_request_id(request),
+            )
+            access_log_record_many(
+                user=request.user,
+                objects=self.access_shown_with(request, obj),
+                action=AccessLog.Action.VIEW,
+                reason=reason,
+                request_id=_request_id(request),
+            )
+        return None
+
+    def _access_reason_form(
+        self, request: HttpRequest, obj: Model, form: AccessReasonForm
+    ) -> HttpResponse:
+        return TemplateResponse(
+            request,
+            self.access_reason_template,
+            {
+                **self.admin_site.each_context(request),  # type: ignore[attr-defined]
+                "title": _("Why are you opening this record?"),
+                "form": form,
+                "object": obj,
+                "opts": self.model._meta,  # type: ignore[attr-defined]
+                "reason_field": ACCESS_REASON_FIELD,
+            },
+        )
+
     def change_view(
         self,
         request: HttpRequest,
@@ -180,32 +279,16 @@ class AccessReasonAdminMixin:
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        if request.method == "GET":
-            obj = self.get_object(request, unquote(object_id))
-            form = AccessReasonForm(request.GET if "reason" in request.GET else None)
-            if not form.is_valid():
-                return TemplateResponse(
-                    request,
-                    self.access_reason_template,
-                    {
-                        **self.admin_site.each_context(request),  # type: ignore[attr-defined]
-                        "title": _("Why are you opening this record?"),
-                        "form": form,
-                        "object": obj,
-                        "opts": self.model._meta,  # type: ignore[attr-defined]
-                        "preserved": [
-                            (key, value) for key, value in request.GET.items() if key != "reason"
-                        ],
-                    },
-                )
-            access_log_record(
-                user=request.user,
-                obj=obj,
-                action=AccessLog.Action.VIEW,
-                reason=form.cleaned_data["reason"],
-                request_id=_request_id(request),
-            )
-        return super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+        return self._access_gate(request, object_id) or super().change_view(  # type: ignore[misc]
+            request, object_id, form_url, extra_context
+        )
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        return self._access_gate(request, object_id) or super().history_view(  # type: ignore[misc]
+            request, object_id, extra_context
+        )
 
 
 # Exports of up to this many records list their ids in the manifest's filters.
@@ -637,6 +720,10 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
             "archived_message",
         )
 
+    def access_shown_with(self, request: HttpRequest, obj: Model) -> list[Model]:
+        # The page shows the flagged turn or archived message in full.
+        return [record for record in (obj.turn, obj.archived_message) if record is not None]
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -907,7 +994,13 @@ class ArchiveKeyInline(admin.TabularInline):
 
 
 @admin.register(ArchiveSource)
-class ArchiveSourceAdmin(OperatorAuditAdminMixin, GuardedModelAdminMixin, admin.ModelAdmin):
+class ArchiveSourceAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
+    """Configuration, not content: guarded by model permissions, not assignments.
+
+    No object-permission pages here (guardian's): who reviews a source is set on the
+    officer-assignment page only, through `review_scope_set`, which is audited.
+    """
+
     form = ArchiveSourceForm
     audit_action_prefix = "audit.archive_source"
     inlines = (ArchiveKeyInline,)
@@ -956,10 +1049,6 @@ class ArchiveSourceAdmin(OperatorAuditAdminMixin, GuardedModelAdminMixin, admin.
         ),
         (_("History"), {"fields": ("created_at", "updated_at")}),
     )
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[ArchiveSource]:
-        # Configuration, not content: guarded by model permissions, not assignments.
-        return admin.ModelAdmin.get_queryset(self, request)
 
     @admin.display(description=_("stored secret"))
     def secret_state(self, obj: ArchiveSource) -> str:
@@ -1036,6 +1125,10 @@ class ArchivedMessageAdmin(AccessReasonAdminMixin, ReadOnlyAdminMixin, admin.Mod
     def has_export_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("audit.export_archivedmessage")
 
+    def access_shown_with(self, request: HttpRequest, obj: Model) -> list[Model]:
+        # The page shows the chat around the opened message: each of those is read too.
+        return [row for row in selectors.archive_conversation(message=obj) if row.pk != obj.pk]
+
     @admin.display(description=_("to"))
     def recipients(self, obj: ArchivedMessage) -> str:
         return obj.roomid or ", ".join(obj.tolist)
@@ -1074,12 +1167,23 @@ class ArchivedMessageAdmin(AccessReasonAdminMixin, ReadOnlyAdminMixin, admin.Mod
 
 @admin.register(ArchiveQuarantine)
 class ArchiveQuarantineAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Scoped like archived messages: an officer sees the records of their sources only."""
+
     list_display = ("created_at", "source", "seq", "msgid", "error_code", "short_error")
-    list_filter = ("source", "error_code")
+    list_filter = (ArchiveSourceScopeFilter, "error_code")
     search_fields = ("msgid", "error")
     list_select_related = ("source",)
     show_full_result_count = False
     actions = ("retry",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ArchiveQuarantine]:
+        return selectors.quarantined_for_user(user=request.user)
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            raise Http404(_("No such record, or it is not assigned to you."))
+        return obj
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("audit.change_archivesource")
@@ -1167,18 +1271,103 @@ class OperatorAuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 # --- who may do what: changes to users, groups and their permissions are audited too ----
 
 
-class AuditedUserAdmin(OperatorAuditAdminMixin, UserAdmin):
+def _permission_names(permissions: QuerySet) -> list[str]:
+    return sorted(f"{p.content_type.app_label}.{p.codename}" for p in permissions)
+
+
+class ScopeGrantGuardMixin:
+    """Review scope is granted on the officer-assignment page only (`review_scope_set`).
+
+    The user and group pages neither offer the scope permissions nor groups that carry
+    scope, and keep whatever of them a user or group already holds when the form is saved,
+    so `change_user` or `change_group` cannot widen anyone's scope, their own included.
+    """
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name in ("user_permissions", "permissions"):
+            kwargs["queryset"] = Permission.objects.exclude(
+                pk__in=selectors.scope_permissions()
+            ).select_related("content_type")
+        elif db_field.name == "groups":
+            kwargs["queryset"] = Group.objects.exclude(pk__in=selectors.scope_groups())
+        return super().formfield_for_manytomany(db_field, request, **kwargs)  # type: ignore[misc]
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        obj = form.instance
+        if change:
+            kept = {
+                "user_permissions": lambda: selectors.scope_permissions().filter(user=obj),
+                "permissions": lambda: selectors.scope_permissions().filter(group=obj),
+                "groups": lambda: selectors.scope_groups().filter(user=obj),
+            }
+            for name, held in kept.items():
+                if name in form.cleaned_data:
+                    form.cleaned_data[name] = [*form.cleaned_data[name], *held()]
+        super().save_related(request, form, formsets, change)  # type: ignore[misc]
+
+
+class AuditedUserAdmin(ScopeGrantGuardMixin, OperatorAuditAdminMixin, UserAdmin):
     audit_action_prefix = "auth.user"
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Setting a superuser's password or e-mail would be taking over their scope.
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            # A superuser sees every bot and source: only a superuser makes another.
+            fields.append("is_superuser")
+        return fields
+
+    def user_change_password(
+        self, request: HttpRequest, id: str, form_url: str = ""
+    ) -> HttpResponse:
+        """Django's password page, with the change recorded (that it changed, never how)."""
+        with transaction.atomic():
+            response = super().user_change_password(request, id, form_url)
+            if request.method == "POST" and response.status_code == 302:
+                user = self.get_object(request, unquote(id))
+                operator_audit_record(
+                    actor=request.user,
+                    action="auth.user.password_set",
+                    obj=user,
+                    before={"password": "(old)"},
+                    after={"password": "(changed)"},
+                    request_id=_request_id(request),
+                )
+        return response
 
     def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
         data = super().audit_snapshot(obj)
         if data is not None and "password" in data:
             data["password"] = "(set)" if data["password"] else ""  # never the hash
+        if data is not None and obj.pk is not None:
+            # Names, not ids, so the entry still reads right after a permission is renamed.
+            data["permission_names"] = _permission_names(
+                obj.user_permissions.select_related("content_type")  # type: ignore[attr-defined]
+            )
+            data["group_names"] = sorted(obj.groups.values_list("name", flat=True))  # type: ignore[attr-defined]
         return data
 
 
-class AuditedGroupAdmin(OperatorAuditAdminMixin, GroupAdmin):
+class AuditedGroupAdmin(ScopeGrantGuardMixin, OperatorAuditAdminMixin, GroupAdmin):
     audit_action_prefix = "auth.group"
+
+    def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
+        data = super().audit_snapshot(obj)
+        if data is not None and obj.pk is not None:
+            data["permission_names"] = _permission_names(
+                obj.permissions.select_related("content_type")  # type: ignore[attr-defined]
+            )
+        return data
 
 
 admin.site.unregister(User)

@@ -8,12 +8,23 @@ permission (or superuser) sees everything.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.contrib.auth.models import Group, Permission
+from django.db.models import Model, Q, QuerySet
+from django.utils import timezone
+from guardian.models import GroupObjectPermission
 from guardian.shortcuts import get_objects_for_user
 
-from apps.audit.models import ArchivedMessage, ArchiveSource, AuditPolicy, ReviewCase
+from apps.audit.models import (
+    AccessLog,
+    ArchivedMessage,
+    ArchiveQuarantine,
+    ArchiveSource,
+    AuditPolicy,
+    ReviewCase,
+)
 from apps.bots.models import Bot, Conversation, Turn
 
 REVIEW_BOT_PERM = "bots.review_bot"
@@ -32,6 +43,23 @@ def bots_reviewable_by(*, user: Any) -> QuerySet[Bot]:
 
 def sources_reviewable_by(*, user: Any) -> QuerySet[ArchiveSource]:
     return get_objects_for_user(user, _codename(REVIEW_SOURCE_PERM), klass=ArchiveSource)
+
+
+def scope_permissions() -> QuerySet[Permission]:
+    """The permissions that make up an officer's scope (global grant: every bot or source)."""
+    return Permission.objects.filter(
+        Q(content_type__app_label="bots", codename=_codename(REVIEW_BOT_PERM))
+        | Q(content_type__app_label="audit", codename=_codename(REVIEW_SOURCE_PERM))
+    )
+
+
+def scope_groups() -> QuerySet[Group]:
+    """Groups whose members get review scope, globally or on some bots or sources."""
+    permissions = scope_permissions()
+    return Group.objects.filter(
+        Q(permissions__in=permissions)
+        | Q(pk__in=GroupObjectPermission.objects.filter(permission__in=permissions).values("group"))
+    ).distinct()
 
 
 def review_cases_for_user(*, user: Any) -> QuerySet[ReviewCase]:
@@ -66,6 +94,42 @@ def archived_messages_for_user(*, user: Any) -> QuerySet[ArchivedMessage]:
     if user.is_superuser:
         return messages
     return messages.filter(source__in=sources_reviewable_by(user=user))
+
+
+def turn_for_user(*, user: Any, turn_id: int) -> Turn | None:
+    """The turn if `user` may open it in the admin: `bots.view_turn` and the bot assigned."""
+    if not user.is_active or not user.is_staff or not user.has_perm("bots.view_turn"):
+        return None
+    return turns_for_user(user=user).filter(pk=turn_id).first()
+
+
+# A reason given on a record's page also covers its live view for this long.
+ACCESS_REASON_REUSE = timedelta(minutes=30)
+
+
+def access_reason_recent(
+    *, user: Any, obj: Model, within: timedelta = ACCESS_REASON_REUSE
+) -> AccessLog | None:
+    """The latest access-log row of `user` opening `obj` within `within`, if any."""
+    return (
+        AccessLog.objects.filter(
+            user_id=user.pk,
+            action=AccessLog.Action.VIEW,
+            object_type=obj._meta.label_lower,
+            object_id=str(obj.pk),
+            created_at__gte=timezone.now() - within,
+        )
+        .order_by("-created_at")
+        .first()
+    )
+
+
+def quarantined_for_user(*, user: Any) -> QuerySet[ArchiveQuarantine]:
+    """Quarantined records of the archive sources assigned to `user`."""
+    records = ArchiveQuarantine.objects.all()
+    if user.is_superuser:
+        return records
+    return records.filter(source__in=sources_reviewable_by(user=user))
 
 
 def policies_for_bot(*, bot: Bot) -> list[AuditPolicy]:

@@ -1,19 +1,14 @@
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.contrib.admin.utils import unquote
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit import selectors
 from apps.audit.admin import AccessReasonAdminMixin, OperatorAuditAdminMixin
-from apps.audit.models import AccessLog
-from apps.audit.services.access import access_log_record
 from apps.bots.fields import is_undecryptable
 from apps.bots.forms import BotForm, ModelProfileForm
 from apps.bots.model_load import model_load_get
@@ -187,25 +182,11 @@ class TranscriptAccessMixin(AccessReasonAdminMixin):
     access log stays complete.
     """
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        if request.method == "GET" and request.user.is_superuser and "reason" not in request.GET:
-            access_log_record(
-                user=request.user,
-                obj=self.get_object(request, unquote(object_id)),
-                action=AccessLog.Action.VIEW,
-                reason=gettext("Opened by a superuser (no reason asked)."),
-                request_id=getattr(request, "request_id", ""),
-            )
-            return super(AccessReasonAdminMixin, self).change_view(  # type: ignore[misc]
-                request, object_id, form_url, extra_context
-            )
-        return super().change_view(request, object_id, form_url, extra_context)
+    def access_reason_required(self, request: HttpRequest) -> bool:
+        return not request.user.is_superuser
+
+    def access_reason_default(self, request: HttpRequest) -> str:
+        return gettext("Opened by a superuser (no reason asked).")
 
 
 class BotScopeFilter(admin.SimpleListFilter):
@@ -242,6 +223,10 @@ class ConversationAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAd
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         return selectors.conversations_for_user(user=request.user).select_related("bot")
+
+    def access_shown_with(self, request: HttpRequest, obj: Model) -> list[Model]:
+        # The inline lists every turn of the conversation, questions and answers included.
+        return list(Turn.objects.filter(conversation=obj).only("pk", "question"))
 
 
 @admin.register(Turn)

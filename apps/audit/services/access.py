@@ -7,6 +7,7 @@ from typing import Any
 from django.db.models import Model
 
 from apps.audit.models import AccessLog
+from apps.audit.selectors import access_reason_recent
 from apps.audit.services.operator_audit import request_id_current, user_name, user_or_none
 
 
@@ -45,3 +46,21 @@ def access_log_record_many(
     ]
     AccessLog.objects.bulk_create(rows, batch_size=1000)
     return len(rows)
+
+
+def access_log_reuse(
+    *, user: Any, obj: Model, reason_if_none: str = "", request_id: str = ""
+) -> AccessLog | None:
+    """Log another view of `obj` under the reason `user` gave on its page a moment ago.
+
+    A live view (WebSocket) cannot ask for a reason itself, so it opens only after the
+    record's page asked for one; `reason_if_none` stands in where no reason is asked
+    (superusers). None means: no reason, do not show the record.
+    """
+    recent = access_reason_recent(user=user, obj=obj)
+    reason = recent.reason if recent is not None else reason_if_none
+    if not reason:
+        return None
+    return access_log_record(
+        user=user, obj=obj, action=AccessLog.Action.VIEW, reason=reason, request_id=request_id
+    )

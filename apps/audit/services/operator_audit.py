@@ -1,7 +1,8 @@
 """Operator audit: who changed what, with the state before and after.
 
 Callers record inside the transaction of the change itself, so a rolled-back change leaves
-no entry and a committed one always has its entry. Secrets appear as "(set)"/"" only.
+no entry and a committed one always has its entry. Secrets appear as "(set)"/"" and a
+short keyed fingerprint (so a rotation shows as a change), never as their value.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from django.db import models
 from django.db.models import Model
 
 from apps.audit.models import OperatorAuditEntry
-from apps.bots.fields import EncryptedTextField
+from apps.audit.services.ledger import content_fingerprint
+from apps.bots.fields import EncryptedTextField, is_undecryptable
 from wecom_ai.request_id import current_request_id
 
 SECRET_SET = "(set)"  # noqa: S105 - a placeholder shown instead of a secret
@@ -31,6 +33,18 @@ def user_or_none(user: Any) -> Any:
     return user if user is not None and getattr(user, "is_authenticated", False) else None
 
 
+def secret_fingerprint(value: str | None) -> str:
+    """A short keyed SHA-256 of a secret: equal values match, the value cannot be guessed.
+
+    "" when unset, "undecryptable" when no configured key opens the stored value.
+    """
+    if is_undecryptable(value):
+        return "undecryptable"
+    if not value:
+        return ""
+    return "hmac-sha256:" + (content_fingerprint(value) or "")[:16]
+
+
 def model_snapshot(obj: Model | None) -> dict[str, Any] | None:
     """Field values as JSON-ready data; many-to-many fields as sorted primary keys."""
     if obj is None:
@@ -39,7 +53,9 @@ def model_snapshot(obj: Model | None) -> dict[str, Any] | None:
     for field in obj._meta.concrete_fields:
         value = field.value_from_object(obj)
         if isinstance(field, EncryptedTextField):
-            value = SECRET_SET if value else ""
+            # Never the value; a keyed fingerprint shows that (and when) it changed.
+            data[f"{field.attname}_fingerprint"] = secret_fingerprint(value)
+            value = SECRET_SET if value or is_undecryptable(value) else ""
         elif isinstance(field, models.FileField):
             value = value.name if value else ""
         data[field.attname] = value
