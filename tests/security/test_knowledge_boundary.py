@@ -1,0 +1,251 @@
+"""Issue 9, knowledge: restricted passages reach only people allowed to read them.
+
+REST search: being staff grants nothing; searching everything or as another employee needs
+`knowledge.search_all_audiences` and is access-logged. Group chats: every member reads the
+answer, so only passages all members may read are used, and an unregistered group gets
+only knowledge open to everyone.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.core.management import call_command
+from django.urls import include, path, reverse
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from apps.audit.models import AccessLog
+from apps.bots.models import Conversation, Turn
+from apps.bots.services import _knowledge_hits
+from apps.knowledge.models import Chunk, Document, GroupChat, KnowledgeBase
+from apps.knowledge.selectors import Readers
+from apps.knowledge.services.audience import chat_readers
+from apps.knowledge.services.directory import directory_user_save
+from apps.knowledge.services.retrieval import knowledge_retrieve
+
+# The project includes apps.knowledge.urls under /api/; the REST tests do the same.
+urlpatterns = [path("api/", include("apps.knowledge.urls"))]
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/knowledge/search/"
+TRAVEL = "差旅报销标准"
+HANDBOOK = "# 员工手册\n\n## 年假\n\n员工入职满一年后，每年享有五天带薪年假。\n"
+SALARY = "# 薪酬制度\n\n## 薪级表\n\n工程师一级月薪两万元，二级月薪三万元。薪级表属于机密信息。\n"
+
+
+def ingest(tmp_path: Path, slug: str, name: str, text: str, *departments: str) -> None:
+    file = tmp_path / slug / name
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(text, encoding="utf-8")
+    args = [arg for department in departments for arg in ("--department", department)]
+    call_command("kb_ingest", slug, str(file), *args, stdout=io.StringIO())
+
+
+@pytest.fixture(autouse=True)
+def _media(settings, tmp_path: Path) -> None:
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+
+
+# --- item 2: REST search and the shell --------------------------------------------------------
+
+
+@pytest.fixture
+def finance_kb(tmp_path: Path) -> None:
+    """A finance-only knowledge base; alice works in finance, bob in engineering."""
+    ingest(
+        tmp_path, "finance", "travel.md", f"# 差旅\n\n{TRAVEL}：住宿每晚不超过五百元。", "财务部"
+    )
+    directory_user_save(userid="alice", departments=["财务部"])
+    directory_user_save(userid="bob", departments=["研发部"])
+
+
+def client_for(django_user_model, username: str, *, staff: bool = False, perms=()) -> APIClient:
+    user = django_user_model.objects.create_user(username, password="unused", is_staff=staff)
+    for codename in perms:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+def documents(response) -> list[str]:
+    assert response.status_code == 200, response.content
+    return [hit["document"] for hit in response.json()["hits"]]
+
+
+@pytest.mark.urls(__name__)
+def test_staff_without_the_permission_search_only_their_own_audience(
+    finance_kb, django_user_model
+) -> None:
+    # Given staff accounts without the search permission: bob (engineering) and ops (no
+    # directory entry at all)
+    bob = client_for(django_user_model, "bob", staff=True)
+    ops = client_for(django_user_model, "ops", staff=True)
+    # Then neither reads the finance-only passage, with or without naming an employee
+    assert documents(bob.get(URL, {"q": TRAVEL})) == []
+    assert documents(ops.get(URL, {"q": TRAVEL})) == []
+    refused = ops.get(URL, {"q": TRAVEL, "userid": "alice", "reason": "curious"})
+    assert refused.status_code == 403
+    assert "Traceback" not in refused.content.decode()
+    assert not AccessLog.objects.exists()
+
+
+@pytest.mark.urls(__name__)
+def test_search_permission_gates_unfiltered_and_on_behalf_search_and_logs_it(
+    finance_kb, django_user_model
+) -> None:
+    auditor = client_for(django_user_model, "auditor", perms=["search_all_audiences"])
+    # On-behalf and unfiltered searches need a reason, and nothing is searched without one
+    assert auditor.get(URL, {"q": TRAVEL, "userid": "alice"}).status_code == 400
+    assert auditor.get(URL, {"q": TRAVEL}).status_code == 400
+    assert not AccessLog.objects.exists()
+    # With one, the permission holder searches as alice and as bob...
+    as_alice = auditor.get(URL, {"q": TRAVEL, "userid": "alice", "reason": "ticket 42"})
+    assert documents(as_alice) == ["travel.md"] and as_alice.json()["userid"] == "alice"
+    assert documents(auditor.get(URL, {"q": TRAVEL, "userid": "bob", "reason": "t 43"})) == []
+    # ...and every such search is in the access log: the knowledge base and each passage
+    logged = AccessLog.objects.filter(username="auditor").order_by("pk")
+    chunk = Chunk.objects.get()
+    first = [(e.object_type, e.object_id) for e in logged if "ticket 42" in e.reason]
+    assert first == [
+        ("knowledge.knowledgebase", str(chunk.document.kb_id)),
+        ("knowledge.chunk", str(chunk.pk)),
+    ]
+    assert all("employee alice" in e.reason and TRAVEL in e.reason for e in logged[:2])
+    assert any("employee bob" in e.reason for e in logged)
+    # The unfiltered view is logged as such
+    assert documents(auditor.get(URL, {"q": TRAVEL, "reason": "audit"})) == ["travel.md"]
+    assert AccessLog.objects.filter(reason__contains="all audiences").count() == 2
+
+
+@pytest.mark.urls(__name__)
+def test_employees_own_searches_need_no_reason_and_are_not_logged(
+    finance_kb, django_user_model
+) -> None:
+    alice = client_for(django_user_model, "alice")
+    assert documents(alice.get(URL, {"q": TRAVEL})) == ["travel.md"]
+    assert documents(alice.get(URL, {"q": TRAVEL, "userid": "alice"})) == ["travel.md"]
+    assert not AccessLog.objects.exists()
+
+
+def test_kb_search_in_the_shell_is_access_logged(finance_kb) -> None:
+    out = io.StringIO()
+    call_command("kb_search", "finance", TRAVEL, "--user", "alice", "--reason", "INC-7", stdout=out)
+    assert "travel.md" in out.getvalue()
+    entry = AccessLog.objects.get(object_type="knowledge.knowledgebase")
+    assert entry.user is None
+    assert "manage.py kb_search" in entry.reason and "INC-7" in entry.reason
+    assert "employee alice" in entry.reason
+
+
+@pytest.mark.urls("wecom_ai.urls")
+def test_passage_admin_needs_the_search_permission(finance_kb, client, django_user_model) -> None:
+    # Given staff allowed to view passages, but without the search permission
+    user = django_user_model.objects.create_user("viewer", password="unused", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_chunk"))
+    client.force_login(user)
+    changelist = reverse("admin:knowledge_chunk_changelist")
+    # Then the passages of every audience stay closed to them
+    assert client.get(changelist, {"q": "五百元"}).status_code == 403
+    user.user_permissions.add(Permission.objects.get(codename="search_all_audiences"))
+    client.force_login(django_user_model.objects.get(pk=user.pk))
+    assert client.get(changelist, {"q": "五百元"}).status_code == 200
+
+
+# --- item 3: group chats -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def hr_knowledge(tmp_path: Path) -> list[int]:
+    """An open handbook and an HR-only salary table; hr1 and hr2 are in HR, eng1 is not."""
+    ingest(tmp_path, "handbook", "handbook.md", HANDBOOK)
+    ingest(tmp_path, "salary", "salary.md", SALARY, "HR")
+    directory_user_save(userid="hr1", departments=["HR"])
+    directory_user_save(userid="hr2", departments=["HR"], tags=["payroll"])
+    directory_user_save(userid="eng1", departments=["Engineering"])
+    return list(KnowledgeBase.objects.values_list("pk", flat=True))
+
+
+def hits_in_chat(bot, *, userid: str, chat_id: str = "") -> set[str]:
+    """What the answer path retrieves for a turn in this chat (the real call site)."""
+    chat_type = Conversation.ChatType.GROUP if chat_id else Conversation.ChatType.SINGLE
+    conversation = Conversation.objects.create(
+        bot=bot, chat_type=chat_type, chat_id=chat_id, userid=userid
+    )
+    turn = Turn.objects.create(
+        bot=bot,
+        conversation=conversation,
+        msgid=f"m-{conversation.pk}",
+        stream_id=f"s-{conversation.pk}",
+        question="工程师薪级表月薪多少",
+        received_at=timezone.now(),
+    )
+    return {hit.document for hit in _knowledge_hits(turn=turn, question=turn.question) or []}
+
+
+@pytest.fixture
+def hr_bot(make_bot, hr_knowledge):
+    bot = make_bot(retrieval_top_k=5)
+    bot.knowledge_bases.set(hr_knowledge)
+    return bot
+
+
+def test_group_with_someone_outside_the_audience_gets_no_restricted_passages(hr_bot) -> None:
+    # Given a registered group with an HR member and an engineer
+    GroupChat.objects.create(chat_id="mixed", member_userids=["hr1", "eng1"])
+    # When the HR member asks there, then the salary table is not used: eng1 reads the answer
+    assert hits_in_chat(hr_bot, userid="hr1", chat_id="mixed") == {"handbook.md"}
+    # while the same question in a 1:1 chat uses it
+    assert "salary.md" in hits_in_chat(hr_bot, userid="hr1")
+
+
+def test_group_of_members_all_in_the_audience_gets_restricted_passages(hr_bot) -> None:
+    GroupChat.objects.create(chat_id="hr-team", member_userids=["hr1", "hr2"])
+    assert "salary.md" in hits_in_chat(hr_bot, userid="hr1", chat_id="hr-team")
+
+
+def test_unknown_membership_gets_only_knowledge_open_to_everyone(hr_bot) -> None:
+    # An unregistered group, and one whose list lacks the asker (so it is stale)
+    assert hits_in_chat(hr_bot, userid="hr1", chat_id="unregistered") == {"handbook.md"}
+    GroupChat.objects.create(chat_id="stale", member_userids=["hr2"])
+    assert hits_in_chat(hr_bot, userid="hr1", chat_id="stale") == {"handbook.md"}
+
+
+def test_group_filter_follows_document_audiences_userids_tags_and_unknown_people(
+    hr_knowledge,
+) -> None:
+    # Given the salary document restricted (on its own) to the payroll tag and the userid
+    # "ghost", who is not in the directory
+    Document.objects.filter(original_filename="salary.md").update(
+        allowed_tags=["payroll"], allowed_userids=["ghost"]
+    )
+
+    def documents(*members: str) -> set[str]:
+        hits = knowledge_retrieve(
+            bot_kb_ids=hr_knowledge, readers=Readers.members(members), query="薪级表", top_k=5
+        )
+        return {hit.document for hit in hits}
+
+    assert "salary.md" in documents("hr2", "ghost")  # a tag; a userid outside the directory
+    assert "salary.md" not in documents("hr2", "hr1")  # hr1 is in HR, not payroll: the
+    assert "salary.md" not in documents("ghost", "nobody")  # document's audience decides
+    assert "salary.md" in documents("ghost")
+    assert chat_readers(userid="hr1", chat_id="x", group=False) == Readers.employee("hr1")
+
+
+@pytest.mark.urls("wecom_ai.urls")
+def test_bot_admin_page_explains_the_group_chat_rule(admin_client, bot) -> None:
+    page = admin_client.get(
+        reverse("admin:bots_bot_change", args=[bot.pk]), HTTP_ACCEPT_LANGUAGE="en"
+    )
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert 'id="bot-group-knowledge-rule"' in text
+    assert reverse("admin:knowledge_groupchat_changelist") in text
+    assert "only from knowledge open to everyone" in text
