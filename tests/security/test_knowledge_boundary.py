@@ -3,16 +3,25 @@
 REST search: being staff grants nothing; searching everything or as another employee needs
 `knowledge.search_all_audiences` and is access-logged. Group chats: every member reads the
 answer, so only passages all members may read are used, and an unregistered group gets
-only knowledge open to everyone.
+only knowledge open to everyone. Ingestion is bounded: zip parts, pages, paragraphs,
+passages, run time and memory, on a worker of its own.
 """
 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
+import docx
+import pypdf
 import pytest
+import yaml
+from celery.exceptions import SoftTimeLimitExceeded
 from django.contrib.auth.models import Permission
+from django.core.files import File
 from django.core.management import call_command
 from django.urls import include, path, reverse
 from django.utils import timezone
@@ -23,10 +32,18 @@ from apps.audit.models import AccessLog
 from apps.bots.models import Conversation, Turn
 from apps.bots.services import _knowledge_hits
 from apps.knowledge.models import Chunk, Document, GroupChat, KnowledgeBase
+from apps.knowledge.parsing import DocumentParseError, parse_document
+from apps.knowledge.parsing.document import MAX_PARAGRAPHS
+from apps.knowledge.parsing.pdf import MAX_PAGES
 from apps.knowledge.selectors import Readers
+from apps.knowledge.services import ingest as ingest_service
 from apps.knowledge.services.audience import chat_readers
 from apps.knowledge.services.directory import directory_user_save
+from apps.knowledge.services.ingest import document_upload, knowledge_base_ensure
 from apps.knowledge.services.retrieval import knowledge_retrieve
+from apps.knowledge.tasks import document_ingest as document_ingest_task
+from tests.conftest import BASE_DIR, worker_env
+from wecom_ai import runner
 
 # The project includes apps.knowledge.urls under /api/; the REST tests do the same.
 urlpatterns = [path("api/", include("apps.knowledge.urls"))]
@@ -249,3 +266,139 @@ def test_bot_admin_page_explains_the_group_chat_rule(admin_client, bot) -> None:
     assert 'id="bot-group-knowledge-rule"' in text
     assert reverse("admin:knowledge_groupchat_changelist") in text
     assert "only from knowledge open to everyone" in text
+
+
+# --- lower priority: ingestion bounded -------------------------------------------------------
+
+
+def parse_error(path: Path) -> DocumentParseError:
+    with pytest.raises(DocumentParseError) as caught:
+        parse_document(path)
+    return caught.value
+
+
+def test_office_part_that_inflates_past_the_part_limit_is_refused(tmp_path: Path) -> None:
+    # Given a real .docx carrying one extra part of 101 MB of zeros (about 100 KB zipped),
+    # under the 512 MB total that was the only check
+    good = tmp_path / "good.docx"
+    document = docx.Document()
+    document.add_paragraph("年假五天。")
+    document.save(str(good))
+    bomb = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for item in source.infolist():
+            out.writestr(item, source.read(item))
+        with out.open("customXml/item9.xml", "w") as part:
+            zeros = bytes(1024 * 1024)
+            for _ in range(101):
+                part.write(zeros)
+    assert bomb.stat().st_size < 2 * 1024 * 1024
+    # Then it is refused before any parser inflates it
+    error = parse_error(bomb)
+    assert error.code == "too_large" and "customXml/item9.xml" in error.message
+
+
+def test_pdf_over_the_page_limit_is_refused_before_reading_pages(tmp_path: Path) -> None:
+    writer = pypdf.PdfWriter()
+    for _ in range(MAX_PAGES + 1):
+        writer.add_blank_page(width=72, height=72)
+    path = tmp_path / "long.pdf"
+    with path.open("wb") as stream:
+        writer.write(stream)
+    error = parse_error(path)
+    assert error.code == "too_large" and f"{MAX_PAGES:,}" in error.message
+
+
+@pytest.mark.parametrize("name", ["many.md", "many.txt"])
+def test_documents_over_the_paragraph_limit_are_refused(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("段落。\n\n" * (MAX_PARAGRAPHS + 1), encoding="utf-8")
+    assert parse_error(path).code == "too_large"
+
+
+def _upload(tmp_path: Path, text: str) -> Document:
+    kb, _ = knowledge_base_ensure(slug="bounded")
+    file = tmp_path / "bounded.md"
+    file.write_text(text, encoding="utf-8")
+    with file.open("rb") as stream:
+        result = document_upload(kb=kb, content=File(stream), filename=file.name, enqueue=False)
+    return result.document
+
+
+def test_documents_over_the_passage_limit_fail_readably(tmp_path: Path, settings) -> None:
+    settings.KNOWLEDGE_MAX_CHUNKS = 2
+    text = "".join(f"# 第{n}章\n\n第{n}章的内容。\n\n" for n in range(1, 5))
+    document = ingest_service.document_ingest(document_id=_upload(tmp_path, text).pk)
+    assert document.status == Document.Status.FAILED
+    assert (
+        document.error_code == "too_large" and "more than the 2 allowed" in document.error_message
+    )
+    assert not Chunk.objects.filter(document=document).exists()
+
+
+def test_ingest_task_has_time_limits_and_a_timed_out_run_fails_the_document(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from django.conf import settings
+
+    assert document_ingest_task.soft_time_limit == settings.KNOWLEDGE_INGEST_TIME_LIMIT_SECONDS
+    assert document_ingest_task.time_limit > document_ingest_task.soft_time_limit
+    document = _upload(tmp_path, "# 制度\n\n年假五天。")
+    real_get_embedder = ingest_service.get_embedder
+
+    class SlowEmbedder:
+        """Celery raises SoftTimeLimitExceeded inside the task when the soft limit passes."""
+
+        def __init__(self, spec):
+            self._real = real_get_embedder(spec)
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+        def embed(self, texts):
+            raise SoftTimeLimitExceeded
+
+    monkeypatch.setattr(ingest_service, "get_embedder", SlowEmbedder)
+    document = ingest_service.document_ingest(document_id=document.pk)
+    assert document.status == Document.Status.FAILED
+    assert document.error_code == "too_large" and "longer than" in document.error_message
+
+
+def test_ingest_task_caps_its_process_memory(db) -> None:
+    # In a child process (the cap would stay on the test process): the task sets
+    # RLIMIT_DATA, and an allocation past it is a MemoryError, not the host's memory
+    script = (
+        "import django, resource; django.setup()\n"
+        "from apps.knowledge.tasks import document_ingest\n"
+        "document_ingest.run(0)\n"  # a vanished document: only the cap is applied
+        "print(resource.getrlimit(resource.RLIMIT_DATA)[0] // (1024 * 1024))\n"
+        "try:\n"
+        "    block = bytearray(512 * 1024 * 1024)\n"
+        "    print('allocated')\n"
+        "except MemoryError:\n"
+        "    print('refused')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=BASE_DIR,
+        env=worker_env(KNOWLEDGE_INGEST_MEMORY_LIMIT_MB="400"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["400", "refused"]
+
+
+def test_ingest_runs_on_its_own_worker_in_the_runner_and_compose(tmp_path: Path) -> None:
+    children = {child.name: child.command for child in runner._children(8000, tmp_path)}
+
+    def queues_of(command: list[str]) -> set[str]:
+        return set(command[command.index("-Q") + 1].split(","))
+
+    assert queues_of(children["ingest"]) == {"ingest"}
+    assert "ingest" not in queues_of(children["worker"])
+    assert "archive" in queues_of(children["worker"])
+    services = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())["services"]
+    assert queues_of(services["ingest"]["command"]) == {"ingest"}
+    assert "ingest" not in queues_of(services["worker"]["command"])
