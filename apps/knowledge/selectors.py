@@ -113,10 +113,8 @@ class _AdmitsAll(Expression):
         return sql, [self.userids, *user_params, *department_params, *tag_params]
 
 
-def document_visible_q(*, userid: str | None, prefix: str = "") -> Q:
-    """Documents (under `prefix`) one employee may read; no userid = the admin view, all."""
-    if userid is None:
-        return Q()
+def document_visible_q(*, userid: str, prefix: str = "") -> Q:
+    """Documents (under `prefix`) one employee may read (the unfiltered view is `Readers`')."""
     kb = f"{prefix}kb__"
     inherits = _open_to_everyone(prefix) & (_open_to_everyone(kb) | _admits(kb, userid))
     return inherits | _admits(prefix, userid)

@@ -28,7 +28,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from apps.audit.models import AccessLog
+from apps.audit.models import AccessLog, OperatorAuditEntry
 from apps.bots.models import Conversation, Turn
 from apps.bots.services import _knowledge_hits
 from apps.knowledge.models import Chunk, Document, GroupChat, KnowledgeBase
@@ -254,6 +254,19 @@ def test_group_filter_follows_document_audiences_userids_tags_and_unknown_people
     assert "salary.md" not in documents("ghost", "nobody")  # document's audience decides
     assert "salary.md" in documents("ghost")
     assert chat_readers(userid="hr1", chat_id="x", group=False) == Readers.employee("hr1")
+
+
+@pytest.mark.urls("wecom_ai.urls")
+def test_group_chat_members_are_registered_in_the_admin_with_an_audit_entry(admin_client) -> None:
+    add = reverse("admin:knowledge_groupchat_add")
+    data = {"chat_id": "wrkSFfCgAA", "name": "HR", "member_userids": " hr1, hr2,hr1 "}
+    assert admin_client.post(add, data).status_code == 302
+    assert GroupChat.objects.get(chat_id="wrkSFfCgAA").member_userids == ["hr1", "hr2"]
+    entry = OperatorAuditEntry.objects.get(action="knowledge.groupchat.create")
+    assert entry.after["member_userids"] == ["hr1", "hr2"]
+    # An empty list would make the group look registered while admitting nobody's view
+    page = admin_client.post(add, {**data, "chat_id": "other", "member_userids": " , "})
+    assert page.status_code == 200 and not GroupChat.objects.filter(chat_id="other").exists()
 
 
 @pytest.mark.urls("wecom_ai.urls")
