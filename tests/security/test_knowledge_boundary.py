@@ -18,7 +18,6 @@ from pathlib import Path
 import docx
 import pypdf
 import pytest
-import yaml
 from celery.exceptions import SoftTimeLimitExceeded
 from django.contrib.auth.models import Permission
 from django.core.files import File
@@ -412,6 +411,18 @@ def test_ingest_runs_on_its_own_worker_in_the_runner_and_compose(tmp_path: Path)
     assert queues_of(children["ingest"]) == {"ingest"}
     assert "ingest" not in queues_of(children["worker"])
     assert "archive" in queues_of(children["worker"])
-    services = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())["services"]
-    assert queues_of(services["ingest"]["command"]) == {"ingest"}
-    assert "ingest" not in queues_of(services["worker"]["command"])
+    compose = _compose_commands((BASE_DIR / "docker-compose.yml").read_text())
+    assert queues_of(compose["ingest"]) == {"ingest"}
+    assert "ingest" not in queues_of(compose["worker"])
+
+
+def _compose_commands(text: str) -> dict[str, list[str]]:
+    """Each service's `command` list items (the compose file writes them one per line)."""
+    commands: dict[str, list[str]] = {}
+    service = None
+    for line in text.splitlines():
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            service = line.strip()[:-1]
+        elif service and line.startswith("      - "):
+            commands.setdefault(service, []).append(line.strip()[2:].strip('"'))
+    return commands
