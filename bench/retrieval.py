@@ -428,13 +428,15 @@ def _load_chunks(
 
 
 def _timed_searches(kb_id: int, *, userid: str | None, queries: int) -> dict[str, Any]:
+    from apps.knowledge.selectors import Readers
     from apps.knowledge.services.retrieval import knowledge_retrieve
 
     times, hits = [], 0
     for number in range(queries):
         query = LATENCY_QUERIES[number % len(LATENCY_QUERIES)]
         started = time.perf_counter()
-        found = knowledge_retrieve(bot_kb_ids=[kb_id], userid=userid, query=query, top_k=TOP_K)
+        readers = Readers.everything() if userid is None else Readers.employee(userid)
+        found = knowledge_retrieve(bot_kb_ids=[kb_id], readers=readers, query=query, top_k=TOP_K)
         times.append((time.perf_counter() - started) * 1000)
         hits += len(found)
     return {
@@ -623,7 +625,7 @@ def _single_mode(kb_id: int, query: str, mode: str) -> list[Any]:
     from apps.knowledge.services import retrieval
 
     candidates = max(retrieval._MIN_CANDIDATES, TOP_K * 4)
-    searchable = selectors.chunks_searchable(kb_ids=[kb_id], userid=None)
+    searchable = selectors.chunks_searchable(kb_ids=[kb_id], readers=selectors.Readers.everything())
     if mode == "lexical":
         lists = retrieval._lexical_lists(searchable, query=query, candidates=candidates)
     else:
@@ -643,6 +645,7 @@ def run_quality() -> dict[str, Any]:
     from django.core.management import call_command
 
     from apps.knowledge.models import KnowledgeBase
+    from apps.knowledge.selectors import Readers
     from apps.knowledge.services.retrieval import knowledge_retrieve
 
     kb_delete(QUALITY_KB)
@@ -660,7 +663,7 @@ def run_quality() -> dict[str, Any]:
         kb = KnowledgeBase.objects.get(slug=QUALITY_KB)
         modes = {
             "hybrid": lambda q: knowledge_retrieve(
-                bot_kb_ids=[kb.pk], userid=None, query=q, top_k=TOP_K
+                bot_kb_ids=[kb.pk], readers=Readers.everything(), query=q, top_k=TOP_K
             ),
             "lexical": lambda q: _single_mode(kb.pk, q, "lexical"),
             "vector": lambda q: _single_mode(kb.pk, q, "vector"),

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 
 from apps.bots.models import Turn
-from apps.knowledge.models import DirectoryUser, KnowledgeBase
+from apps.knowledge.models import DirectoryUser, GroupChat, KnowledgeBase
 from tests.conftest import turn_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -71,6 +71,8 @@ def test_answer_cites_sources_and_never_sees_restricted_passages(
     assert "salary.md" not in _files(turn)  # never in the prompt of someone not allowed
     assert "两万" not in salary.answer
 
+    # A group whose registered members are all in HR may use the salary table.
+    GroupChat.objects.create(chat_id="g2", member_userids=["hr1"])
     allowed = sim.ask("@HR助手 工程师薪级表月薪多少", userid="hr1", chatid="g2", timeout=180)
     turn = turn_terminal(allowed.msgid)
     assert turn.status == Turn.Status.ANSWERED, (turn.status, turn.error, turn.answer)

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.urls import include, path
 from rest_framework.authtoken.models import Token
@@ -35,8 +36,10 @@ def finance_kb(settings, tmp_path: Path) -> None:
     directory_user_save(userid="bob", departments=["研发部"])
 
 
-def client_for(django_user_model, username: str, *, staff: bool = False) -> APIClient:
+def client_for(django_user_model, username: str, *, staff: bool = False, perms=()) -> APIClient:
     user = django_user_model.objects.create_user(username, password="unused", is_staff=staff)
+    for codename in perms:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
     return client
@@ -64,15 +67,18 @@ def test_employees_search_as_themselves(django_user_model) -> None:
     assert hit["heading"] == "差旅" and "五百元" in hit["text"] and hit["document_version"] == 1
     assert response.json()["userid"] == "alice"
     assert documents(bob.get(URL, {"q": QUESTION})) == []
-    # and only staff may ask as somebody else
+    # and only holders of the search permission may ask as somebody else
     assert bob.get(URL, {"q": QUESTION, "userid": "alice"}).status_code == 403
 
 
-def test_staff_see_everything_or_search_as_an_employee(django_user_model) -> None:
-    staff = client_for(django_user_model, "ops", staff=True)
+def test_permission_holders_see_everything_or_search_as_an_employee(django_user_model) -> None:
+    # (staff without the permission: tests/security/test_knowledge_boundary.py)
+    ops = client_for(django_user_model, "ops", perms=["search_all_audiences"])
 
-    assert documents(staff.get(URL, {"q": QUESTION})) == ["travel.md"]
-    assert documents(staff.get(URL, {"q": QUESTION, "userid": "bob"})) == []
-    assert documents(staff.get(URL, {"q": QUESTION, "userid": "alice"})) == ["travel.md"]
-    assert staff.get(URL, {"q": QUESTION, "kb": "nope"}).status_code == 400
-    assert staff.get(URL, {"top_k": 3}).status_code == 400
+    assert documents(ops.get(URL, {"q": QUESTION, "reason": "r"})) == ["travel.md"]
+    assert documents(ops.get(URL, {"q": QUESTION, "userid": "bob", "reason": "r"})) == []
+    assert documents(ops.get(URL, {"q": QUESTION, "userid": "alice", "reason": "r"})) == [
+        "travel.md"
+    ]
+    assert ops.get(URL, {"q": QUESTION, "kb": "nope", "reason": "r"}).status_code == 400
+    assert ops.get(URL, {"top_k": 3}).status_code == 400

@@ -27,6 +27,7 @@ from django.urls import path, reverse
 
 from apps.knowledge.consumers import DocumentProgressConsumer, document_group
 from apps.knowledge.models import Chunk, Document, KnowledgeBase
+from apps.knowledge.selectors import Readers
 from apps.knowledge.services.ingest import (
     document_enqueue,
     document_progress_publish,
@@ -107,7 +108,9 @@ def test_a_failed_new_version_keeps_the_previous_one_searchable(tmp_path: Path) 
     assert (document.status, document.error_code) == ("failed", "corrupt")
     assert (document.version, document.active_version) == (2, 1)
     kb = KnowledgeBase.objects.get()
-    hits = knowledge_retrieve(bot_kb_ids=[kb.pk], userid=None, query="病假证明", top_k=3)
+    hits = knowledge_retrieve(
+        bot_kb_ids=[kb.pk], readers=Readers.everything(), query="病假证明", top_k=3
+    )
     assert [(hit.document_version, "医院证明" in hit.text) for hit in hits] == [(1, True)]
 
 
@@ -138,7 +141,7 @@ def test_searches_see_exactly_one_version_while_a_new_one_is_ingested(
             while not stop.is_set():
                 started = time.monotonic()
                 hits = knowledge_retrieve(
-                    bot_kb_ids=[kb.pk], userid=None, query="请假规定", top_k=20
+                    bot_kb_ids=[kb.pk], readers=Readers.everything(), query="请假规定", top_k=20
                 )
                 versions = tuple(sorted(hit.document_version for hit in hits))
                 results.append((started, time.monotonic(), versions))
@@ -303,7 +306,9 @@ def test_ingest_worker_indexes_the_upload_and_publishes_progress(
     assert "embedding" in {update["stage"] for update in updates}
     document = Document.objects.get(pk=result.document.pk)
     assert (document.status, document.active_version, document.chunk_count) == ("ready", 1, 1)
-    hits = knowledge_retrieve(bot_kb_ids=[kb.pk], userid=None, query="加班审批", top_k=1)
+    hits = knowledge_retrieve(
+        bot_kb_ids=[kb.pk], readers=Readers.everything(), query="加班审批", top_k=1
+    )
     assert hits and "主管批准" in hits[0].text
 
 

@@ -18,6 +18,7 @@ from django.core.management import CommandError, call_command
 
 from apps.knowledge.models import Chunk, Document, KnowledgeBase
 from apps.knowledge.segment import query_terms
+from apps.knowledge.selectors import Readers
 from apps.knowledge.services.directory import directory_user_save
 from apps.knowledge.services.retrieval import (
     Hit,
@@ -72,6 +73,11 @@ def kb_ingest(*args: str) -> str:
     out = io.StringIO()
     call_command("kb_ingest", *args, stdout=out, stderr=io.StringIO())
     return out.getvalue()
+
+
+def _readers(userid: str | None) -> Readers:
+    """One employee, or (None) the unfiltered view of the search permission."""
+    return Readers.everything() if userid is None else Readers.employee(userid)
 
 
 def kb_search_json(*args: str, stdin: str | None = None) -> list[list[dict]]:
@@ -158,7 +164,9 @@ def test_departments_never_see_each_others_passages(tmp_path: Path) -> None:
     question = "审批由谁负责"
 
     def documents(userid: str | None) -> set[str]:
-        hits = knowledge_retrieve(bot_kb_ids=both, userid=userid, query=question, top_k=10)
+        hits = knowledge_retrieve(
+            bot_kb_ids=both, readers=_readers(userid), query=question, top_k=10
+        )
         return {hit.document for hit in hits}
 
     # Then each employee sees only their department's passages, strangers see none,
@@ -187,7 +195,9 @@ def test_document_audience_and_expiry_override_the_knowledge_base(tmp_path: Path
     kb = KnowledgeBase.objects.get(slug="open")
 
     def documents(userid: str | None) -> list[str]:
-        hits = knowledge_retrieve(bot_kb_ids=[kb.pk], userid=userid, query="工资几号发放", top_k=5)
+        hits = knowledge_retrieve(
+            bot_kb_ids=[kb.pk], readers=_readers(userid), query="工资几号发放", top_k=5
+        )
         return [hit.document for hit in hits]
 
     assert documents("alice") == ["salary.md"]

@@ -2,8 +2,8 @@
 
 Starts the embedded PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL point
 elsewhere), migrates, ensures the admin and the demo bot, then supervises the ASGI server,
-the inference worker, the worker for the other queues, and beat. If one child dies, all
-are stopped, so a half-running stack never pretends to be healthy.
+the inference worker, the ingest worker, the worker for the other queues, and beat. If one
+child dies, all are stopped, so a half-running stack never pretends to be healthy.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from wecom_ai import embedded, queues
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 20.0
+# A pool process left over 1 GiB resident after a document is replaced before the next.
+INGEST_WORKER_OPTIONS = ("--max-memory-per-child", str(1024 * 1024))
 
 
 @dataclass
@@ -63,8 +65,17 @@ def _children(port: int, data: Path) -> list[Child]:
             "worker",
             _python(
                 "-m", "celery", "-A", "wecom_ai", "worker",
-                "-Q", ",".join(queues.NON_INFERENCE),
+                "-Q", ",".join((queues.DEFAULT, queues.ARCHIVE)),
                 "-n", "worker@%h", "-c", "2", "--loglevel", "INFO",
+            ),
+        ),
+        # Indexing on its own worker: a heavy document (time- and memory-capped in the
+        # task) never holds up session-archive pulls or the sweeps.
+        Child(
+            "ingest",
+            _python(
+                "-m", "celery", "-A", "wecom_ai", "worker", "-Q", queues.INGEST,
+                "-n", "ingest@%h", "-c", "1", *INGEST_WORKER_OPTIONS, "--loglevel", "INFO",
             ),
         ),
         Child(

@@ -217,6 +217,13 @@ KNOWLEDGE_PROGRESS_INTERVAL_SECONDS = env.float("KNOWLEDGE_PROGRESS_INTERVAL_SEC
 KNOWLEDGE_EMBEDDING_MODEL_PATH = env.str("KNOWLEDGE_EMBEDDING_MODEL_PATH", default="")
 # Embeddings of recent texts kept per process (LRU), so repeated questions skip the model.
 KNOWLEDGE_EMBEDDING_CACHE_SIZE = env.int("KNOWLEDGE_EMBEDDING_CACHE_SIZE", default=4096)
+# Bounds on one document's indexing: passages, run time (soft; the hard limit is 60 s later)
+# and the private memory of the ingest worker process (RLIMIT_DATA; 0 = no limit).
+KNOWLEDGE_MAX_CHUNKS = _positive_int("KNOWLEDGE_MAX_CHUNKS", 20_000)
+KNOWLEDGE_INGEST_TIME_LIMIT_SECONDS = _positive_int("KNOWLEDGE_INGEST_TIME_LIMIT_SECONDS", 1800)
+KNOWLEDGE_INGEST_MEMORY_LIMIT_MB = env.int("KNOWLEDGE_INGEST_MEMORY_LIMIT_MB", default=4096)
+if KNOWLEDGE_INGEST_MEMORY_LIMIT_MB < 0:
+    raise ImproperlyConfigured("KNOWLEDGE_INGEST_MEMORY_LIMIT_MB must be 0 (no limit) or more")
 
 # --- WeCom ---------------------------------------------------------------------------------
 WECOM_API_BASE = env.str("WECOM_API_BASE", default="https://qyapi.weixin.qq.com").rstrip("/")

@@ -52,6 +52,7 @@ from apps.bots.wecom.messages import (
     text_reply,
 )
 from apps.bots.wecom.outbound import ResponseUrlError, post_response_url
+from apps.knowledge.services.audience import chat_readers
 from apps.knowledge.services.retrieval import (
     Hit,
     knowledge_retrieve,
@@ -645,7 +646,7 @@ def turns_sweep() -> int:
 
 
 def _knowledge_hits(*, turn: Turn, question: str) -> list[Hit] | None:
-    """Passages this employee may read, or None when the bot has no knowledge base.
+    """Passages all readers of the answer may read, or None when the bot has no knowledge base.
 
     The permission filter runs inside the search query, so a restricted passage never
     reaches the prompt of someone not allowed to read it.
@@ -653,9 +654,15 @@ def _knowledge_hits(*, turn: Turn, question: str) -> list[Hit] | None:
     kb_ids = list(turn.bot.knowledge_bases.values_list("pk", flat=True))
     if not kb_ids:
         return None
+    conversation = turn.conversation
     return knowledge_retrieve(
         bot_kb_ids=kb_ids,
-        userid=turn.conversation.userid,
+        # In a group every member reads the answer: passages must be open to all of them.
+        readers=chat_readers(
+            userid=conversation.userid,
+            chat_id=conversation.chat_id,
+            group=conversation.chat_type == Conversation.ChatType.GROUP,
+        ),
         query=question,
         top_k=turn.bot.retrieval_top_k,
     )

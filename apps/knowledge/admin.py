@@ -11,9 +11,10 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from apps.audit.admin import OperatorAuditAdminMixin
-from apps.knowledge.forms import DocumentForm, KnowledgeBaseForm
-from apps.knowledge.models import Chunk, DirectoryUser, Document, KnowledgeBase
+from apps.knowledge.forms import DocumentForm, GroupChatForm, KnowledgeBaseForm
+from apps.knowledge.models import Chunk, DirectoryUser, Document, GroupChat, KnowledgeBase
 from apps.knowledge.services.ingest import document_file_replace, document_reindex
+from apps.knowledge.services.search import SEARCH_ALL_PERMISSION
 
 # Changing these changes every chunk of the knowledge base, so saving them re-indexes.
 _REINDEX_FIELDS = frozenset({"embedding_profile", "chunk_size", "chunk_overlap"})
@@ -38,6 +39,34 @@ class DirectoryUserAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     @admin.display(description=DirectoryUser._meta.get_field("tags").verbose_name)
     def tag_list(self, obj: DirectoryUser) -> str:
         return ", ".join(obj.tags)
+
+
+@admin.register(GroupChat)
+class GroupChatAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
+    """Who reads a group's answers: the bots use only passages all these members may read."""
+
+    form = GroupChatForm
+    list_display = ("chat_id", "name", "member_count", "updated_at")
+    search_fields = ("chat_id", "name")
+    readonly_fields = ("updated_at",)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": ("chat_id", "name", "member_userids", "updated_at"),
+                "description": _(
+                    "WeCom does not tell a bot who is in a group chat. A group chat that is "
+                    "not listed here, or whose list does not contain the person asking, is "
+                    "answered only from knowledge open to everyone. With a complete list, "
+                    "answers use only passages every member may read."
+                ),
+            },
+        ),
+    )
+
+    @admin.display(description=_("members"))
+    def member_count(self, obj: GroupChat) -> int:
+        return len(obj.member_userids)
 
 
 @admin.register(KnowledgeBase)
@@ -264,6 +293,12 @@ class ChunkAdmin(admin.ModelAdmin):
     )
     readonly_fields = fields
     show_full_result_count = False
+
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        """Passages of every audience, searchable by text: the unfiltered search permission."""
+        return super().has_view_permission(request, obj) and request.user.has_perm(
+            SEARCH_ALL_PERMISSION
+        )
 
     @admin.display(description=_("headings"))
     def heading(self, obj: Chunk) -> str:

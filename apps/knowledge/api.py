@@ -10,7 +10,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.knowledge.models import KnowledgeBase
-from apps.knowledge.services.retrieval import knowledge_retrieve
+from apps.knowledge.services.search import (
+    SearchNotAllowed,
+    knowledge_search,
+    search_needs_reason,
+    search_readers,
+)
 
 
 class SearchParamsSerializer(serializers.Serializer):
@@ -18,6 +23,7 @@ class SearchParamsSerializer(serializers.Serializer):
     kb = serializers.ListField(child=serializers.SlugField(), required=False, default=list)
     top_k = serializers.IntegerField(min_value=1, max_value=50, default=5)
     userid = serializers.CharField(max_length=64, required=False, allow_blank=False)
+    reason = serializers.CharField(max_length=1000, required=False, trim_whitespace=True)
 
 
 class HitSerializer(serializers.Serializer):
@@ -34,10 +40,11 @@ class HitSerializer(serializers.Serializer):
 
 
 class KnowledgeSearchView(APIView):
-    """`GET ?q=…[&kb=slug…][&top_k=5][&userid=…]`: the passages an employee may read.
+    """`GET ?q=…[&kb=slug…][&top_k=5][&userid=…][&reason=…]`: the passages an employee may read.
 
-    Staff search everything, or as any employee with `userid`. Other users search as the
-    employee whose WeCom userid is their username, and may not pass `userid`.
+    Holders of `knowledge.search_all_audiences` search everything, or as any employee with
+    `userid`, and must give a `reason`: such searches are access-logged. Everyone else,
+    staff included, searches as the employee whose WeCom userid is their username.
     """
 
     def get(self, request: Request) -> Response:
@@ -46,36 +53,44 @@ class KnowledgeSearchView(APIView):
                 "q": request.query_params.get("q", ""),
                 "kb": request.query_params.getlist("kb"),
                 "top_k": request.query_params.get("top_k", 5),
-                **(
-                    {"userid": request.query_params["userid"]}
-                    if "userid" in request.query_params
-                    else {}
-                ),
+                **{
+                    name: request.query_params[name]
+                    for name in ("userid", "reason")
+                    if name in request.query_params
+                },
             }
         )
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        if request.user.is_staff:
-            userid = data.get("userid")
-        elif "userid" in data:
-            raise PermissionDenied(_("Only staff may search as another employee."))
-        else:
-            userid = request.user.get_username()
+        try:
+            readers = search_readers(user=request.user, userid=data.get("userid"))
+        except SearchNotAllowed:
+            raise PermissionDenied(
+                _("Searching as another employee needs the permission to search all knowledge.")
+            ) from None
+        if search_needs_reason(user=request.user, readers=readers) and not data.get("reason"):
+            return Response(
+                {"reason": [_("Give a reason: this search is recorded in the access log.")]},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
         knowledge_bases = KnowledgeBase.objects.all()
         if data["kb"]:
             knowledge_bases = knowledge_bases.filter(slug__in=data["kb"])
-            missing = set(data["kb"]) - set(knowledge_bases.values_list("slug", flat=True))
+            missing = set(data["kb"]) - {kb.slug for kb in knowledge_bases}
             if missing:
                 return Response(
                     {"kb": [_("Unknown knowledge base: %s") % ", ".join(sorted(missing))]},
                     status=status.HTTP_400_BAD_REQUEST,
                 )
-        hits = knowledge_retrieve(
-            bot_kb_ids=list(knowledge_bases.values_list("pk", flat=True)),
-            userid=userid,
+        hits = knowledge_search(
+            user=request.user,
+            knowledge_bases=list(knowledge_bases),
+            readers=readers,
             query=data["q"],
             top_k=data["top_k"],
+            reason=data.get("reason", ""),
         )
+        userid = None if readers.unrestricted else next(iter(readers.userids), None)
         return Response(
             {
                 "query": data["q"],

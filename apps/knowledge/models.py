@@ -83,6 +83,41 @@ class DirectoryUser(models.Model):
         return f"{self.name} ({self.userid})" if self.name else self.userid
 
 
+class GroupChat(models.Model):
+    """The complete member list of one WeCom group chat, as an admin registered it.
+
+    Every member of a group reads the bot's answer there, so a group's answers may use
+    only passages all its members may read. WeCom gives an AI bot no API to list a group's
+    members, and the people seen speaking miss the silent ones, so the list is maintained
+    here; a group without one (or whose list lacks the asker) gets only knowledge open to
+    everyone.
+    """
+
+    MAX_MEMBERS = 2000  # WeCom's limit for an internal group chat
+
+    chat_id = models.CharField(_("WeCom chat id"), max_length=128, unique=True)
+    name = models.CharField(_("name"), max_length=100, blank=True)
+    member_userids = ArrayField(
+        models.CharField(max_length=64),
+        verbose_name=_("members"),
+        size=MAX_MEMBERS,
+        help_text=_(
+            "The WeCom userids of everyone in the group, comma-separated. Answers in this "
+            "group use only passages every member may read; a list that misses someone "
+            "would let them read what they may not, so keep it complete."
+        ),
+    )
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("group chat")
+        verbose_name_plural = _("group chats")
+        ordering = ["chat_id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.chat_id})" if self.name else self.chat_id
+
+
 class KnowledgeBase(models.Model):
     """A collection of documents that bots answer from, visible to an audience of employees."""
 
@@ -132,6 +167,12 @@ class KnowledgeBase(models.Model):
         verbose_name = _("knowledge base")
         verbose_name_plural = _("knowledge bases")
         ordering = ["name"]
+        permissions = [
+            (
+                "search_all_audiences",
+                _("Can search all knowledge and search as any employee"),
+            )
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(chunk_overlap__lt=models.F("chunk_size")),

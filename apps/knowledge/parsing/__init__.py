@@ -11,7 +11,15 @@ import logging
 import zipfile
 from pathlib import Path
 
-from .document import DocumentParseError, ParsedDocument, ParseErrorCode, Section
+from .document import (
+    MAX_PARAGRAPHS,
+    MAX_TEXT_CHARS,
+    DocumentParseError,
+    ParsedDocument,
+    ParseErrorCode,
+    Section,
+    too_many_paragraphs,
+)
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -45,8 +53,12 @@ _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _ZIP_MAGIC = b"PK\x03\x04"
 _OLE_ENCRYPTION_STREAM = "EncryptionInfo".encode("utf-16-le")
 _SNIFF_BYTES = 1024
-# Office files are zip archives; refuse ones that would inflate past this (zip bombs).
+# Office files are zip archives; refuse ones that would inflate past this (zip bombs), in
+# all or in any one part (the XML parts are parsed whole). Python's zipfile never inflates
+# a part past its declared size, so checking the declared sizes bounds the real ones.
 _MAX_UNPACKED_BYTES = 512 * 1024 * 1024
+_MAX_PART_BYTES = 100 * 1024 * 1024
+_MAX_PARTS = 10_000
 
 
 def parse_document(
@@ -83,7 +95,20 @@ def parse_document(
         ) from exc
     if not any(section.text.strip() for section in document.sections):
         raise DocumentParseError("empty", "The document contains no extractable text.")
+    _check_extracted_size(document)
     return document
+
+
+def _check_extracted_size(document: ParsedDocument) -> None:
+    """The same caps for every format, also those without a SectionBuilder (text, PDF)."""
+    if sum(len(section.text) for section in document.sections) > MAX_TEXT_CHARS:
+        raise DocumentParseError(
+            "too_large",
+            f"The document has more than {MAX_TEXT_CHARS:,} characters of text. Split it "
+            "into smaller documents.",
+        )
+    if sum(section.text.count("\n\n") + 1 for section in document.sections) > MAX_PARAGRAPHS:
+        raise too_many_paragraphs()
 
 
 def _detect_kind(path: Path, extension: str, head: bytes) -> str:
@@ -143,10 +168,19 @@ def _office_kind(path: Path) -> str | None:
             infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return None
+    if len(infos) > _MAX_PARTS:
+        raise DocumentParseError("too_large", f"The archive has more than {_MAX_PARTS:,} parts.")
     if sum(info.file_size for info in infos) > _MAX_UNPACKED_BYTES:
         raise DocumentParseError(
             "too_large",
             f"The archive unpacks to more than {_megabytes(_MAX_UNPACKED_BYTES)}.",
+        )
+    largest = max(infos, key=lambda info: info.file_size, default=None)
+    if largest is not None and largest.file_size > _MAX_PART_BYTES:
+        raise DocumentParseError(
+            "too_large",
+            f"A part of the archive ({largest.filename[:100]}) unpacks to more than "
+            f"{_megabytes(_MAX_PART_BYTES)}.",
         )
     names = {info.filename for info in infos}
     if "word/document.xml" in names:

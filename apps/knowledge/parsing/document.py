@@ -12,6 +12,11 @@ from typing import Literal
 
 ParseErrorCode = Literal["corrupt", "encrypted", "empty", "unsupported", "too_large"]
 
+# Bounds on what one document may turn into, so a small upload cannot make the ingest
+# worker build millions of paragraphs (and then passages to embed).
+MAX_PARAGRAPHS = 200_000
+MAX_TEXT_CHARS = 20_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class Section:
@@ -107,6 +112,14 @@ def _column_letter(index: int) -> str:
     return name
 
 
+def too_many_paragraphs() -> DocumentParseError:
+    return DocumentParseError(
+        "too_large",
+        f"The document has more than {MAX_PARAGRAPHS:,} paragraphs or rows. Split it into "
+        "smaller documents.",
+    )
+
+
 class SectionBuilder:
     """Turns a stream of headings and paragraphs into sections.
 
@@ -118,6 +131,7 @@ class SectionBuilder:
         self._stack: list[tuple[int, str]] = []
         self._paragraphs: list[str] = []
         self._sections: list[Section] = []
+        self._count = 0
 
     def heading(self, level: int, title: str) -> None:
         title = tidy_inline(title)
@@ -131,6 +145,9 @@ class SectionBuilder:
     def paragraph(self, text: str) -> None:
         text = tidy_text(text)
         if text:
+            self._count += 1
+            if self._count > MAX_PARAGRAPHS:
+                raise too_many_paragraphs()
             self._paragraphs.append(text)
 
     def build(self) -> list[Section]:

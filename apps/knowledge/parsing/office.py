@@ -13,7 +13,15 @@ from docx.table import Table
 from docx.text.paragraph import Paragraph
 from lxml import etree
 
-from .document import ParsedDocument, Section, SectionBuilder, render_records, tidy_inline
+from .document import (
+    MAX_PARAGRAPHS,
+    ParsedDocument,
+    Section,
+    SectionBuilder,
+    render_records,
+    tidy_inline,
+    too_many_paragraphs,
+)
 
 _HEADING_STYLE = re.compile(r"^(?:heading|标题)\s*([1-9])$", re.I)
 _MAX_STYLE_DEPTH = 10
@@ -105,8 +113,15 @@ def parse_xlsx(path: Path, *, title: str) -> ParsedDocument:
     workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     try:
         sections = []
+        row_count = 0
         for sheet in workbook.worksheets:
-            rows = [[_cell_text(cell) for cell in row] for row in sheet.iter_rows(values_only=True)]
+            rows = []
+            # Counted while streaming: a sheet can declare a million rows in a small file.
+            for row in sheet.iter_rows(values_only=True):
+                row_count += 1
+                if row_count > MAX_PARAGRAPHS:
+                    raise too_many_paragraphs()
+                rows.append([_cell_text(cell) for cell in row])
             sections.append(Section((tidy_inline(sheet.title),), render_records(rows)))
         doc_title = tidy_inline(workbook.properties.title or "")
         sheet_count = len(workbook.worksheets)

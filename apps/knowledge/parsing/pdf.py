@@ -13,6 +13,9 @@ from pypdf.generic import Destination
 
 from .document import DocumentParseError, ParsedDocument, Section, tidy_inline, tidy_text
 
+# Checked before any page is read: text extraction costs time and memory per page.
+MAX_PAGES = 5000
+
 logger = logging.getLogger(__name__)
 
 _PLACEHOLDER_TITLES = frozenset({"untitled", "untitled document", "无标题", "anonymous"})
@@ -39,6 +42,12 @@ def parse_pdf(path: Path, *, title: str) -> ParsedDocument:
     page_count = len(reader.pages)
     if page_count == 0:
         raise DocumentParseError("corrupt", "The PDF has no pages; the file may be damaged.")
+    if page_count > MAX_PAGES:
+        raise DocumentParseError(
+            "too_large",
+            f"The PDF has {page_count:,} pages, more than the {MAX_PAGES:,} allowed. Split it "
+            "into smaller documents.",
+        )
     texts: list[str] = []
     failures = 0
     for number, page in enumerate(reader.pages, start=1):

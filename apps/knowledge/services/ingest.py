@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asgiref.sync import async_to_sync
+from celery.exceptions import SoftTimeLimitExceeded
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -234,6 +235,26 @@ def document_ingest(
         _run_fail(run, reporter, code=exc.code, message=exc.message)
     except EmbeddingError as exc:
         _run_fail(run, reporter, code="embedding", message=str(exc))
+    except SoftTimeLimitExceeded:
+        _run_fail(
+            run,
+            reporter,
+            code="too_large",
+            message=(
+                "Indexing took longer than the "
+                f"{settings.KNOWLEDGE_INGEST_TIME_LIMIT_SECONDS} s allowed and was stopped. "
+                "Split the document into smaller ones."
+            ),
+        )
+    except MemoryError:
+        logger.warning("document %s: over the ingest memory limit", document_id, exc_info=True)
+        _run_fail(
+            run,
+            reporter,
+            code="too_large",
+            message="Indexing needed more memory than allowed. Split the document into "
+            "smaller ones.",
+        )
     except OSError as exc:
         logger.warning("document %s: file unreadable", document_id, exc_info=True)
         _run_fail(
@@ -299,6 +320,12 @@ def _run_build(run: _Run, reporter: _ProgressReporter) -> None:
     )
     if not chunks:
         raise DocumentParseError("empty", "The document contains no extractable text.")
+    if len(chunks) > settings.KNOWLEDGE_MAX_CHUNKS:
+        raise DocumentParseError(
+            "too_large",
+            f"The document makes {len(chunks):,} passages, more than the "
+            f"{settings.KNOWLEDGE_MAX_CHUNKS:,} allowed. Split it into smaller documents.",
+        )
     embedding_index_ensure(dimensions=embedder.dimensions)
     model_key = embedder.spec.model_key
     batch_size = settings.KNOWLEDGE_EMBEDDING_BATCH

@@ -27,6 +27,7 @@ from pgvector.django import CosineDistance, VectorField
 from apps.knowledge import selectors
 from apps.knowledge.models import Chunk, KnowledgeBase
 from apps.knowledge.segment import query_terms
+from apps.knowledge.selectors import Readers
 from apps.knowledge.services.embedding import (
     EmbeddingError,
     EmbeddingSpec,
@@ -80,19 +81,20 @@ class Hit:
 
 
 def knowledge_retrieve(
-    *, bot_kb_ids: Iterable[int], userid: str | None, query: str, top_k: int = 5
+    *, bot_kb_ids: Iterable[int], readers: Readers, query: str, top_k: int = 5
 ) -> list[Hit]:
-    """The best `top_k` passages for `query` that employee `userid` may read.
+    """The best `top_k` passages for `query` that every one of `readers` may read.
 
-    `userid=None` is the admin view (no audience filter). A knowledge base whose embedding
-    model cannot be loaded is still searched lexically; the problem is logged.
+    Who reads is always explicit (see `selectors.Readers`), so no caller gets the
+    unfiltered view by leaving something out. A knowledge base whose embedding model cannot
+    be loaded is still searched lexically; the problem is logged.
     """
     kb_ids = list(dict.fromkeys(bot_kb_ids))
     query = query.strip()
     if not query or top_k < 1 or not kb_ids:
         return []
     candidates = max(_MIN_CANDIDATES, top_k * 4)
-    searchable = selectors.chunks_searchable(kb_ids=kb_ids, userid=userid)
+    searchable = selectors.chunks_searchable(kb_ids=kb_ids, readers=readers)
     lists = [
         *_dense_lists(searchable, kb_ids=kb_ids, query=query, candidates=candidates),
         *_lexical_lists(searchable, query=query, candidates=candidates),

@@ -1,7 +1,13 @@
-"""Search a knowledge base from the shell, as an employee would be answered or as an admin."""
+"""Search a knowledge base from the shell, as an employee would be answered or as an admin.
+
+Whoever runs manage.py holds the database credentials, so no permission can gate this
+command; what it can do is leave a trace: every search here is written to the access log
+(user empty, the operating-system account and the reason in the entry).
+"""
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from typing import Any
@@ -9,7 +15,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.knowledge.models import KnowledgeBase
-from apps.knowledge.services.retrieval import Hit, knowledge_retrieve
+from apps.knowledge.selectors import Readers
+from apps.knowledge.services.retrieval import Hit
+from apps.knowledge.services.search import knowledge_search
 
 
 class Command(BaseCommand):
@@ -17,7 +25,8 @@ class Command(BaseCommand):
     help = (
         "Search the knowledge base with this slug. Without QUERY, reads one query per line "
         "from stdin. --user searches as that WeCom userid (audiences apply); without it, "
-        "everything is searched. --json prints one line per query: a JSON array of hits."
+        "everything is searched. Every search is recorded in the access log, with --reason. "
+        "--json prints one line per query: a JSON array of hits."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -26,6 +35,7 @@ class Command(BaseCommand):
         parser.add_argument("--top-k", type=int, default=5, dest="top_k")
         parser.add_argument("--user", dest="userid", metavar="USERID")
         parser.add_argument("--json", action="store_true", dest="as_json")
+        parser.add_argument("--reason", default="", help="Why; written to the access log.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         kb = KnowledgeBase.objects.filter(slug=options["kb_slug"]).first()
@@ -38,9 +48,17 @@ class Command(BaseCommand):
         else:
             stdin = options.get("stdin", sys.stdin)
             queries = [line.strip() for line in stdin if line.strip()]
+        userid = options["userid"]
+        readers = Readers.everything() if userid is None else Readers.employee(userid)
+        reason = f"manage.py kb_search by {_os_user()}: {options['reason'] or '-'}"
         for query in queries:
-            hits = knowledge_retrieve(
-                bot_kb_ids=[kb.pk], userid=options["userid"], query=query, top_k=options["top_k"]
+            hits = knowledge_search(
+                user=None,
+                knowledge_bases=[kb],
+                readers=readers,
+                query=query,
+                top_k=options["top_k"],
+                reason=reason,
             )
             if options["as_json"]:
                 self.stdout.write(json.dumps([_hit_json(hit) for hit in hits], ensure_ascii=False))
@@ -57,6 +75,13 @@ class Command(BaseCommand):
                 f"{rank}. [{hit.score:.4f}] {hit.document} (v{hit.document_version}){where}"
             )
             self.stdout.write("   " + " ".join(hit.text.split())[:200])
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers with arbitrary uids)
+        return "unknown"
 
 
 def _hit_json(hit: Hit) -> dict[str, Any]:
