@@ -207,6 +207,15 @@ CELERY_BEAT_SCHEDULE = {
 # Keys the content fingerprints in the ledger; keep it stable (derived from SECRET_KEY if unset).
 AUDIT_CONTENT_HASH_KEY = _secret("AUDIT_CONTENT_HASH_KEY")
 AUDIT_ARCHIVE_GAP_WARNING_HOURS = env.int("AUDIT_ARCHIVE_GAP_WARNING_HOURS", default=96)
+# The session-archive vendor library (libWeWorkFinanceSdk_C.so) the archive workers load:
+# deployment configuration, never a form field. It must lie in one of the allowed
+# directories, which (with the file) must belong to root and be writable by nobody else;
+# ARCHIVE_SDK_SHA256 pins the exact build.
+ARCHIVE_SDK_LIBRARY = env.str("ARCHIVE_SDK_LIBRARY", default="")
+ARCHIVE_SDK_ALLOWED_DIRS = env.list("ARCHIVE_SDK_ALLOWED_DIRS", default=["/opt/wework"])
+ARCHIVE_SDK_SHA256 = env.str("ARCHIVE_SDK_SHA256", default="")
+# Owners trusted for the library and its directories (root); tests add their own uid.
+ARCHIVE_SDK_TRUSTED_UIDS = [int(uid) for uid in env.list("ARCHIVE_SDK_TRUSTED_UIDS", default=["0"])]
 
 # --- knowledge ----------------------------------------------------------------------------
 KNOWLEDGE_MAX_UPLOAD_BYTES = _positive_int("KNOWLEDGE_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)

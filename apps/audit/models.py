@@ -317,11 +317,6 @@ class ArchiveSource(models.Model):
     secret = EncryptedTextField(
         _("archive secret"), help_text=_("The Secret of the session archive app in WeCom.")
     )
-    sdk_library_path = models.CharField(
-        _("SDK library path"),
-        max_length=500,
-        help_text=_("Absolute path of libWeWorkFinanceSdk_C.so on the archive workers."),
-    )
     proxy = models.CharField(
         _("proxy"), max_length=200, blank=True, help_text=_("e.g. socks5://10.0.0.1:1080")
     )
