@@ -166,6 +166,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": _redis_db(2),
         "KEY_PREFIX": "wecom_ai",
+        # JSON, never pickle: a value planted in Redis must not run code when read back.
+        "OPTIONS": {"serializer": "wecom_ai.cache_json.JSONSerializer"},
     }
 }
 CHANNEL_LAYERS = {
@@ -178,8 +180,12 @@ CHANNEL_LAYERS = {
 # --- Celery -------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=_redis_db(0))
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=_redis_db(1))
+# JSON only, for tasks and results alike: nothing read back from Redis is unpickled.
 CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+CELERY_EVENT_SERIALIZER = "json"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
