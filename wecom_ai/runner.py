@@ -1,9 +1,10 @@
 """`make run`: the whole product on one machine, stopped cleanly by Ctrl-C or SIGTERM.
 
 Starts the embedded PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL point
-elsewhere), migrates, ensures the admin and the demo bot, then supervises the ASGI server,
-the inference worker, the worker for the other queues, and beat. If one child dies, all
-are stopped, so a half-running stack never pretends to be healthy.
+elsewhere), migrates as the owner role, ensures the admin and the demo bot, then supervises
+the ASGI server, the inference worker, the worker for the other queues, and beat, all as
+the least-privilege app role. If one child dies, all are stopped, so a half-running stack
+never pretends to be healthy.
 """
 
 from __future__ import annotations
@@ -136,8 +137,13 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     env.setdefault("DJANGO_SETTINGS_MODULE", "wecom_ai.settings")
+    # Web, workers and beat connect as the least-privilege app role; only `migrate` runs
+    # as the owner of the tables (DATABASE_OWNER_URL for an external database).
     if "DATABASE_URL" not in env:
-        env["DATABASE_URL"] = embedded.postgres_url()
+        env["DATABASE_URL"] = embedded.postgres_url(embedded.APP_ROLE)
+        env.setdefault("DATABASE_OWNER_URL", embedded.postgres_url(embedded.OWNER_ROLE))
+    migrate_env = env | {"DATABASE_URL": env.get("DATABASE_OWNER_URL", env["DATABASE_URL"])}
+    env.pop("DATABASE_OWNER_URL", None)
     if "REDIS_URL" not in env:
         env["REDIS_URL"] = embedded.redis_url()
     supervisor = Supervisor(_children(port, embedded.data_dir()), env)
@@ -145,7 +151,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     code = 0
     try:
-        _manage(env, "migrate", "--noinput", "-v", "0")
+        _manage(migrate_env, "migrate", "--noinput", "-v", "0")
         _manage(env, "collectstatic", "--noinput", "-v", "0")
         _manage(env, "demo_setup")
         if not supervisor.stopping:
