@@ -142,10 +142,12 @@ def main() -> int:
     if "DATABASE_URL" not in env:
         env["DATABASE_URL"] = embedded.postgres_url(embedded.APP_ROLE)
         env.setdefault("DATABASE_OWNER_URL", embedded.postgres_url(embedded.OWNER_ROLE))
-    migrate_env = env | {"DATABASE_URL": env.get("DATABASE_OWNER_URL", env["DATABASE_URL"])}
-    env.pop("DATABASE_OWNER_URL", None)
+        # Settings see a DATABASE_URL now; tell `migrate` whom to grant the app's privileges.
+        env.setdefault("DATABASE_APP_ROLE", embedded.APP_ROLE)
     if "REDIS_URL" not in env:
         env["REDIS_URL"] = embedded.redis_url()
+    migrate_env = env | {"DATABASE_URL": env.get("DATABASE_OWNER_URL", env["DATABASE_URL"])}
+    env.pop("DATABASE_OWNER_URL", None)
     supervisor = Supervisor(_children(port, embedded.data_dir()), env)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
