@@ -132,13 +132,14 @@ def _manage(env: dict[str, str], *args: str) -> None:
     subprocess.run(_python("manage.py", *args), cwd=BASE_DIR, env=env, check=True)  # noqa: S603
 
 
-def main() -> int:
-    port = int(os.environ.get("PORT", "8000"))
-    env = dict(os.environ)
-    env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
-    env.setdefault("DJANGO_SETTINGS_MODULE", "wecom_ai.settings")
-    # Web, workers and beat connect as the least-privilege app role; only `migrate` runs
-    # as the owner of the tables (DATABASE_OWNER_URL for an external database).
+def environments(base: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(migrate's environment, everyone else's): only `migrate` gets the owner's URL.
+
+    Web, workers and beat connect as the least-privilege app role; `migrate` runs as the
+    owner of the tables (the embedded owner, or DATABASE_OWNER_URL next to an external
+    DATABASE_URL) and grants the app role its privileges.
+    """
+    env = dict(base)
     if "DATABASE_URL" not in env:
         env["DATABASE_URL"] = embedded.postgres_url(embedded.APP_ROLE)
         env.setdefault("DATABASE_OWNER_URL", embedded.postgres_url(embedded.OWNER_ROLE))
@@ -146,8 +147,16 @@ def main() -> int:
         env.setdefault("DATABASE_APP_ROLE", embedded.APP_ROLE)
     if "REDIS_URL" not in env:
         env["REDIS_URL"] = embedded.redis_url()
-    migrate_env = env | {"DATABASE_URL": env.get("DATABASE_OWNER_URL", env["DATABASE_URL"])}
-    env.pop("DATABASE_OWNER_URL", None)
+    owner_url = env.pop("DATABASE_OWNER_URL", None)
+    return env | {"DATABASE_URL": owner_url or env["DATABASE_URL"]}, env
+
+
+def main() -> int:
+    port = int(os.environ.get("PORT", "8000"))
+    env = dict(os.environ)
+    env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
+    env.setdefault("DJANGO_SETTINGS_MODULE", "wecom_ai.settings")
+    migrate_env, env = environments(env)
     supervisor = Supervisor(_children(port, embedded.data_dir()), env)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)

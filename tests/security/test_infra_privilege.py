@@ -200,3 +200,17 @@ def test_embedded_redis_requires_a_password_and_keeps_its_data_private() -> None
     # And its data directory (AOF, config with the password) is private to its user
     directory = Path(settings.DATA_DIR) / "redis"
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_make_run_gives_the_owner_url_to_migrate_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wecom_ai import runner
+
+    _embedded_only()
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("DATABASE_OWNER_URL", raising=False)
+    migrate_env, env = runner.environments({"PATH": "/usr/bin"})
+    assert urlsplit(migrate_env["DATABASE_URL"]).username == embedded.OWNER_ROLE
+    assert urlsplit(env["DATABASE_URL"]).username == embedded.APP_ROLE
+    assert migrate_env["DATABASE_APP_ROLE"] == embedded.APP_ROLE
+    assert "DATABASE_OWNER_URL" not in env
+    assert embedded.OWNER_ROLE not in str(env)
