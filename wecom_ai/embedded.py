@@ -80,7 +80,7 @@ def postgres_url(role: str = APP_ROLE) -> str:
 
     if role not in (APP_ROLE, OWNER_ROLE):
         raise ValueError(f"role must be {APP_ROLE!r} or {OWNER_ROLE!r}, not {role!r}")
-    if postgres_running() and _roles_path().exists():
+    if postgres_running() and _roles_ready_path().exists():
         info = PostmasterInfo.read_from_pgdata(_pgdata())
         assert info is not None
         return _role_url(info, role, DATABASE_NAME)
@@ -103,6 +103,11 @@ def postgres_url(role: str = APP_ROLE) -> str:
 
 def _roles_path() -> Path:
     return data_dir() / "postgres_roles.json"
+
+
+def _roles_ready_path() -> Path:
+    """Written once `_roles_ensure` has finished, so a half-done setup is redone."""
+    return data_dir() / ".postgres_roles_ready"
 
 
 def _role_passwords() -> dict[str, str]:
@@ -148,7 +153,15 @@ def _roles_ensure(info: Any, pgdata: Path) -> None:
 
     passwords = _role_passwords()
     admin = _role_url(info, SUPERUSER, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
+    try:
+        conn = psycopg.connect(admin, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise RuntimeError(
+            f"cannot log in to the embedded PostgreSQL as {SUPERUSER}: its password in "
+            f"{_roles_path()} does not match ({exc}); restore that file, or delete the "
+            "embedded data with `make clean-data`"
+        ) from exc
+    with conn:
         conn.execute(
             sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                 sql.Identifier(SUPERUSER), sql.Literal(passwords[SUPERUSER])
@@ -191,6 +204,7 @@ def _roles_ensure(info: Any, pgdata: Path) -> None:
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
     _pg_hba_require_passwords(pgdata)
+    _roles_ready_path().touch()
 
 
 def _database_hand_over(info: Any, conn: Any, database: str) -> None:
@@ -449,6 +463,7 @@ def reset_all() -> None:
     for name in ("postgres", "redis"):
         shutil.rmtree(data_dir() / name, ignore_errors=True)
     _roles_path().unlink(missing_ok=True)
+    _roles_ready_path().unlink(missing_ok=True)
 
 
 def run_with_servers(command: list[str]) -> int:
