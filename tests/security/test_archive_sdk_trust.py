@@ -135,3 +135,17 @@ def test_pull_without_a_configured_library_fails_cleanly(settings) -> None:
     assert "ARCHIVE_SDK_LIBRARY" in result.error and not result.retryable
     source.refresh_from_db()
     assert source.health == ArchiveSource.Health.ERROR
+
+
+def test_a_second_library_is_not_mistaken_for_the_first(planted_library, tmp_path) -> None:
+    # Given one library loaded (and rejected for lacking the vendor functions) ...
+    library, _marker = planted_library
+    with pytest.raises(OSError, match="does not export"):
+        sdk_library_load(_config(library))
+    # ... a different one loaded afterwards through a reused descriptor number is itself
+    from apps.audit.archive.testsdk.build import build_test_sdk
+
+    real = build_test_sdk(tmp_path / "sdk")
+    loaded = sdk_library_load(_config(real))
+    assert loaded.path == str(real) and loaded.cdll.NewSdk
+    assert sdk_library_load(_config(real)) is loaded  # the same file is loaded once

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import stat
@@ -212,11 +213,27 @@ def sdk_library_load(config: SdkLibraryConfig) -> SdkLibrary:
             raise SdkLibraryRefused(
                 f"{real} has SHA-256 {actual}, not the ARCHIVE_SDK_SHA256 it is pinned to"
             )
-        # dlopen the very file that was checked (this descriptor), not a path that could
-        # point elsewhere by now.
-        cdll = ctypes.CDLL(f"/proc/self/fd/{fd}")
+        identity = (info.st_dev, info.st_ino, actual)
+        with _LOADED_LOCK:
+            if identity not in _LOADED:
+                _LOADED[identity] = _dlopen_checked(fd, real, actual, index=next(_DLOPENS))
+            return _LOADED[identity]
     finally:
         os.close(fd)
+
+
+# Libraries loaded in this process, by (device, inode, SHA-256): dlopen keeps them mapped
+# anyway, and a second dlopen of the same name would return the first library.
+_LOADED: dict[tuple[int, int, str], SdkLibrary] = {}
+_LOADED_LOCK = threading.Lock()
+_DLOPENS = itertools.count()
+
+
+def _dlopen_checked(fd: int, real: str, sha256: str, *, index: int) -> SdkLibrary:
+    """dlopen the very file that was checked (its descriptor), not a path that could point
+    elsewhere by now. The name is unique per library: glibc returns an already loaded
+    object when the name matches, and descriptor numbers are reused."""
+    cdll = ctypes.CDLL("/proc/self/fd/" + "./" * index + str(fd))
     for name, (restype, argtypes) in _PROTOTYPES.items():
         try:
             function = getattr(cdll, name)
@@ -224,7 +241,7 @@ def sdk_library_load(config: SdkLibraryConfig) -> SdkLibrary:
             raise OSError(f"{real} does not export {name}()") from exc
         function.restype = restype
         function.argtypes = argtypes
-    return SdkLibrary(path=real, sha256=actual, cdll=cdll)
+    return SdkLibrary(path=real, sha256=sha256, cdll=cdll)
 
 
 def _read(pointer: int | None, length: int) -> bytes:
