@@ -74,15 +74,18 @@ ENV STATIC_ROOT=/app/staticfiles
 RUN DJANGO_ENV=production \
     SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(64))')" \
     FIELD_ENCRYPTION_KEYS="$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')" \
+    AUDIT_LEDGER_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(48))')" \
     ALLOWED_HOSTS=build.invalid \
     PUBLIC_BASE_URL=https://build.invalid \
     DATABASE_URL=postgres://build@127.0.0.1:1/build \
-    REDIS_URL=redis://127.0.0.1:1 \
+    REDIS_URL=redis://:build@127.0.0.1:1 \
     WECOM_AI_DATA=/tmp/build-data \
     python manage.py collectstatic --noinput -v 0 \
     && rm -rf /tmp/build-data
 
 # --- runtime: no compilers, non-root
+# /opt/wework is where the session-archive vendor SDK is mounted (ARCHIVE_SDK_ALLOWED_DIRS):
+# root-owned, so the app user can neither replace the library nor plant another one.
 FROM ${RUNTIME_IMAGE} AS runtime
 
 ARG DEFAULT_MODEL=/opt/wecom-ai/models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -100,8 +103,10 @@ RUN apt-get update \
 RUN groupadd --system --gid 10001 wecom \
     && useradd --system --uid 10001 --gid wecom --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin wecom \
-    && mkdir -p /data/media /models \
-    && chown wecom:wecom /data /data/media /models
+    && mkdir -p /data/media /models /anchors \
+    && chown wecom:wecom /data /data/media /models /anchors \
+    && chmod 0700 /anchors \
+    && install -d -o root -g root -m 0755 /opt/wework
 
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/wecom-ai /opt/wecom-ai

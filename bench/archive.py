@@ -90,7 +90,7 @@ def text_make(size_bytes: int, *, words: list[str], seed: int) -> str:
 
 def _database_prepare() -> None:
     """Point this process at the bench database (created and migrated like bench.stack)."""
-    cluster_url = os.environ.get("DATABASE_URL") or embedded.postgres_url()
+    cluster_url = os.environ.get("DATABASE_URL") or embedded.postgres_url(embedded.OWNER_ROLE)
     redis_url = (os.environ.get("REDIS_URL") or embedded.redis_url()).rstrip("/")
     if redis_url.rsplit("/", 1)[-1].isdigit():
         redis_url = redis_url.rsplit("/", 1)[0]
@@ -122,12 +122,14 @@ def _database_prepare() -> None:
 def archive_bench(*, messages: int, policy_words: int, workdir: Path) -> dict[str, Any]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
+    from django.conf import settings
     from django.utils import timezone
 
     from apps.audit.archive.testsdk.build import (
         FIXTURE_ENV,
         FixtureRecord,
         build_test_sdk,
+        sdk_settings_for,
         write_fixture,
     )
     from apps.audit.models import (
@@ -140,6 +142,8 @@ def archive_bench(*, messages: int, policy_words: int, workdir: Path) -> dict[st
     )
     from apps.audit.services.archive import archive_pull
 
+    for name, value in sdk_settings_for(build_test_sdk(workdir / "sdk")).items():
+        setattr(settings, name, value)
     words = words_make(policy_words, seed=1)
     word_list, _ = SensitiveWordList.objects.update_or_create(
         name=POLICY_NAME, defaults={"words": "\n".join(words)}
@@ -157,7 +161,6 @@ def archive_bench(*, messages: int, policy_words: int, workdir: Path) -> dict[st
         defaults={
             "corp_id": CORP_ID,
             "secret": SECRET,
-            "sdk_library_path": str(build_test_sdk(workdir / "sdk")),
             "batch_size": 1000,
             "cursor": 0,
             "enabled": True,

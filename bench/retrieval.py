@@ -249,7 +249,7 @@ QUALITY_QUESTIONS: tuple[tuple[str, str, str, str], ...] = (
 
 def django_on_bench_database() -> dict[str, str]:
     """bench/stack.py's database part: create and migrate `wecom_ai_bench`, set up Django."""
-    cluster_url = os.environ.get("DATABASE_URL") or embedded.postgres_url()
+    cluster_url = os.environ.get("DATABASE_URL") or embedded.postgres_url(embedded.OWNER_ROLE)
     redis_url = (os.environ.get("REDIS_URL") or embedded.redis_url()).rstrip("/")
     if redis_url.rsplit("/", 1)[-1].isdigit():
         redis_url = redis_url.rsplit("/", 1)[0]

@@ -172,7 +172,7 @@ class BenchStack:
         self._stop()
 
     def _start(self) -> None:
-        cluster_url = os.environ.get("DATABASE_URL") or embedded.postgres_url()
+        cluster_url = os.environ.get("DATABASE_URL") or embedded.postgres_url(embedded.OWNER_ROLE)
         redis_url = (os.environ.get("REDIS_URL") or embedded.redis_url()).rstrip("/")
         if redis_url.rsplit("/", 1)[-1].isdigit():
             redis_url = redis_url.rsplit("/", 1)[0]

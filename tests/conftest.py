@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -17,12 +19,72 @@ from django.conf import settings
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-def _ledger_emptying_flush() -> None:
+# (user, password) of the tables' owner while the tests connect as the app role; see
+# `django_db_setup` below. None when the run has no separate app role.
+_OWNER_CREDENTIALS: tuple[str, str] | None = None
+
+
+def _connect_as(user: str, password: str) -> None:
+    """Point the default connection at another role; the next query reconnects."""
+    from django.db import connections
+
+    connection = connections["default"]
+    connection.close()
+    connection.settings_dict["USER"] = user
+    connection.settings_dict["PASSWORD"] = password
+
+
+@contextlib.contextmanager
+def as_database_owner() -> Iterator[None]:
+    """Run a block on the default connection as the owner of the tables (outside any
+    transaction: switching roles reconnects)."""
+    from django.db import connection
+
+    if _OWNER_CREDENTIALS is None:
+        yield
+        return
+    app = (connection.settings_dict["USER"], connection.settings_dict["PASSWORD"])
+    _connect_as(*_OWNER_CREDENTIALS)
+    try:
+        yield
+    finally:
+        _connect_as(*app)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Create the test database as the owner, then run every test as the app role.
+
+    The app role is what web and workers use (issue 9): not a superuser, not the tables'
+    owner, only INSERT/SELECT on the ledger. Tests that must act as an attacker with full
+    database access use `owner_sql`.
+    """
+    global _OWNER_CREDENTIALS
+    from django.db import connection
+
+    from wecom_ai import embedded
+
+    if not (settings.EMBEDDED_DATABASE and settings.DATABASE_APP_ROLE):
+        yield
+        return
+    owner = (connection.settings_dict["USER"], connection.settings_dict["PASSWORD"])
+    with django_db_blocker.unblock():
+        _connect_as(*embedded.role_credentials(settings.DATABASE_APP_ROLE))
+    _OWNER_CREDENTIALS = owner
+    try:
+        yield
+    finally:
+        _OWNER_CREDENTIALS = None
+        with django_db_blocker.unblock():
+            _connect_as(*owner)
+
+
+def _owner_flush() -> None:
     """Let transactional tests' teardown flush run although the ledger refuses TRUNCATE.
 
-    The ledger's triggers reject DELETE/TRUNCATE for the application (that is the point);
-    between transactional tests the test database is emptied by `flush`, so its rows are
-    removed first with the user triggers disabled (the test role owns the table).
+    The ledger's triggers reject DELETE/TRUNCATE (that is the point) and the app role may
+    truncate nothing; between transactional tests the test database is emptied by `flush`
+    as the owner, which removes the ledger's rows first with the user triggers disabled.
     """
     from django.core.management.commands import flush
 
@@ -31,18 +93,40 @@ def _ledger_emptying_flush() -> None:
     def handle(self, **options):  # type: ignore[no-untyped-def]
         from django.db import connections
 
-        connection = connections[options.get("database") or "default"]
-        with connection.cursor() as cursor:
-            for table in ("audit_ledgerentry", "audit_ledgercheckpoint"):
-                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
-                cursor.execute(f"DELETE FROM {table}")
-                cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
-        return original(self, **options)
+        with as_database_owner():
+            connection = connections[options.get("database") or "default"]
+            with connection.cursor() as cursor:
+                for table in ("audit_ledgerentry", "audit_ledgercheckpoint"):
+                    cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+                    cursor.execute(f"DELETE FROM {table}")
+                    cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+            return original(self, **options)
 
     flush.Command.handle = handle
 
 
-_ledger_emptying_flush()
+_owner_flush()
+
+
+@pytest.fixture
+def owner_sql(transactional_db: None) -> Callable[..., list[tuple[Any, ...]]]:
+    """Run statements on the test database as the tables' owner, in one transaction of its
+    own connection: what an attacker with full database access (or a DBA) could do.
+
+    Each statement is SQL text or (SQL, params); returns the last one's rows.
+    """
+    import psycopg
+
+    def run(*statements: str | tuple[str, Sequence[Any]]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        with psycopg.connect(database_url(credentials=_OWNER_CREDENTIALS)) as conn:
+            for statement in statements:
+                text, params = (statement, None) if isinstance(statement, str) else statement
+                cursor = conn.execute(text, params)
+                rows = cursor.fetchall() if cursor.description else []
+        return rows
+
+    return run
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -62,13 +146,20 @@ def _redis_clean() -> Iterator[None]:
     yield
 
 
-def database_url() -> str:
-    """A URL for the test database, for worker processes started by tests."""
+@pytest.fixture(autouse=True)
+def _ledger_anchor_file(settings: Any, tmp_path: Path) -> None:
+    """Each test exports ledger checkpoints to a file of its own (its ledger is its own)."""
+    settings.AUDIT_LEDGER_ANCHOR_FILE = str(tmp_path / "ledger-anchors.jsonl")
+
+
+def database_url(credentials: tuple[str, str] | None = None) -> str:
+    """A URL for the test database, for worker processes started by tests (as the app role
+    unless other credentials are given)."""
     from django.db import connection
 
     conf = connection.settings_dict
-    user = quote(conf.get("USER") or "")
-    password = quote(conf.get("PASSWORD") or "")
+    user, password = credentials or (conf.get("USER") or "", conf.get("PASSWORD") or "")
+    user, password = quote(user, safe=""), quote(password, safe="")
     host = conf.get("HOST") or ""
     port = conf.get("PORT") or ""
     if host.startswith("/"):

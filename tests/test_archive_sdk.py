@@ -24,12 +24,21 @@ from apps.audit.archive.decrypt import (
     parse_archived_message,
     parse_encrypted_record,
 )
-from apps.audit.archive.sdk import ArchiveSdkError, FinanceSdk, MediaData, Slice
+from apps.audit.archive.sdk import (
+    ArchiveSdkError,
+    FinanceSdk,
+    MediaData,
+    SdkLibrary,
+    SdkLibraryConfig,
+    Slice,
+    sdk_library_load,
+)
 from apps.audit.archive.testsdk.build import (
     FIXTURE_ENV,
     MEDIA_PIECE_SIZE,
     FixtureRecord,
     build_test_sdk,
+    sdk_settings_for,
     write_fixture,
 )
 
@@ -40,8 +49,16 @@ SdkFactory = Callable[..., FinanceSdk]
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_test_sdk(tmp_path_factory.mktemp("testsdk"))
+def library(tmp_path_factory: pytest.TempPathFactory) -> SdkLibrary:
+    built = build_test_sdk(tmp_path_factory.mktemp("testsdk"))
+    config = sdk_settings_for(built)
+    return sdk_library_load(
+        SdkLibraryConfig(
+            path=config["ARCHIVE_SDK_LIBRARY"],
+            allowed_dirs=tuple(config["ARCHIVE_SDK_ALLOWED_DIRS"]),
+            trusted_uids=frozenset(config["ARCHIVE_SDK_TRUSTED_UIDS"]),
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +84,7 @@ def private_keys(keys: dict[int, rsa.RSAPrivateKey]) -> dict[int, str]:
 
 @pytest.fixture
 def make_sdk(
-    library: Path,
+    library: SdkLibrary,
     keys: dict[int, rsa.RSAPrivateKey],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -89,7 +106,7 @@ def make_sdk(
             **fixture_options,
         )
         monkeypatch.setenv(FIXTURE_ENV, str(fixture))
-        sdk = FinanceSdk(str(library), corp_id=CORP_ID, secret=secret)
+        sdk = FinanceSdk(library, corp_id=CORP_ID, secret=secret)
         opened.append(sdk)
         return sdk
 
@@ -295,10 +312,10 @@ def test_errcode_in_the_returned_json_raises(make_sdk: SdkFactory) -> None:
     assert caught.value.code == 40001
 
 
-def test_init_failure_raises(library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_init_failure_raises(library: SdkLibrary, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(FIXTURE_ENV, raising=False)
     with pytest.raises(ArchiveSdkError) as caught:
-        FinanceSdk(str(library), corp_id=CORP_ID, secret=SECRET)
+        FinanceSdk(library, corp_id=CORP_ID, secret=SECRET)
     assert caught.value.code == 10003
 
 

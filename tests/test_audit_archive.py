@@ -19,6 +19,8 @@ from apps.audit.archive.testsdk.build import (
     FIXTURE_ENV,
     FixtureRecord,
     build_test_sdk,
+    sdk_env_for,
+    sdk_settings_for,
     write_fixture,
 )
 from apps.audit.models import (
@@ -67,9 +69,9 @@ def pem(key: rsa.RSAPrivateKey) -> str:
 @pytest.fixture
 def source(library: Path, keys: dict[int, rsa.RSAPrivateKey], settings, tmp_path) -> ArchiveSource:
     settings.MEDIA_ROOT = str(tmp_path / "media")
-    source = ArchiveSource.objects.create(
-        name="总部", corp_id=CORP_ID, secret=SECRET, sdk_library_path=str(library), batch_size=4
-    )
+    for name, value in sdk_settings_for(library).items():
+        setattr(settings, name, value)
+    source = ArchiveSource.objects.create(name="总部", corp_id=CORP_ID, secret=SECRET, batch_size=4)
     for version in (1, 2):  # no private key for version 3
         ArchiveKey.objects.create(
             source=source, publickey_ver=version, private_key=pem(keys[version])
@@ -269,9 +271,7 @@ def test_records_near_the_five_day_window_raise_a_warning(
     ArchiveSource.objects.filter(pk=source.pk).update(
         health=ArchiveSource.Health.OK, last_success_at=None, created_at=timezone.now() - old
     )
-    fresh = ArchiveSource.objects.create(
-        name="新建", corp_id="ww3", secret="s", sdk_library_path="/x.so"
-    )
+    fresh = ArchiveSource.objects.create(name="新建", corp_id="ww3", secret="s")
     assert archive_gap_check() == [source]
     source.refresh_from_db()
     assert source.health == ArchiveSource.Health.WARNING
@@ -286,9 +286,7 @@ def test_due_sources_are_queued_on_the_archive_queue(
     from apps.audit import tasks
     from wecom_ai import queues
 
-    ArchiveSource.objects.create(
-        name="停用", corp_id="ww2", secret="s", sdk_library_path="/x.so", enabled=False
-    )
+    ArchiveSource.objects.create(name="停用", corp_id="ww2", secret="s", enabled=False)
     with django_capture_on_commit_callbacks() as callbacks:
         assert tasks.archive_pull_due() == 1
     assert len(callbacks) == 1
@@ -297,14 +295,14 @@ def test_due_sources_are_queued_on_the_archive_queue(
 
 @pytest.mark.django_db(transaction=True)
 def test_quarantine_retry_from_the_admin_runs_on_an_archive_worker(
-    source: ArchiveSource, serve: Serve, keys, admin_client, start_worker
+    source: ArchiveSource, serve: Serve, keys, admin_client, start_worker, library: Path
 ) -> None:
     # Given two records sealed with key version 3, which the source did not have at pull time
     serve([FixtureRecord(message(n), publickey_ver=3 if n > 1 else 1) for n in (1, 2, 3)])
     archive_pull(source_id=source.pk)
     assert sorted(ArchiveQuarantine.objects.values_list("msgid", flat=True)) == ["msg2", "msg3"]
     ArchiveKey.objects.create(source=source, publickey_ver=3, private_key=pem(keys[3]))
-    worker = start_worker(queues="archive")
+    worker = start_worker(queues="archive", **sdk_env_for(library))
     # When an admin retries one of them from the quarantine list
     chosen = ArchiveQuarantine.objects.get(msgid="msg2")
     response = admin_client.post(

@@ -24,9 +24,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def messages() -> list[ArchivedMessage]:
     sources = [
-        ArchiveSource.objects.create(
-            name=name, corp_id=name, secret="s", sdk_library_path="/opt/lib.so"
-        )
+        ArchiveSource.objects.create(name=name, corp_id=name, secret="s")
         for name in ("总部", "分部")
     ]
     return [

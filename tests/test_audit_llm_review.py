@@ -15,6 +15,7 @@ from apps.audit.archive.testsdk.build import (
     FIXTURE_ENV,
     FixtureRecord,
     build_test_sdk,
+    sdk_settings_for,
     write_fixture,
 )
 from apps.audit.models import ArchivedMessage, ArchiveKey, ArchiveSource, AuditPolicy, ReviewCase
@@ -77,9 +78,7 @@ def test_prompt_puts_the_transcript_in_place_or_appends_it() -> None:
 
 @pytest.fixture
 def source() -> ArchiveSource:
-    return ArchiveSource.objects.create(
-        name="总部", corp_id=CORP_ID, secret=SECRET, sdk_library_path="/nonexistent.so"
-    )
+    return ArchiveSource.objects.create(name="总部", corp_id=CORP_ID, secret=SECRET)
 
 
 @pytest.fixture
@@ -181,7 +180,7 @@ def test_each_policy_reviews_with_its_own_model(source, llm_policy, model_profil
 
 
 def test_pull_enqueues_llm_review_after_commit_only_when_a_policy_asks(
-    source, llm_policy, tmp_path: Path, monkeypatch, django_capture_on_commit_callbacks
+    source, llm_policy, tmp_path: Path, monkeypatch, django_capture_on_commit_callbacks, settings
 ):
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ArchiveKey.objects.create(
@@ -193,8 +192,8 @@ def test_pull_enqueues_llm_review_after_commit_only_when_a_policy_asks(
             serialization.NoEncryption(),
         ).decode(),
     )
-    source.sdk_library_path = str(build_test_sdk(tmp_path / "sdk"))
-    source.save()
+    for name, value in sdk_settings_for(build_test_sdk(tmp_path / "sdk")).items():
+        setattr(settings, name, value)
     sent = int(timezone.now().timestamp() * 1000)
     records = [
         FixtureRecord(

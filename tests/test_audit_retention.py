@@ -80,9 +80,7 @@ def test_expired_archived_messages_lose_text_and_media(
     settings, tmp_path: Path, django_capture_on_commit_callbacks
 ) -> None:
     settings.MEDIA_ROOT = str(tmp_path)
-    source = ArchiveSource.objects.create(
-        name="总部", corp_id="ww1", secret="s", sdk_library_path="/opt/lib.so"
-    )
+    source = ArchiveSource.objects.create(name="总部", corp_id="ww1", secret="s")
     AuditPolicy.objects.create(name="存档3天", retention_days=3).archive_sources.add(source)
     media = tmp_path / "archive" / "a.jpg"
     media.parent.mkdir(parents=True)

@@ -203,12 +203,8 @@ def test_export_action_asks_a_reason_and_logs_every_record(scenario) -> None:
 
 
 def test_archived_message_transcript_is_scoped_and_needs_a_reason(officers) -> None:
-    source = ArchiveSource.objects.create(
-        name="总部", corp_id="ww1", secret="s", sdk_library_path="/opt/lib.so"
-    )
-    other = ArchiveSource.objects.create(
-        name="分部", corp_id="ww2", secret="s", sdk_library_path="/opt/lib.so"
-    )
+    source = ArchiveSource.objects.create(name="总部", corp_id="ww1", secret="s")
+    other = ArchiveSource.objects.create(name="分部", corp_id="ww2", secret="s")
     now = timezone.now()
     first, second, elsewhere = (
         ArchivedMessage.objects.create(
@@ -316,9 +312,7 @@ def test_every_audit_admin_page_renders(admin_client, admin_user, scenario) -> N
 
     request = RequestFactory().get("/")
     request.user = admin_user
-    source = ArchiveSource.objects.create(
-        name="总部", corp_id="ww1", secret="Archive-S3cret-Value", sdk_library_path="/opt/lib.so"
-    )
+    source = ArchiveSource.objects.create(name="总部", corp_id="ww1", secret="Archive-S3cret-Value")
     for model, model_admin in admin.site._registry.items():
         if model._meta.app_label != "audit":
             continue
@@ -350,7 +344,7 @@ def test_archive_source_secrets_and_keys_are_write_only(admin_client) -> None:
     )
     form = {
         "name": "总部", "corp_id": "ww1", "enabled": "on", "new_secret": "Archive-S3cret",
-        "sdk_library_path": "/opt/wework/libWeWorkFinanceSdk_C.so", "proxy": "",
+        "proxy": "",
         "new_proxy_password": "", "timeout_seconds": "30", "pull_interval_minutes": "10",
         "batch_size": "1000", "keys-TOTAL_FORMS": "1", "keys-INITIAL_FORMS": "0",
         "keys-0-publickey_ver": "2", "keys-0-new_private_key": pem,

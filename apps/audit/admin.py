@@ -907,7 +907,6 @@ class ArchiveSourceForm(forms.ModelForm):
         fields = (
             "name",
             "corp_id",
-            "sdk_library_path",
             "proxy",
             "timeout_seconds",
             "batch_size",
@@ -919,12 +918,6 @@ class ArchiveSourceForm(forms.ModelForm):
         value = self.cleaned_data["new_secret"]
         if not value and not self.instance.pk:
             raise forms.ValidationError(_("A new archive source needs its secret."))
-        return value
-
-    def clean_sdk_library_path(self) -> str:
-        value = self.cleaned_data["sdk_library_path"].strip()
-        if not Path(value).is_absolute():
-            raise forms.ValidationError(_("Enter an absolute path."))
         return value
 
     def save(self, commit: bool = True) -> ArchiveSource:
@@ -1032,7 +1025,13 @@ class ArchiveSourceAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         ),
         (
             _("SDK"),
-            {"fields": ("sdk_library_path", "proxy", "new_proxy_password", "timeout_seconds")},
+            {
+                "fields": ("proxy", "new_proxy_password", "timeout_seconds"),
+                "description": _(
+                    "The vendor library the archive workers load is set by the deployment "
+                    "(ARCHIVE_SDK_LIBRARY), never here."
+                ),
+            },
         ),
         (_("Schedule"), {"fields": ("pull_interval_minutes", "batch_size")}),
         (

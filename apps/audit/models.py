@@ -271,6 +271,9 @@ class LedgerEntry(models.Model):
     payload_hash = models.CharField(_("payload hash"), max_length=64)
     prev_hash = models.CharField(_("previous hash"), max_length=64, unique=True)
     entry_hash = models.CharField(_("entry hash"), max_length=64, unique=True)
+    # HMAC of entry_hash under AUDIT_LEDGER_KEY, a secret kept outside the database: whoever
+    # rewrites the chain with full database access cannot compute it again.
+    entry_mac = models.CharField(_("anchor MAC"), max_length=64, default="", blank=True)
     created_at = models.DateTimeField(_("created"))
 
     class Meta:
@@ -289,6 +292,7 @@ class LedgerCheckpoint(models.Model):
     day = models.DateField(_("day"), unique=True)
     seq = models.PositiveBigIntegerField(_("head sequence"))
     head_hash = models.CharField(_("head hash"), max_length=64)
+    mac = models.CharField(_("anchor MAC"), max_length=64, default="", blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
     class Meta:
@@ -316,11 +320,6 @@ class ArchiveSource(models.Model):
     corp_id = models.CharField(_("corp ID"), max_length=64)
     secret = EncryptedTextField(
         _("archive secret"), help_text=_("The Secret of the session archive app in WeCom.")
-    )
-    sdk_library_path = models.CharField(
-        _("SDK library path"),
-        max_length=500,
-        help_text=_("Absolute path of libWeWorkFinanceSdk_C.so on the archive workers."),
     )
     proxy = models.CharField(
         _("proxy"), max_length=200, blank=True, help_text=_("e.g. socks5://10.0.0.1:1080")

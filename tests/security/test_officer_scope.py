@@ -61,9 +61,7 @@ def staff_with(username: str, *perms: str) -> tuple[User, Client]:
 
 
 def source(name: str, corp_id: str) -> ArchiveSource:
-    return ArchiveSource.objects.create(
-        name=name, corp_id=corp_id, secret="s", sdk_library_path="/opt/lib.so"
-    )
+    return ArchiveSource.objects.create(name=name, corp_id=corp_id, secret="s")
 
 
 def fresh(user: User) -> User:

@@ -3,14 +3,27 @@
 The library cannot be shipped or reimplemented, so the product loads the customer's copy.
 Prototypes and struct layouts follow the vendor header ``WeWorkFinanceSdk_C.h`` exactly;
 binary buffers are read as ``c_void_p`` plus length because ``c_char_p`` stops at NUL.
+
+Loading a shared library runs its constructors before any Python check, so which file is
+loaded is deployment configuration (:class:`SdkLibraryConfig`), never data from the
+database or a form: it must lie in an allow-listed directory, it and every directory below
+that one must belong to a trusted owner (root) and be writable by nobody else, and it may
+be pinned by SHA-256. The file is checked and loaded through one open descriptor, so it
+cannot be swapped between the check and ``dlopen``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import hmac
+import itertools
 import json
+import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -21,7 +34,11 @@ __all__ = [
     "ArchiveSdkError",
     "FinanceSdk",
     "MediaData",
+    "SdkLibrary",
+    "SdkLibraryConfig",
+    "SdkLibraryRefused",
     "Slice",
+    "sdk_library_load",
 ]
 
 MAX_CHAT_LIMIT = 1000
@@ -110,16 +127,121 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
-def _load(library_path: str) -> ctypes.CDLL:
-    library = ctypes.CDLL(library_path)
+@dataclass(frozen=True, slots=True)
+class SdkLibraryConfig:
+    """Where the vendor library may come from: set by the deployment, not by the admin."""
+
+    path: str
+    allowed_dirs: tuple[str, ...]
+    sha256: str = ""
+    trusted_uids: frozenset[int] = field(default_factory=lambda: frozenset({0}))
+
+
+class SdkLibraryRefused(ArchiveSdkError):
+    """The configured library failed a check and was not loaded (its code never ran)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(BINDING_ERROR, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class SdkLibrary:
+    """A vendor library that passed :func:`sdk_library_load`'s checks, with its prototypes."""
+
+    path: str
+    sha256: str
+    cdll: ctypes.CDLL
+
+
+def _owned_safely(info: os.stat_result, trusted_uids: frozenset[int]) -> bool:
+    return info.st_uid in trusted_uids and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _checked_path(config: SdkLibraryConfig) -> str:
+    """The library's real path, if it lies in an allowed directory that nobody can tamper."""
+    if not config.path:
+        raise SdkLibraryRefused(
+            "no vendor SDK configured: set ARCHIVE_SDK_LIBRARY on the archive workers"
+        )
+    if not os.path.isabs(config.path):
+        raise SdkLibraryRefused("ARCHIVE_SDK_LIBRARY must be an absolute path")
+    real = os.path.realpath(config.path)
+    for allowed in config.allowed_dirs:
+        root = os.path.realpath(allowed)
+        if not os.path.isabs(allowed) or os.path.commonpath([root, real]) != root or real == root:
+            continue
+        directories, directory = [root], root
+        for part in os.path.relpath(os.path.dirname(real), root).split(os.sep):
+            if part != ".":
+                directory = os.path.join(directory, part)
+                directories.append(directory)
+        for directory in directories:
+            try:
+                info = os.lstat(directory)
+            except OSError as exc:
+                raise SdkLibraryRefused(f"{directory} cannot be read: {exc.strerror}") from exc
+            if not stat.S_ISDIR(info.st_mode) or not _owned_safely(info, config.trusted_uids):
+                raise SdkLibraryRefused(
+                    f"{directory} must be a directory owned by root and writable only by it"
+                )
+        return real
+    raise SdkLibraryRefused(
+        "ARCHIVE_SDK_LIBRARY is not inside a directory listed in ARCHIVE_SDK_ALLOWED_DIRS"
+    )
+
+
+def sdk_library_load(config: SdkLibraryConfig) -> SdkLibrary:
+    """Check the configured vendor library and load it; raise SdkLibraryRefused before
+    any of its code runs when it is outside the allow-list, writable by others, or not the
+    pinned build."""
+    real = _checked_path(config)
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SdkLibraryRefused(f"{real} cannot be opened: {exc.strerror}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or not _owned_safely(info, config.trusted_uids):
+            raise SdkLibraryRefused(f"{real} must be a file owned by root and writable only by it")
+        digest = hashlib.sha256()
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        actual = digest.hexdigest()
+        expected = config.sha256.strip().lower()
+        if expected and not hmac.compare_digest(actual, expected):
+            raise SdkLibraryRefused(
+                f"{real} has SHA-256 {actual}, not the ARCHIVE_SDK_SHA256 it is pinned to"
+            )
+        identity = (info.st_dev, info.st_ino, actual)
+        with _LOADED_LOCK:
+            if identity not in _LOADED:
+                _LOADED[identity] = _dlopen_checked(fd, real, actual, index=next(_DLOPENS))
+            return _LOADED[identity]
+    finally:
+        os.close(fd)
+
+
+# Libraries loaded in this process, by (device, inode, SHA-256): dlopen keeps them mapped
+# anyway, and a second dlopen of the same name would return the first library.
+_LOADED: dict[tuple[int, int, str], SdkLibrary] = {}
+_LOADED_LOCK = threading.Lock()
+_DLOPENS = itertools.count()
+
+
+def _dlopen_checked(fd: int, real: str, sha256: str, *, index: int) -> SdkLibrary:
+    """dlopen the very file that was checked (its descriptor), not a path that could point
+    elsewhere by now. The name is unique per library: glibc returns an already loaded
+    object when the name matches, and descriptor numbers are reused."""
+    cdll = ctypes.CDLL("/proc/self/fd/" + "./" * index + str(fd))
     for name, (restype, argtypes) in _PROTOTYPES.items():
         try:
-            function = getattr(library, name)
+            function = getattr(cdll, name)
         except AttributeError as exc:
-            raise OSError(f"{library_path} does not export {name}()") from exc
+            raise OSError(f"{real} does not export {name}()") from exc
         function.restype = restype
         function.argtypes = argtypes
-    return library
+    return SdkLibrary(path=real, sha256=sha256, cdll=cdll)
 
 
 def _read(pointer: int | None, length: int) -> bytes:
@@ -148,9 +270,11 @@ class FinanceSdk:
     but goes through the same check to keep the rule simple.
     """
 
-    def __init__(self, library_path: str, *, corp_id: str, secret: str) -> None:
+    def __init__(self, library: SdkLibrary, *, corp_id: str, secret: str) -> None:
+        if not isinstance(library, SdkLibrary):
+            raise TypeError("FinanceSdk needs a library checked by sdk_library_load()")
         self._owner = threading.get_ident()
-        self._lib = _load(library_path)
+        self._lib = library.cdll
         self._sdk: int | None = self._lib.NewSdk()
         if not self._sdk:
             raise ArchiveSdkError(BINDING_ERROR, "NewSdk() returned NULL")

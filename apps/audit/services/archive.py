@@ -31,7 +31,13 @@ from django.utils.translation import gettext as _
 from apps.audit import selectors
 from apps.audit.archive.decrypt import ArchivedMessage as DecryptedMessage
 from apps.audit.archive.decrypt import ArchiveRecordError, open_record
-from apps.audit.archive.sdk import BINDING_ERROR, ArchiveSdkError, FinanceSdk
+from apps.audit.archive.sdk import (
+    BINDING_ERROR,
+    ArchiveSdkError,
+    FinanceSdk,
+    SdkLibraryConfig,
+    sdk_library_load,
+)
 from apps.audit.models import (
     ArchivedMessage,
     ArchiveQuarantine,
@@ -134,12 +140,24 @@ def _private_keys(source: ArchiveSource, result: ArchivePullResult) -> dict[int,
     return keys
 
 
+def sdk_library_config() -> SdkLibraryConfig:
+    """The vendor library is deployment configuration: a form must never choose what the
+    workers load (its constructors run as the worker, before any check)."""
+    return SdkLibraryConfig(
+        path=settings.ARCHIVE_SDK_LIBRARY,
+        allowed_dirs=tuple(settings.ARCHIVE_SDK_ALLOWED_DIRS),
+        sha256=settings.ARCHIVE_SDK_SHA256,
+        trusted_uids=frozenset(settings.ARCHIVE_SDK_TRUSTED_UIDS),
+    )
+
+
 def _sdk_open(source: ArchiveSource) -> FinanceSdk:
     if is_undecryptable(source.secret):
         raise ArchiveSdkError(
             BINDING_ERROR, "the archive secret cannot be decrypted with FIELD_ENCRYPTION_KEYS"
         )
-    return FinanceSdk(source.sdk_library_path, corp_id=source.corp_id, secret=source.secret)
+    library = sdk_library_load(sdk_library_config())
+    return FinanceSdk(library, corp_id=source.corp_id, secret=source.secret)
 
 
 def _sdk_options(source: ArchiveSource) -> dict[str, Any]:

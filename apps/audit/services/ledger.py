@@ -7,6 +7,13 @@ instead of forking the chain (the unique `prev_hash` would refuse a fork anyway)
 
 Payloads never hold message text: they hold keyed fingerprints of it
 (:func:`content_fingerprint`), so retention can purge the text and the chain still verifies.
+
+The chain alone proves nothing against someone who can rewrite the whole table and
+recompute every hash. So it is anchored outside the database: each entry and checkpoint
+carries an HMAC under `AUDIT_LEDGER_KEY` (a deployment secret, never stored in the
+database), and each checkpoint is also appended to `AUDIT_LEDGER_ANCHOR_FILE` (meant for
+WORM storage), which a rewrite or a truncated tail then contradicts. The app's database
+role may only INSERT and SELECT here (`apps.audit.db_roles`).
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.models import Model
 from django.utils import timezone
@@ -89,6 +98,29 @@ def entry_hash_compute(
         "created_at": _timestamp(created_at),
     }
     return sha256_hex(canonical_json(header))
+
+
+@cache
+def _anchor_key_derive(secret: str) -> bytes:
+    return hmac.new(secret.encode(), b"apps.audit.ledger-anchor", hashlib.sha256).digest()
+
+
+def _anchor_key() -> bytes:
+    secret = getattr(settings, "AUDIT_LEDGER_KEY", "") or ""
+    if not secret:
+        raise ImproperlyConfigured("AUDIT_LEDGER_KEY must be set to append to the ledger")
+    return _anchor_key_derive(secret)
+
+
+def entry_mac_compute(*, entry_hash: str) -> str:
+    """The entry's anchor: HMAC-SHA-256 of its hash under the ledger key."""
+    return hmac.new(_anchor_key(), f"entry:{entry_hash}".encode(), hashlib.sha256).hexdigest()
+
+
+def checkpoint_mac_compute(*, day: str, seq: int, head_hash: str) -> str:
+    """A checkpoint's anchor, over its day, head sequence and head hash."""
+    message = b"checkpoint:" + canonical_json({"day": day, "seq": seq, "head_hash": head_hash})
+    return hmac.new(_anchor_key(), message, hashlib.sha256).hexdigest()
 
 
 @cache
@@ -161,6 +193,7 @@ def ledger_append_many(*, records: Sequence[LedgerRecord]) -> list[LedgerEntry]:
                 prev_hash=prev_hash,
                 created_at=now,
             )
+            entry.entry_mac = entry_mac_compute(entry_hash=entry.entry_hash)
             prev_hash = entry.entry_hash
             entries.append(entry)
         return LedgerEntry.objects.bulk_create(entries)
@@ -245,16 +278,90 @@ class LedgerVerification:
     head_hash: str
     broken_seq: int | None = None
     problem: str = ""
+    anchors: int = 0
 
 
-def ledger_verify() -> LedgerVerification:
-    """Recompute every hash and link, then compare the daily checkpoints with the chain."""
+@dataclass(frozen=True, slots=True)
+class _Anchor:
+    day: str
+    seq: int
+    head_hash: str
+    where: str
+
+
+class _AnchorError(Exception):
+    """A checkpoint (in the database or the anchor file) not signed with the ledger key."""
+
+
+def _anchors_load(anchor_file: str) -> list[_Anchor]:
+    """The exported checkpoints; each line must carry a valid MAC."""
+    anchors = []
+    try:
+        with open(anchor_file, encoding="utf-8") as handle:
+            lines = handle.readlines()
+    except FileNotFoundError:
+        return []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{os.path.basename(anchor_file)} line {number}"
+        try:
+            record = json.loads(line)
+            day, seq, head_hash, mac = (
+                record["day"],
+                record["seq"],
+                record["head_hash"],
+                record["mac"],
+            )
+            if not (isinstance(seq, int) and isinstance(day, str) and isinstance(mac, str)):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise _AnchorError(f"{where} is not an anchor record") from None
+        expected = checkpoint_mac_compute(day=day, seq=seq, head_hash=str(head_hash))
+        if not hmac.compare_digest(expected, mac):
+            raise _AnchorError(f"{where} is not signed with AUDIT_LEDGER_KEY")
+        anchors.append(_Anchor(day=day, seq=seq, head_hash=str(head_hash), where=where))
+    return anchors
+
+
+def _checkpoints_load() -> list[_Anchor]:
+    anchors = []
+    for day, seq, head_hash, mac in LedgerCheckpoint.objects.values_list(
+        "day", "seq", "head_hash", "mac"
+    ):
+        expected = checkpoint_mac_compute(day=day.isoformat(), seq=seq, head_hash=head_hash)
+        if not hmac.compare_digest(expected, mac):
+            raise _AnchorError(f"the checkpoint of {day} is not signed with AUDIT_LEDGER_KEY")
+        anchors.append(_Anchor(day=day.isoformat(), seq=seq, head_hash=head_hash, where=""))
+    return anchors
+
+
+def ledger_verify(*, anchor_file: str | None = None) -> LedgerVerification:
+    """Recompute every hash, link and anchor MAC, then compare the checkpoints (in the
+    database and in the exported anchor file) with the chain."""
     expected_seq, prev_hash, count = 1, GENESIS_HASH, 0
-    checkpoints = dict(LedgerCheckpoint.objects.values_list("seq", "head_hash"))
+    try:
+        exported = _anchors_load(anchor_file or settings.AUDIT_LEDGER_ANCHOR_FILE)
+        checkpoints = _checkpoints_load() + exported
+    except _AnchorError as exc:
+        return LedgerVerification(
+            ok=False, count=0, head_seq=0, head_hash=GENESIS_HASH, problem=str(exc)
+        )
+    expected_at: dict[int, list[_Anchor]] = {}
+    for anchor in checkpoints:
+        expected_at.setdefault(anchor.seq, []).append(anchor)
     rows = (
         LedgerEntry.objects.order_by("seq")
         .values_list(
-            "seq", "kind", "ref", "payload", "payload_hash", "prev_hash", "entry_hash", "created_at"
+            "seq",
+            "kind",
+            "ref",
+            "payload",
+            "payload_hash",
+            "prev_hash",
+            "entry_hash",
+            "entry_mac",
+            "created_at",
         )
         .iterator(chunk_size=_VERIFY_CHUNK)
     )
@@ -267,9 +374,10 @@ def ledger_verify() -> LedgerVerification:
             head_hash=prev_hash,
             broken_seq=seq,
             problem=problem,
+            anchors=len(exported),
         )
 
-    for seq, kind, ref, payload, payload_hash, stored_prev, stored_hash, created_at in rows:
+    for seq, kind, ref, payload, payload_hash, stored_prev, stored_hash, mac, created_at in rows:
         if seq != expected_seq:
             return broken(expected_seq, f"entry #{expected_seq} is missing (next is #{seq})")
         if sha256_hex(canonical_json(payload)) != payload_hash:
@@ -286,14 +394,23 @@ def ledger_verify() -> LedgerVerification:
         )
         if recomputed != stored_hash:
             return broken(seq, f"entry #{seq}: entry_hash does not match its contents")
-        if seq in checkpoints and checkpoints[seq] != stored_hash:
-            return broken(seq, f"entry #{seq}: differs from the checkpoint recorded for it")
+        if not hmac.compare_digest(entry_mac_compute(entry_hash=stored_hash), mac):
+            return broken(
+                seq, f"entry #{seq}: its anchor MAC does not match (written without the key)"
+            )
+        for anchor in expected_at.get(seq, ()):
+            if anchor.head_hash != stored_hash:
+                where = f" ({anchor.where})" if anchor.where else ""
+                problem = f"entry #{seq}: differs from the checkpoint recorded for it{where}"
+                return broken(seq, problem)
         prev_hash, count, expected_seq = stored_hash, count + 1, seq + 1
     head_seq = expected_seq - 1
-    beyond = [seq for seq in checkpoints if seq > head_seq]
+    beyond = [seq for seq in expected_at if seq > head_seq]
     if beyond:
         return broken(min(beyond), f"entry #{min(beyond)} is checkpointed but missing")
-    return LedgerVerification(ok=True, count=count, head_seq=head_seq, head_hash=prev_hash)
+    return LedgerVerification(
+        ok=True, count=count, head_seq=head_seq, head_hash=prev_hash, anchors=len(exported)
+    )
 
 
 def ledger_head() -> tuple[int, str]:
@@ -303,13 +420,48 @@ def ledger_head() -> tuple[int, str]:
 
 
 def ledger_checkpoint_write(*, day: dt.date | None = None) -> LedgerCheckpoint:
-    """Record today's head once (a second call the same day returns the first record)."""
+    """Record today's head once (a second call the same day returns the first record), and
+    export it to the anchor file, where the database cannot reach it."""
     day = day or timezone.localdate()
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LEDGER_LOCK_KEY])
         seq, head_hash = ledger_head()
         checkpoint, _created = LedgerCheckpoint.objects.get_or_create(
-            day=day, defaults={"seq": seq, "head_hash": head_hash}
+            day=day,
+            defaults={
+                "seq": seq,
+                "head_hash": head_hash,
+                "mac": checkpoint_mac_compute(day=day.isoformat(), seq=seq, head_hash=head_hash),
+            },
         )
+    ledger_anchor_export(checkpoint=checkpoint)
     return checkpoint
+
+
+def ledger_anchor_export(*, checkpoint: LedgerCheckpoint, anchor_file: str | None = None) -> bool:
+    """Append the checkpoint to the anchor file unless it is there already (a crash between
+    the commit and this write is repaired by the next run). Returns whether it wrote."""
+    path = anchor_file or settings.AUDIT_LEDGER_ANCHOR_FILE
+    day = checkpoint.day.isoformat()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if any(f'"day":"{day}"' in line for line in handle):
+                return False
+    except FileNotFoundError:
+        pass
+    record = {
+        "day": day,
+        "seq": checkpoint.seq,
+        "head_hash": checkpoint.head_hash,
+        "mac": checkpoint.mac
+        or checkpoint_mac_compute(day=day, seq=checkpoint.seq, head_hash=checkpoint.head_hash),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, canonical_json(record) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True

@@ -245,8 +245,20 @@ def embedding_index_ensure(*, dimensions: int) -> bool:
         return False
     name = embedding_index_name(dimensions)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [name])
-        if cursor.fetchone() is None:
+        cursor.execute(
+            "SELECT i.indexname IS NOT NULL, t.tableowner = current_user FROM pg_tables t "
+            "LEFT JOIN pg_indexes i ON i.tablename = t.tablename AND i.indexname = %s "
+            "WHERE t.tablename = 'knowledge_chunk'",
+            [name],
+        )
+        exists, owner = cursor.fetchone()
+        if not exists and not owner:
+            # The app role owns no table: the owner's function builds the index (migration
+            # knowledge 0003), inside this transaction, so not CONCURRENTLY.
+            cursor.execute("SELECT knowledge_embedding_index_ensure(%s)", [dimensions])
+            if connection.in_atomic_block:
+                return True
+        elif not exists:
             # CONCURRENTLY keeps chunk writes flowing but cannot run inside a transaction;
             # an index made inside one exists only if that transaction commits.
             concurrently = not connection.in_atomic_block

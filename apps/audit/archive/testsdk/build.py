@@ -29,6 +29,8 @@ __all__ = [
     "MEDIA_PIECE_SIZE",
     "FixtureRecord",
     "build_test_sdk",
+    "sdk_env_for",
+    "sdk_settings_for",
     "seal_message",
     "write_fixture",
 ]
@@ -69,6 +71,27 @@ def build_test_sdk(out_dir: Path) -> Path:
         if os.path.exists(partial):
             os.unlink(partial)
     return target
+
+
+def sdk_settings_for(library: Path) -> dict[str, Any]:
+    """Django settings under which the archive service loads the stand-in at `library`.
+
+    Its own folder is the allow-listed directory, and the user running the tests is a
+    trusted owner (the build belongs to them, not to root).
+    """
+    return {
+        "ARCHIVE_SDK_LIBRARY": str(library),
+        "ARCHIVE_SDK_ALLOWED_DIRS": [str(library.parent)],
+        "ARCHIVE_SDK_TRUSTED_UIDS": sorted({0, os.geteuid()}),
+    }
+
+
+def sdk_env_for(library: Path) -> dict[str, str]:
+    """The same as environment variables, for worker processes."""
+    return {
+        name: ",".join(map(str, value)) if isinstance(value, list) else value
+        for name, value in sdk_settings_for(library).items()
+    }
 
 
 def _keystream(key: str, length: int) -> bytes:
