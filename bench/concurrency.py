@@ -236,6 +236,8 @@ class BenchConfig:
     server_flash_attn: str
     request_timeout_s: float
     n_gpu_layers: int = 0
+    flash_attn: bool = False
+    server_args: tuple[str, ...] = ()
 
     def spec(self) -> ModelSpec:
         return ModelSpec(
@@ -244,6 +246,7 @@ class BenchConfig:
             n_threads=self.threads,
             n_batch=self.n_batch,
             n_gpu_layers=self.n_gpu_layers,
+            flash_attn=self.flash_attn,
         )
 
     def sampling(self) -> SamplingParams:
@@ -336,11 +339,12 @@ class ServerRunner(Runner):
             "--ubatch-size",
             str(min(config.n_batch, 512)),
             "--flash-attn",
-            config.server_flash_attn,
+            "on" if config.flash_attn else config.server_flash_attn,
             "--n-gpu-layers",
             # llama-server reads -1 as "auto" (fit to free memory); "all" is the library's -1.
             "all" if config.n_gpu_layers < 0 else str(config.n_gpu_layers),
             "--jinja",
+            *config.server_args,
         ]
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -579,10 +583,13 @@ def render(
     lines = [
         f"model {Path(config.model).name}, {config.threads} threads, n_ctx {config.n_ctx} per "
         f"sequence, n_batch {config.n_batch}, n_gpu_layers {config.n_gpu_layers}, "
+        f"flash-attn {'on' if config.flash_attn else 'off'} in a/b, "
         f"max_tokens {config.max_tokens}, greedy, "
         f"{config.requests_per_client}+ requests per client and {config.min_requests}+ per "
         f"level, llama-server flash-attn "
-        f"{config.server_flash_attn}, best of {rounds} round(s) per engine and level",
+        f"{'on' if config.flash_attn else config.server_flash_attn}, best of {rounds} round(s) "
+        "per engine and level"
+        + (f", llama-server also given {' '.join(config.server_args)}" * bool(config.server_args)),
         "",
         f"{'engine':<18} {'conc':>4} {'reqs':>4} {'tokens':>6} {'wall s':>7} {'tok/s':>7} "
         f"{'TTFT p50 ms':>11} {'TTFT p99 ms':>11} {'p99 later':>9} {'errors':>6} "
@@ -638,6 +645,17 @@ def main(argv: list[str] | None = None) -> int:
         default="off",
         help="llama-server's -fa; off matches engines a and b",
     )
+    parser.add_argument(
+        "--flash-attn",
+        action="store_true",
+        help="flash attention in every engine (llama-server's -fa on as well)",
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="one more llama-server argument (repeat), e.g. --server-arg=--cache-ram=0",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument(
@@ -671,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
         server_flash_attn=args.server_flash_attn,
         request_timeout_s=args.timeout,
         n_gpu_layers=args.n_gpu_layers,
+        flash_attn=args.flash_attn,
+        server_args=tuple(args.server_arg),
     )
     spec = config.spec()
     runners: dict[str, Runner] = {

@@ -70,10 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--n-ctx", type=int, default=1024)
+    parser.add_argument("--flash-attn", action="store_true", help="in both engines")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     levels = [int(level) for level in args.concurrency.split(",")]
-    spec = ModelSpec(path=args.model, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers)
+    spec = ModelSpec(
+        path=args.model,
+        n_ctx=args.n_ctx,
+        n_gpu_layers=args.n_gpu_layers,
+        flash_attn=args.flash_attn,
+    )
     sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, seed=0)
     requests = [
         ChatRequest(messages=conversation(index), sampling=sampling)
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, object] = {
         "model": Path(args.model).name,
         "n_gpu_layers": args.n_gpu_layers,
+        "flash_attn": args.flash_attn,
         "gpu_offload_supported": gpu_offload_supported(),
         "requests": len(requests),
         "max_tokens": args.max_tokens,

@@ -35,6 +35,9 @@ class ModelSpec:
     slots: int = 1
     # Finished prompts kept in the KV cache for reuse (batching engine only).
     prefix_cache_size: int = 0
+    # llama.cpp's flash-attention kernels. Off by default: on the CPU the tests pin greedy
+    # equality between engines with it off; the GPU bench measures what turning it on gives.
+    flash_attn: bool = False
 
 
 @dataclass(frozen=True)

@@ -596,7 +596,11 @@ class BatchingEngine(Engine):
         cores = multiprocessing.cpu_count()
         params.n_threads = spec.n_threads or max(cores // 2, 1)
         params.n_threads_batch = spec.n_threads or cores
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if spec.flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(self._llama.model, params)
         if not ctx:

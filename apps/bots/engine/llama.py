@@ -68,6 +68,7 @@ class LlamaEngine(Engine):
                 n_threads=spec.n_threads,
                 n_threads_batch=spec.n_threads,
                 n_batch=spec.n_batch,
+                flash_attn=spec.flash_attn,
                 chat_format=None if spec.chat_template else spec.chat_format,
                 seed=spec.seed,
                 verbose=False,
