@@ -363,3 +363,27 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
     },
 }
+
+# --- trust boundary: callback and response_url (issue 9) ----------------------------------------
+# Every request body is capped before Django reads it (wecom_ai/body_limit.py): WeCom
+# callbacks at WECOM_CALLBACK_MAX_BYTES, everything else (document uploads included) here.
+# The reverse proxy should refuse the same sizes (README, "Proxy body limit").
+REQUEST_BODY_MAX_BYTES = _positive_int(
+    "REQUEST_BODY_MAX_BYTES", KNOWLEDGE_MAX_UPLOAD_BYTES + 1024 * 1024
+)
+# Hosts a message's response_url may name; the worker POSTs only there, over https, to a
+# public address, without following redirects. Production: WeCom's API host only.
+# Development and tests also accept http to 127.0.0.1 (the simulator's response_url server).
+WECOM_RESPONSE_URL_HOSTS = env.list(
+    "WECOM_RESPONSE_URL_HOSTS",
+    default=["qyapi.weixin.qq.com"] if PRODUCTION else ["qyapi.weixin.qq.com", "127.0.0.1"],
+)
+WECOM_RESPONSE_URL_ALLOW_HTTP_LOOPBACK = env.bool(
+    "WECOM_RESPONSE_URL_ALLOW_HTTP_LOOPBACK", default=not PRODUCTION
+)
+if PRODUCTION and WECOM_RESPONSE_URL_ALLOW_HTTP_LOOPBACK:
+    raise ImproperlyConfigured(
+        "Refusing to start in production: WECOM_RESPONSE_URL_ALLOW_HTTP_LOOPBACK must be off"
+    )
+# A callback whose timestamp is further than this from now is refused (replays).
+WECOM_CALLBACK_MAX_SKEW_SECONDS = _positive_int("WECOM_CALLBACK_MAX_SKEW_SECONDS", 300)
