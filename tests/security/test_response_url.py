@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from django.contrib import admin
@@ -268,3 +269,112 @@ def test_admin_never_shows_the_response_url(bot, admin_user):
     assert "response_url" not in shown
     assert "response_url_used_at" in shown
     assert "response_url" not in turn_admin.get_form(request, turn).base_fields
+
+
+# --- the pinned connection still checks the certificate against the name ------------------------
+
+
+@pytest.fixture
+def tls_target(monkeypatch) -> Iterator[tuple[int, list[dict], str]]:
+    """An https server for the name "wecom.test" on loopback, whose certificate the client trusts.
+
+    Loopback stands in for WeCom's public address (the only fault injected: `_is_public`
+    accepts it), so the real TLS handshake checks the certificate against the name while
+    the socket goes to the pinned address.
+    """
+    import ssl
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wecom.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("wecom.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append({"host": self.headers["Host"], "path": self.path, "body": json.loads(body)})
+            answer = b'{"errcode":0,"errmsg":"ok"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+    with tempfile.TemporaryDirectory() as folder:
+        cert_file, key_file = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        cert_file.write_bytes(cert_pem)
+        key_file.write_bytes(key_pem)
+        server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_context.load_cert_chain(cert_file, key_file)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = server_context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(outbound, "_is_public", lambda address: True)
+    try:
+        yield server.server_address[1], seen, cert_pem.decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_pinned_https_checks_the_certificate_against_the_name(tls_target):
+    import ssl
+
+    import httpx
+
+    port, seen, cert_pem = tls_target
+    trusting = httpx.Client(verify=ssl.create_default_context(cadata=cert_pem), trust_env=False)
+    loopback = lambda host, port: ["127.0.0.1"]  # noqa: E731
+    with trusting:
+        answer = outbound.post_response_url(
+            f"https://wecom.test:{port}/cgi-bin/aibot/response?response_code=k",
+            PAYLOAD,
+            policy=outbound.ResponseUrlPolicy.of(["wecom.test"]),
+            client=trusting,
+            resolver=loopback,
+        )
+        assert answer == {"errcode": 0, "errmsg": "ok"}
+        assert seen == [
+            {
+                "host": f"wecom.test:{port}",
+                "path": "/cgi-bin/aibot/response?response_code=k",
+                "body": PAYLOAD,
+            }
+        ]
+        # Another allowed name pointing at the same address: its certificate does not match.
+        with pytest.raises(outbound.ResponseUrlError, match="request failed"):
+            outbound.post_response_url(
+                f"https://other.test:{port}/cgi-bin/aibot/response?response_code=k",
+                PAYLOAD,
+                policy=outbound.ResponseUrlPolicy.of(["other.test"]),
+                client=trusting,
+                resolver=loopback,
+            )
+    assert len(seen) == 1

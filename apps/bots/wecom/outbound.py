@@ -189,7 +189,11 @@ def post_response_url(
     }
     try:
         if client is None:
-            with httpx.Client(timeout=timeout, follow_redirects=False) as own_client:
+            # trust_env=False: through a proxy from the environment the socket would not go
+            # to the checked address, and the certificate would be checked against an IP.
+            with httpx.Client(
+                timeout=timeout, follow_redirects=False, trust_env=False
+            ) as own_client:
                 body = _post(own_client, pinned, request_options)
         else:
             body = _post(client, pinned, request_options)
