@@ -267,13 +267,17 @@ def feedback_record(*, bot: Bot, event: InboundEvent) -> bool:
     if not feedback_id or kind not in Turn.Feedback.values:
         logger.warning("bot %s: feedback event without a usable id/type", bot.slug)
         return False
-    if not cache.add(f"wecom-feedback:{bot.pk}:{event.msgid}", 1, timeout=24 * 3600):
+    # A replayed (or redelivered) event changes nothing; marked only once stored, so a
+    # delivery that failed half-way is still recorded when WeCom retries it.
+    seen_key = f"wecom-feedback:{bot.pk}:{event.msgid}"
+    if cache.get(seen_key) is not None:
         logger.info("bot %s: feedback event %s already recorded", bot.slug, event.msgid)
         return False
     detail = {key: value for key, value in body.items() if key not in {"id", "type"}}
     updated = Turn.objects.filter(bot=bot, stream_id=feedback_id).update(
         feedback=kind, feedback_detail=detail, feedback_at=timezone.now()
     )
+    cache.set(seen_key, 1, timeout=24 * 3600)
     return bool(updated)
 
 
