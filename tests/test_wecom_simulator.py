@@ -23,7 +23,7 @@ from apps.bots.wecom.messages import (
     stream_reply,
     strip_mention,
 )
-from apps.bots.wecom.outbound import ResponseUrlError, post_response_url
+from apps.bots.wecom.outbound import ResponseUrlError, ResponseUrlPolicy, post_response_url
 from apps.bots.wecom.simulator import (
     RESPONSE_URL_USED_ERRCODE,
     AskResult,
@@ -33,6 +33,8 @@ from apps.bots.wecom.simulator import (
 )
 
 TOKEN = "SimToken123"
+# The simulator's response_url server listens on loopback over plain http (test mode only).
+LOOPBACK = ResponseUrlPolicy.of(["127.0.0.1"], allow_http_loopback=True)
 KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
 
 # What the fake bot shows on each refresh; the last one finishes the stream.
@@ -124,7 +126,7 @@ class _FakeBotHandler(BaseHTTPRequestHandler):
             content = STREAM_STEPS[min(count, len(STREAM_STEPS)) - 1]
             url = state.response_urls.get(callback.stream_id)
             if finish and url and state.questions[callback.stream_id] == "use response_url":
-                post_response_url(url, markdown_payload("the rest of the answer"))
+                post_response_url(url, markdown_payload("the rest of the answer"), policy=LOOPBACK)
             return stream_reply(
                 stream_id=callback.stream_id, content=content, finish=finish, feedback_id="fb"
             )
@@ -339,7 +341,7 @@ def test_ask_collects_the_response_url_post(
     # The bot already used this response_url: a second POST is refused.
     url = response_server.url_for(result.msgid)
     with pytest.raises(ResponseUrlError) as caught:
-        post_response_url(url, markdown_payload("again"))
+        post_response_url(url, markdown_payload("again"), policy=LOOPBACK)
     assert caught.value.errcode == RESPONSE_URL_USED_ERRCODE
     assert len(response_server.posts(result.msgid)) == 2
 
@@ -350,9 +352,9 @@ def test_ask_collects_the_response_url_post(
 def test_response_url_is_usable_once(response_server: ResponseUrlServer) -> None:
     url = response_server.url_for("msg/1")
 
-    first = post_response_url(url, markdown_payload("first"))
+    first = post_response_url(url, markdown_payload("first"), policy=LOOPBACK)
     with pytest.raises(ResponseUrlError, match="errcode") as caught:
-        post_response_url(url, markdown_payload("second"))
+        post_response_url(url, markdown_payload("second"), policy=LOOPBACK)
 
     assert first == {"errcode": 0, "errmsg": "ok"}
     assert caught.value.errcode == RESPONSE_URL_USED_ERRCODE
@@ -363,8 +365,12 @@ def test_response_url_is_usable_once(response_server: ResponseUrlServer) -> None
 
 def test_response_url_keys_are_independent(response_server: ResponseUrlServer) -> None:
     with httpx.Client() as client:
-        post_response_url(response_server.url_for("a"), markdown_payload("a"), client=client)
-        post_response_url(response_server.url_for("b"), markdown_payload("b"), client=client)
+        post_response_url(
+            response_server.url_for("a"), markdown_payload("a"), client=client, policy=LOOPBACK
+        )
+        post_response_url(
+            response_server.url_for("b"), markdown_payload("b"), client=client, policy=LOOPBACK
+        )
 
     assert response_server.posts("a") == [markdown_payload("a")]
     assert response_server.posts("b") == [markdown_payload("b")]
@@ -376,11 +382,15 @@ def test_invalid_payload_is_refused_without_using_the_url(
     url = response_server.url_for("k")
 
     with pytest.raises(ResponseUrlError):
-        post_response_url(url, {"msgtype": "text", "text": {"content": "x"}})
+        post_response_url(url, {"msgtype": "text", "text": {"content": "x"}}, policy=LOOPBACK)
     with pytest.raises(ResponseUrlError):
-        post_response_url(url, markdown_payload("x") | {"markdown": {"content": "x" * 20481}})
+        post_response_url(
+            url,
+            markdown_payload("x") | {"markdown": {"content": "x" * 20481}},
+            policy=LOOPBACK,
+        )
 
-    assert post_response_url(url, markdown_payload("ok"))["errcode"] == 0
+    assert post_response_url(url, markdown_payload("ok"), policy=LOOPBACK)["errcode"] == 0
 
 
 def test_wait_for_times_out(response_server: ResponseUrlServer) -> None:
@@ -390,7 +400,9 @@ def test_wait_for_times_out(response_server: ResponseUrlServer) -> None:
 
 def test_wait_for_sees_a_post_from_another_thread(response_server: ResponseUrlServer) -> None:
     url = response_server.url_for("late")
-    timer = threading.Timer(0.1, post_response_url, args=(url, markdown_payload("late")))
+    timer = threading.Timer(
+        0.1, post_response_url, args=(url, markdown_payload("late")), kwargs={"policy": LOOPBACK}
+    )
     timer.start()
     try:
         assert response_server.wait_for("late", timeout=5) == markdown_payload("late")
@@ -400,13 +412,15 @@ def test_wait_for_sees_a_post_from_another_thread(response_server: ResponseUrlSe
 
 def test_post_response_url_http_and_transport_errors(response_server: ResponseUrlServer) -> None:
     with pytest.raises(ResponseUrlError, match="HTTP 404"):
-        post_response_url(response_server.base_url + "/elsewhere", markdown_payload("x"))
+        post_response_url(
+            response_server.base_url + "/elsewhere", markdown_payload("x"), policy=LOOPBACK
+        )
 
     closed = ResponseUrlServer()
     dead_url = closed.url_for("k")
     closed.close()
     with pytest.raises(ResponseUrlError, match="request failed"):
-        post_response_url(dead_url, markdown_payload("x"), timeout=2)
+        post_response_url(dead_url, markdown_payload("x"), timeout=2, policy=LOOPBACK)
 
 
 def test_post_response_url_rejects_non_json_answers() -> None:
@@ -417,4 +431,10 @@ def test_post_response_url_rejects_non_json_answers() -> None:
         httpx.Client(transport=httpx.MockTransport(handler)) as client,
         pytest.raises(ResponseUrlError, match="non-JSON"),
     ):
-        post_response_url("http://wecom.invalid/r", markdown_payload("x"), client=client)
+        post_response_url(
+            "https://qyapi.weixin.qq.com/r",
+            markdown_payload("x"),
+            client=client,
+            policy=ResponseUrlPolicy(),
+            resolver=lambda host, port: ["101.91.22.56"],  # any public address
+        )

@@ -426,3 +426,57 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
     },
 }
+
+# --- trust boundary: callback and response_url (issue 9) ----------------------------------------
+# Every request body is capped before Django reads it (wecom_ai/body_limit.py): WeCom
+# callbacks at WECOM_CALLBACK_MAX_BYTES, everything else (document uploads included) here.
+# The reverse proxy should refuse the same sizes (README, "Proxy body limit").
+REQUEST_BODY_MAX_BYTES = _positive_int(
+    "REQUEST_BODY_MAX_BYTES", KNOWLEDGE_MAX_UPLOAD_BYTES + 1024 * 1024
+)
+# Hosts a message's response_url may name; the worker POSTs only there, over https, to a
+# public address, without following redirects. Production: WeCom's API host only.
+# Development and tests also accept http to 127.0.0.1 (the simulator's response_url server).
+WECOM_RESPONSE_URL_HOSTS = env.list(
+    "WECOM_RESPONSE_URL_HOSTS",
+    default=["qyapi.weixin.qq.com"] if PRODUCTION else ["qyapi.weixin.qq.com", "127.0.0.1"],
+)
+WECOM_RESPONSE_URL_ALLOW_HTTP_LOOPBACK = env.bool(
+    "WECOM_RESPONSE_URL_ALLOW_HTTP_LOOPBACK", default=not PRODUCTION
+)
+if PRODUCTION and WECOM_RESPONSE_URL_ALLOW_HTTP_LOOPBACK:
+    raise ImproperlyConfigured(
+        "Refusing to start in production: WECOM_RESPONSE_URL_ALLOW_HTTP_LOOPBACK must be off"
+    )
+# A callback whose timestamp is further than this from now is refused (replays).
+WECOM_CALLBACK_MAX_SKEW_SECONDS = _positive_int("WECOM_CALLBACK_MAX_SKEW_SECONDS", 300)
+
+# --- trust boundary: login and API throttling (issue 9) -----------------------------------------
+# Proxies in front of the web process that append to X-Forwarded-For (0 = trust none, use
+# the socket's address). Set it to the number of your own proxies, never more.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+# django-axes: after AXES_FAILURE_LIMIT failed logins for one account (from anywhere) or
+# from one address (for any account), further logins are refused for the cool-off time;
+# attempts and lockouts are stored (admin: Axes) and logged.
+INSTALLED_APPS.append("axes")
+AUTHENTICATION_BACKENDS.insert(0, "axes.backends.AxesStandaloneBackend")
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")
+AXES_FAILURE_LIMIT = _positive_int("LOGIN_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = _positive_int("LOGIN_LOCKOUT_MINUTES", 15) / 60  # hours, as a float
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "wecom_ai.throttling.client_ip"
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_SENSITIVE_PARAMETERS = ["password"]
+# REST API: per account, per address, and anonymous callers per address.
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [
+    "wecom_ai.throttling.AccountRateThrottle",
+    "wecom_ai.throttling.AddressRateThrottle",
+    "wecom_ai.throttling.AnonymousRateThrottle",
+]
+REST_FRAMEWORK["NUM_PROXIES"] = TRUSTED_PROXY_COUNT or None  # DRF's own address lookup
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    "user": env.str("API_RATE_PER_ACCOUNT", default="120/min"),
+    "address": env.str("API_RATE_PER_ADDRESS", default="300/min"),
+    "anon": env.str("API_RATE_ANONYMOUS", default="30/min"),
+}

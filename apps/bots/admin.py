@@ -246,7 +246,9 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("question", "answer", "msgid", "conversation__userid", "conversation__chat_id")
     date_hierarchy = "received_at"
     show_full_result_count = False
-    readonly_fields = [field.name for field in Turn._meta.fields]
+    # response_url is a bearer capability (anyone holding it can post into the chat): never shown.
+    exclude = ("response_url",)
+    readonly_fields = [field.name for field in Turn._meta.fields if field.name != "response_url"]
     change_form_template = "admin/bots/turn/change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:

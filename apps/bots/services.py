@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone, translation
@@ -37,6 +38,8 @@ from apps.bots.streams import (
     StreamState,
     deadline_from,
     now_epoch,
+    stream_owner_get,
+    stream_owner_set,
     stream_publish,
     stream_state_get,
     stream_state_set,
@@ -51,7 +54,13 @@ from apps.bots.wecom.messages import (
     strip_mention,
     text_reply,
 )
-from apps.bots.wecom.outbound import ResponseUrlError, post_response_url
+from apps.bots.wecom.outbound import (
+    ResponseUrlError,
+    ResponseUrlPolicy,
+    ResponseUrlRefused,
+    post_response_url,
+    response_url_check,
+)
 from apps.knowledge.services.audience import chat_readers
 from apps.knowledge.services.retrieval import (
     Hit,
@@ -65,6 +74,8 @@ logger = logging.getLogger(__name__)
 ANSWERABLE_TYPES = frozenset({"text", "mixed", "voice"})
 # Bytes kept free at the end of a stream for the "continued below" note.
 _NOTE_RESERVE = 256
+# WeCom accepts a response_url for one hour after the message (101138).
+RESPONSE_URL_VALID = timedelta(hours=1)
 
 
 def _reply_language() -> translation.override:
@@ -82,6 +93,20 @@ def callback_handle(*, bot: Bot, callback: Any, received_at: datetime) -> dict |
         return event_handle(bot=bot, event=callback)
     turn = mention_receive(bot=bot, message=callback, received_at=received_at)
     return stream_refresh_payload(turn)
+
+
+def callback_nonce_remember(*, bot: Bot, timestamp: str, nonce: str, msgid: str) -> bool:
+    """Remember a signed (timestamp, nonce) pair for the replay window; False when reused.
+
+    The same pair carrying the same msgid is WeCom redelivering one callback, which the
+    msgid dedup (and the feedback dedup) already makes harmless, so it passes; the pair on
+    a different message is refused.
+    """
+    key = f"wecom-nonce:{bot.pk}:{timestamp}:{nonce}"
+    window = 2 * settings.WECOM_CALLBACK_MAX_SKEW_SECONDS
+    if cache.add(key, msgid, timeout=window):
+        return True
+    return cache.get(key) == msgid
 
 
 def mention_receive(*, bot: Bot, message: InboundMessage, received_at: datetime) -> Turn:
@@ -110,7 +135,7 @@ def mention_receive(*, bot: Bot, message: InboundMessage, received_at: datetime)
                 stream_id=uuid.uuid4().hex,
                 msgtype=message.msgtype,
                 question=question,
-                response_url=message.response_url or "",
+                response_url=_response_url_accepted(bot=bot, url=message.response_url),
                 received_at=received_at,
             )
             Conversation.objects.filter(pk=conversation.pk).update(last_turn_at=received_at)
@@ -118,6 +143,31 @@ def mention_receive(*, bot: Bot, message: InboundMessage, received_at: datetime)
     except IntegrityError:
         return Turn.objects.get(bot=bot, msgid=message.msgid)
     return turn
+
+
+def response_url_policy() -> ResponseUrlPolicy:
+    """Where a response_url may point: WeCom's host over https (the loopback simulator in tests)."""
+    return ResponseUrlPolicy.of(
+        settings.WECOM_RESPONSE_URL_HOSTS,
+        allow_http_loopback=settings.WECOM_RESPONSE_URL_ALLOW_HTTP_LOOPBACK,
+    )
+
+
+def _response_url_accepted(*, bot: Bot, url: str | None) -> str:
+    """The message's response_url if the worker may ever call it, else "" (never stored).
+
+    The URL comes from the callback body; one naming another scheme or host would make
+    the worker POST wherever the sender likes. Only its shape is checked here (no DNS on
+    the callback path); the address is checked again right before the POST.
+    """
+    if not url:
+        return ""
+    try:
+        response_url_check(url, response_url_policy())
+    except ResponseUrlRefused as exc:
+        logger.warning("bot %s: response_url refused: %s", bot.slug, exc)
+        return ""
+    return url
 
 
 def _turn_admit(*, bot: Bot, turn: Turn, message: InboundMessage) -> None:
@@ -161,6 +211,7 @@ def _turn_admit(*, bot: Bot, turn: Turn, message: InboundMessage) -> None:
             if decision.blocked:
                 reason, reply = "policy_blocked", decision.refusal_message
     deadline = deadline_from(turn.received_at.timestamp())
+    stream_owner_set(turn.stream_id, bot.pk)
     if reason:
         _turn_reject(turn=turn, reason=reason, reply=reply, deadline=deadline)
         return
@@ -169,6 +220,8 @@ def _turn_admit(*, bot: Bot, turn: Turn, message: InboundMessage) -> None:
 
 
 def _turn_reject(*, turn: Turn, reason: str, reply: str, deadline: float) -> None:
+    # A refusal text is admin-written and may exceed what one stream reply can carry.
+    reply, _rest = split_at_boundary(reply, MAX_CONTENT_BYTES)
     now = timezone.now()
     Turn.objects.filter(pk=turn.pk).update(
         status=Turn.Status.REJECTED,
@@ -215,10 +268,17 @@ def feedback_record(*, bot: Bot, event: InboundEvent) -> bool:
     if not feedback_id or kind not in Turn.Feedback.values:
         logger.warning("bot %s: feedback event without a usable id/type", bot.slug)
         return False
+    # A replayed (or redelivered) event changes nothing; marked only once stored, so a
+    # delivery that failed half-way is still recorded when WeCom retries it.
+    seen_key = f"wecom-feedback:{bot.pk}:{event.msgid}"
+    if cache.get(seen_key) is not None:
+        logger.info("bot %s: feedback event %s already recorded", bot.slug, event.msgid)
+        return False
     detail = {key: value for key, value in body.items() if key not in {"id", "type"}}
     updated = Turn.objects.filter(bot=bot, stream_id=feedback_id).update(
         feedback=kind, feedback_detail=detail, feedback_at=timezone.now()
     )
+    cache.set(seen_key, 1, timeout=24 * 3600)
     return bool(updated)
 
 
@@ -226,21 +286,35 @@ def feedback_record(*, bot: Bot, event: InboundEvent) -> bool:
 
 
 def stream_refresh(*, bot: Bot, refresh: StreamRefresh) -> dict:
-    """Whole content so far from Redis; closes a stream whose worker cannot make the deadline."""
+    """Whole content so far from Redis; closes a stream whose worker cannot make the deadline.
+
+    Only the bot that opened a stream reads it: a refresh naming another bot's stream id
+    gets the same answer as an unknown one.
+    """
+    owner = stream_owner_get(refresh.stream_id)
+    if owner is None:  # opened before owners were stored, or long gone: ask the database
+        owned = Turn.objects.filter(bot=bot, stream_id=refresh.stream_id).exists()
+    else:
+        owned = owner == bot.pk
+    if not owned:
+        logger.warning("bot %s: refresh for a stream it did not open refused", bot.slug)
+        return _stream_unavailable(refresh.stream_id)
     state = stream_state_get(refresh.stream_id)
     if state is None:
         turn = Turn.objects.filter(bot=bot, stream_id=refresh.stream_id).first()
         if turn is None:
-            with _reply_language():
-                return stream_reply(
-                    stream_id=refresh.stream_id,
-                    content=_("This answer is no longer available."),
-                    finish=True,
-                )
+            return _stream_unavailable(refresh.stream_id)
         return stream_refresh_payload(turn)
     if not state.finish and state.deadline and now_epoch() > state.deadline + 5:
         state = _stream_close_late(bot=bot, stream_id=refresh.stream_id, state=state)
     return _stream_payload(refresh.stream_id, content=state.content, finish=state.finish)
+
+
+def _stream_unavailable(stream_id: str) -> dict:
+    with _reply_language():
+        return stream_reply(
+            stream_id=stream_id, content=_("This answer is no longer available."), finish=True
+        )
 
 
 def _stream_payload(stream_id: str, *, content: str, finish: bool) -> dict:
@@ -581,14 +655,37 @@ def turn_finish(*, turn: Turn, reasoning: str, answer: str) -> None:
     stream_publish(turn.pk, content=answer, finish=True, status=Turn.Status.ANSWERED)
 
 
+def _response_url_take(*, turn: Turn) -> tuple[str, str]:
+    """Claim the turn's response_url once: `(url, "")`, or `("", why not)`.
+
+    The URL is a bearer capability, so the row forgets it as it is taken (or found
+    expired): it is used at most once and never lies around to be read later.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        row = (
+            Turn.objects.select_for_update()
+            .filter(pk=turn.pk)
+            .values("response_url", "response_url_used_at", "received_at")
+            .first()
+        )
+        if row is None or row["response_url_used_at"] is not None:
+            return "", "response_url already used"
+        if not row["response_url"]:
+            return "", "answer longer than the stream allows, and WeCom gave no response_url"
+        if row["received_at"] < now - RESPONSE_URL_VALID:
+            Turn.objects.filter(pk=turn.pk).update(response_url="")
+            return "", "response_url expired (WeCom accepts it for one hour)"
+        Turn.objects.filter(pk=turn.pk).update(response_url="", response_url_used_at=now)
+    turn.response_url, turn.response_url_used_at = "", now
+    return row["response_url"], ""
+
+
 def _response_url_deliver(*, turn: Turn, content: str) -> str:
     """POST once to response_url; returns an error description for admins, '' on success."""
-    if not turn.response_url:
-        return "answer longer than the stream allows, and WeCom gave no response_url"
-    if not Turn.objects.filter(pk=turn.pk, response_url_used_at__isnull=True).update(
-        response_url_used_at=timezone.now()
-    ):
-        return "response_url already used"
+    url, problem = _response_url_take(turn=turn)
+    if problem:
+        return problem
     head, rest = split_at_boundary(content, MAX_CONTENT_BYTES - _NOTE_RESERVE)
     error = ""
     if rest:
@@ -596,7 +693,11 @@ def _response_url_deliver(*, turn: Turn, content: str) -> str:
             head = f"{head}\n\n" + _("(The answer was cut here: it exceeds WeCom's message size.)")
         error = f"{len(rest.encode())} bytes beyond two WeCom messages were not delivered"
     try:
-        post_response_url(turn.response_url, {"msgtype": "markdown", "markdown": {"content": head}})
+        post_response_url(
+            url,
+            {"msgtype": "markdown", "markdown": {"content": head}},
+            policy=response_url_policy(),
+        )
     except ResponseUrlError as exc:
         logger.warning("turn %s: response_url delivery failed: %s", turn.pk, exc)
         return f"response_url delivery failed: {exc}"
@@ -642,6 +743,10 @@ def turns_sweep() -> int:
     for turn in stale.select_related("bot"):
         turn_fail(turn=turn, error="no worker finished this turn in time")
         count += 1
+    # WeCom no longer accepts these; a stored one is only a capability waiting to leak.
+    Turn.objects.filter(received_at__lt=now - RESPONSE_URL_VALID).exclude(response_url="").update(
+        response_url=""
+    )
     return count
 
 

@@ -46,6 +46,20 @@ def stream_state_set(stream_id: str, state: StreamState) -> None:
     cache.set(_key(stream_id), asdict(state), timeout=settings.WECOM_STREAM_TTL_SECONDS)
 
 
+def _owner_key(stream_id: str) -> str:
+    return f"stream-owner:{stream_id}"
+
+
+def stream_owner_set(stream_id: str, bot_id: int) -> None:
+    """Remember which bot opened the stream, so another bot's refresh cannot read it."""
+    cache.set(_owner_key(stream_id), int(bot_id), timeout=settings.WECOM_STREAM_TTL_SECONDS)
+
+
+def stream_owner_get(stream_id: str) -> int | None:
+    owner = cache.get(_owner_key(stream_id))
+    return owner if isinstance(owner, int) else None
+
+
 def turn_group(turn_id: int) -> str:
     return f"turn.{turn_id}"
 

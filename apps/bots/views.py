@@ -1,13 +1,15 @@
 """The WeCom AI-bot callback endpoint: verify, decrypt, hand to a service, reply encrypted.
 
 Every rejection is logged with the request id and answered with a short fixed body: a bad
-signature is 403 (nothing decrypted), anything undecryptable or malformed is one
-indistinguishable 400, an oversized body 413, an unknown or disabled bot 404.
+signature, a stale timestamp or a reused nonce is 403 (nothing decrypted for the first
+two), anything undecryptable or malformed is one indistinguishable 400, an oversized body
+413 (refused before it is read, by `wecom_ai.body_limit`), an unknown or disabled bot 404.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 
 from django.conf import settings
@@ -32,6 +34,13 @@ def _plain(status: int, body: str) -> HttpResponse:
 
 def _bad_request() -> HttpResponse:
     return _plain(400, "invalid request")
+
+
+def _timestamp_fresh(timestamp: str) -> bool:
+    """WeCom signs the timestamp: one far from now is a captured callback played again."""
+    if not timestamp.isdigit() or len(timestamp) > 12:
+        return False
+    return abs(time.time() - int(timestamp)) <= settings.WECOM_CALLBACK_MAX_SKEW_SECONDS
 
 
 @csrf_exempt
@@ -86,6 +95,9 @@ def _receive(
     params: dict[str, str],
     received_at: datetime,
 ) -> HttpResponse:
+    if not _timestamp_fresh(params["timestamp"]):
+        logger.warning("bot %s: callback with a stale or invalid timestamp refused", bot.slug)
+        return _plain(403, "forbidden")
     limit = settings.WECOM_CALLBACK_MAX_BYTES
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -114,6 +126,11 @@ def _receive(
     if bot.aibotid and message.aibotid and message.aibotid != bot.aibotid:
         logger.warning("bot %s: callback for aibotid %r refused", bot.slug, message.aibotid)
         return _bad_request()
+    if not services.callback_nonce_remember(
+        bot=bot, timestamp=params["timestamp"], nonce=params["nonce"], msgid=message.msgid
+    ):
+        logger.warning("bot %s: callback reusing a (timestamp, nonce) pair refused", bot.slug)
+        return _plain(403, "forbidden")
     try:
         payload = services.callback_handle(bot=bot, callback=message, received_at=received_at)
     except Exception:

@@ -206,11 +206,7 @@ class StreamGuard:
         self._index_map.extend(position + offset for position in index_map)
         if self._check(scan_from, complete=False):
             return ""
-        if self._folded:
-            safe_end = self._index_map[max(0, len(self._folded) - self._hold)]
-        else:
-            safe_end = len(self._text)  # only ignorable characters so far
-        return self._release(safe_end)
+        return self._release(self._safe_end())
 
     def finish(self) -> str:
         """Mark the end of the answer and return whatever is left, unless blocked."""
@@ -222,6 +218,17 @@ class StreamGuard:
         if self._check(max(0, len(self._folded) - self._hold), complete=True):
             return ""
         return self._release(len(self._text))
+
+    def _safe_end(self) -> int:
+        """Where the held-back tail starts in the original text.
+
+        With nothing to hold (an empty word list: a policy of regex, personal-data or flag
+        rules only) or only ignorable characters so far, everything fed is safe.
+        """
+        cut = len(self._folded) - self._hold
+        if not self._folded or cut >= len(self._folded):
+            return len(self._text)
+        return self._index_map[max(0, cut)]
 
     def _check(self, scan_from: int, *, complete: bool) -> bool:
         matches = self._matcher._scan(

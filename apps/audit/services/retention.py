@@ -41,6 +41,8 @@ _TURN_PURGED = {
     "reasoning": "",
     "withheld_answer": "",
     "feedback_detail": {},
+    # Not content, but a bearer capability into the chat; normally cleared once used.
+    "response_url": "",
 }
 TURN_FIELDS = tuple(_TURN_PURGED)
 MESSAGE_FIELDS = ("text", "raw", "sdkfileid", "media")

@@ -16,6 +16,12 @@ MAX_CONTENT_BYTES = 20480
 # Caps far above anything WeCom sends; a payload beyond them is a bug or an attack, and
 # rejecting it beats silently truncating what the user wrote.
 MAX_ID_CHARS = 512
+# Fields that are stored: a WeCom userid is 1-64 characters; msgid and chatid are opaque,
+# and longer than anything WeCom sends at these lengths. Over them the callback is a 400,
+# never a database error.
+MAX_USERID_CHARS = 64
+MAX_MSGID_CHARS = 128
+MAX_CHATID_CHARS = 128
 MAX_URL_CHARS = 8192
 MAX_TEXT_CHARS = 65536
 MAX_MIXED_ITEMS = 100
@@ -199,11 +205,13 @@ def parse_callback(data: dict[str, Any]) -> Callback:
     """
     if not isinstance(data, dict):
         raise MalformedMessage("callback must be a JSON object")
-    msgid = _required(data, "msgid", "msgid")
+    msgid = _required(data, "msgid", "msgid", max_chars=MAX_MSGID_CHARS)
     msgtype = _required(data, "msgtype", "msgtype", max_chars=64)
-    userid = _required(_object(data, "from", "from"), "userid", "from.userid")
+    userid = _required(
+        _object(data, "from", "from"), "userid", "from.userid", max_chars=MAX_USERID_CHARS
+    )
     aibotid = _optional(data, "aibotid", "aibotid") or ""
-    chatid = _optional(data, "chatid", "chatid")
+    chatid = _optional(data, "chatid", "chatid", max_chars=MAX_CHATID_CHARS)
 
     if msgtype == "event":
         event = _object(data, "event", "event")

@@ -279,11 +279,18 @@ class WeComSimulator:
             )
         return response.text
 
-    def post_message(self, data: dict[str, Any]) -> httpx.Response:
-        """Encrypt, sign and POST one callback; the nonce is in the request's query string."""
+    def post_message(
+        self, data: dict[str, Any], *, timestamp: str | None = None, nonce: str | None = None
+    ) -> httpx.Response:
+        """Encrypt, sign and POST one callback; the nonce is in the request's query string.
+
+        `timestamp` and `nonce` default to now and a fresh random one, as WeCom sends them;
+        tests pass their own to play a captured or stale callback again.
+        """
         plaintext = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         encrypt = self._crypto.encrypt(plaintext)
-        timestamp, nonce = _timestamp(), _nonce()
+        timestamp = timestamp if timestamp is not None else _timestamp()
+        nonce = nonce if nonce is not None else _nonce()
         return self._client.post(
             self.callback_url,
             params={
