@@ -8,8 +8,8 @@ DATA := $(or $(WECOM_AI_DATA),var)
 MODEL := $(DATA)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 # llama-cpp-python builds from source, once per CMAKE_ARGS, into a wheel cache outside the
 # clone. The default is a portable AVX2 CPU build: native builds pick up AMX on Sapphire
-# Rapids hosts, which crashes inside VMs that do not enable AMX tiles. GPU build:
-#   make run CMAKE_ARGS="-DGGML_CUDA=on -DLLAVA_BUILD=OFF"
+# Rapids hosts, which crashes inside VMs that do not enable AMX tiles. GPU build: README,
+# "GPU build" (the same CPU flags plus -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=native).
 LLAMA_VERSION := 0.3.36
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF
 WHEEL_CACHE ?= $(HOME)/.cache/wecom-ai/wheels

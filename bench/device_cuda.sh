@@ -12,6 +12,10 @@
 #   bench/device_cuda.sh start     unpack and start the build in its own session, return
 #   bench/device_cuda.sh measure   wait for the build, then measure; figures go to $OUT
 #   bench/device_cuda.sh all       both in one go
+#   bench/device_cuda.sh prebuilt  no build: $CARRY/prebuilt.tar.xz holds site/ (llama_cpp
+#                                  with CUDA libraries, gguf, diskcache), bin/llama-server
+#                                  and tokenizer.gguf, built elsewhere for this GPU; runs the
+#                                  concurrency bench with flash attention on, then off
 set -uo pipefail
 
 STAGE=${1:?usage: device_cuda.sh start|measure|all}
@@ -113,10 +117,31 @@ PY
     cp "$ROOT"/var/bench-logs/llama-server.log "$OUT/" 2>/dev/null || true
 }
 
+prebuilt() {
+    local deadline=$((SECONDS + ${MEASURE_SECONDS:-330}))
+    tar xJf "$CARRY/prebuilt.tar.xz" -C "$WORK" || exit 1
+    export PYTHONPATH=$WORK/site LD_LIBRARY_PATH=$WORK/site/llama_cpp/lib PYTHONUNBUFFERED=1
+    python3 "$ROOT/bench/synthetic_gguf.py" "$SYNTHETIC" --tokenizer-from "$WORK/tokenizer.gguf"
+    local common=(--engines a,c --max-tokens 128 --model "$SYNTHETIC" --n-gpu-layers -1
+        --server-binary "$WORK/bin/llama-server" --threads 8 --n-batch 2048 --timeout 120
+        --server-arg=--cache-ram --server-arg=0 --json)
+    timeout --signal=TERM $((deadline - SECONDS - 60)) python3 "$ROOT/bench/concurrency.py" \
+        "${common[@]}" --flash-attn --concurrency "${LEVELS:-1,8,32,64}" \
+        >"$OUT/concurrency-fa.json" 2>"$OUT/concurrency-fa.log"
+    echo "flash attention on: exit $?"
+    cat "$OUT/concurrency-fa.log"
+    timeout --signal=TERM $((deadline - SECONDS)) python3 "$ROOT/bench/concurrency.py" \
+        "${common[@]}" --concurrency "${LEVELS_NO_FA:-32,1}" \
+        >"$OUT/concurrency-nofa.json" 2>"$OUT/concurrency-nofa.log"
+    echo "flash attention off: exit $?"
+    cat "$OUT/concurrency-nofa.log"
+}
+
 case $STAGE in
 start) start ;;
 build) build ;;
 measure) measure ;;
+prebuilt) prebuilt ;;
 all)
     start
     measure
