@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 from django.conf import settings
 
@@ -348,3 +350,29 @@ def simulator_for(live_server, response_server):
     yield make
     for sim in made:
         sim.close()
+
+
+@pytest.fixture
+def asgi_server() -> Iterator[str]:
+    """The real ASGI app (HTTP and WebSockets) under uvicorn on a free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "wecom_ai.asgi:application",
+         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        cwd=BASE_DIR, env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://{base}/healthz", trust_env=False).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(timeout=20)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
-import httpx
 import pytest
 import websockets
 from django.conf import settings
@@ -22,34 +18,8 @@ from apps.audit.models import Action, AuditPolicy, PolicyWordList, SensitiveWord
 from apps.audit.services.policy import policy_evaluate
 from apps.audit.services.review import review_cases_open_for_turn, review_scope_set
 from apps.bots.models import Conversation, Turn
-from tests.conftest import BASE_DIR, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def asgi_server():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "wecom_ai.asgi:application",
-         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-        cwd=BASE_DIR, env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://{base}/healthz", trust_env=False).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
-    yield base
-    process.terminate()
-    process.wait(timeout=20)
 
 
 def session_cookie(user: User) -> str:

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 import websockets
 from django.conf import settings
@@ -18,34 +13,8 @@ from django.utils import timezone
 
 from apps.bots.models import Conversation, Turn
 from apps.bots.streams import stream_publish
-from tests.conftest import BASE_DIR, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def asgi_server():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "wecom_ai.asgi:application",
-         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-        cwd=BASE_DIR, env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://{base}/healthz", trust_env=False).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
-    yield base
-    process.terminate()
-    process.wait(timeout=20)
 
 
 async def _watch(base: str, cookie: str | None, turn_id: int) -> list[dict]:
