@@ -8,7 +8,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit import selectors
-from apps.audit.admin import AccessReasonAdminMixin, OperatorAuditAdminMixin
+from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin
 from apps.bots.fields import is_undecryptable
 from apps.bots.forms import BotForm, ModelProfileForm
 from apps.bots.model_load import model_load_get

@@ -10,7 +10,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from apps.audit.admin import OperatorAuditAdminMixin
+from apps.audit.admin.mixins import OperatorAuditAdminMixin
 from apps.knowledge.forms import DocumentForm, GroupChatForm, KnowledgeBaseForm
 from apps.knowledge.models import Chunk, DirectoryUser, Document, GroupChat, KnowledgeBase
 from apps.knowledge.services.ingest import document_file_replace, document_reindex

@@ -1,0 +1,232 @@
+"""Admin pieces shared by every app: read-only evidence, operator audit, access reasons."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import Model, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from apps.audit import selectors
+from apps.audit.forms import AccessReasonForm
+from apps.audit.models import AccessLog
+from apps.audit.services.access import access_log_record, access_log_record_many
+from apps.audit.services.operator_audit import model_snapshot, operator_audit_record
+
+
+def request_id_of(request: HttpRequest) -> str:
+    return getattr(request, "request_id", "")
+
+
+def shorten(text: str, length: int = 60) -> str:
+    return text if len(text) <= length else text[:length] + "…"
+
+
+class ReadOnlyAdminMixin:
+    """Audit records are evidence: nobody adds, edits or deletes them in the admin."""
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class OperatorAuditAdminMixin:
+    """Record every add, change (including many-to-many and inlines) and delete.
+
+    The entry is written in `save_related`, after many-to-many fields and inlines are saved,
+    inside the admin's transaction, with the state before and after the change.
+    `audit_action_prefix` names the action (`audit.policy` → `audit.policy.update`).
+    """
+
+    audit_action_prefix = ""
+
+    def audit_prefix(self) -> str:
+        meta = self.model._meta  # type: ignore[attr-defined]
+        return self.audit_action_prefix or f"{meta.app_label}.{meta.model_name}"
+
+    def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
+        return model_snapshot(obj)
+
+    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
+        before = None
+        if change and obj.pk is not None:
+            stored = type(obj)._default_manager.filter(pk=obj.pk).first()
+            before = self.audit_snapshot(stored) if stored is not None else None
+        request._audit_before = before  # type: ignore[attr-defined]
+        super().save_model(request, obj, form, change)  # type: ignore[misc]
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)  # type: ignore[misc]
+        obj = form.instance
+        operator_audit_record(
+            actor=request.user,
+            action=f"{self.audit_prefix()}.{'update' if change else 'create'}",
+            obj=obj,
+            before=getattr(request, "_audit_before", None),
+            after=self.audit_snapshot(obj),
+            request_id=request_id_of(request),
+        )
+
+    def delete_model(self, request: HttpRequest, obj: Model) -> None:
+        with transaction.atomic():
+            operator_audit_record(
+                actor=request.user,
+                action=f"{self.audit_prefix()}.delete",
+                obj=obj,
+                before=self.audit_snapshot(obj),
+                request_id=request_id_of(request),
+            )
+            super().delete_model(request, obj)  # type: ignore[misc]
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        with transaction.atomic():
+            for obj in queryset:
+                operator_audit_record(
+                    actor=request.user,
+                    action=f"{self.audit_prefix()}.delete",
+                    obj=obj,
+                    before=self.audit_snapshot(obj),
+                    request_id=request_id_of(request),
+                )
+            super().delete_queryset(request, queryset)  # type: ignore[misc]
+
+
+# The hidden field that tells a reason POST from the change form's own POST.
+ACCESS_REASON_FIELD = "_access_reason"
+# One-shot grants: a reason POST leaves one for its page, the redirected GET spends it.
+_REASON_GRANTS = "audit.access_reason_grants"
+_REASON_GRANT_SECONDS = 120
+
+
+def _reason_grant_store(request: HttpRequest, path: str, reason: str) -> None:
+    now = timezone.now().timestamp()
+    grants = {
+        key: grant
+        for key, grant in request.session.get(_REASON_GRANTS, {}).items()
+        if now - grant["at"] < _REASON_GRANT_SECONDS
+    }
+    grants[path] = {"reason": reason, "at": now}
+    request.session[_REASON_GRANTS] = grants
+
+
+def _reason_grant_pop(request: HttpRequest, path: str) -> str | None:
+    grants = request.session.get(_REASON_GRANTS, {})
+    grant = grants.pop(path, None)
+    if grant is None:
+        return None
+    request.session[_REASON_GRANTS] = grants
+    if timezone.now().timestamp() - grant["at"] >= _REASON_GRANT_SECONDS:
+        return None
+    return grant["reason"]
+
+
+class AccessReasonAdminMixin:
+    """Scope to what the user may see (others: 404) and ask why before showing a record.
+
+    Every page that shows the record (change and history views, whatever the HTTP method)
+    asks first. The reason is POSTed with CSRF (never a GET parameter that lands in proxy
+    logs and browser history); the POST redirects to the page, which spends the one-shot
+    grant and logs the record and every other record it shows. A change POST (a review
+    decision) needs a reason given for the record within `ACCESS_REASON_REUSE`.
+    """
+
+    access_reason_template = "admin/audit/access_reason.html"
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None):
+        obj = super().get_object(request, object_id, from_field)  # type: ignore[misc]
+        if obj is None:
+            raise Http404(_("No such record, or it is not assigned to you."))
+        return obj
+
+    def access_reason_required(self, request: HttpRequest) -> bool:
+        return True
+
+    def access_reason_default(self, request: HttpRequest) -> str:
+        """The reason logged when none is asked (see `access_reason_required`)."""
+        return ""
+
+    def access_shown_with(self, request: HttpRequest, obj: Model) -> list[Model]:
+        """Other records the page shows with `obj`; each is logged under the same reason."""
+        return []
+
+    def _access_gate(self, request: HttpRequest, object_id: str) -> HttpResponse | None:
+        """A response asking for the reason, or None once the access is logged."""
+        obj = self.get_object(request, unquote(object_id))
+        if not self.has_view_or_change_permission(request, obj):  # type: ignore[attr-defined]
+            raise PermissionDenied
+        if request.method == "POST" and ACCESS_REASON_FIELD in request.POST:
+            form = AccessReasonForm(request.POST)
+            if not form.is_valid():
+                return self._access_reason_form(request, obj, form)
+            _reason_grant_store(request, request.path, form.cleaned_data["reason"])
+            return HttpResponseRedirect(request.get_full_path())
+        if request.method == "POST":
+            if selectors.access_reason_recent(user=request.user, obj=obj) is None:
+                raise PermissionDenied
+            return None
+        reason = _reason_grant_pop(request, request.path)
+        if reason is None and not self.access_reason_required(request):
+            reason = self.access_reason_default(request)
+        if not reason:
+            return self._access_reason_form(request, obj, AccessReasonForm())
+        with transaction.atomic():
+            access_log_record(
+                user=request.user,
+                obj=obj,
+                action=AccessLog.Action.VIEW,
+                reason=reason,
+                request_id=request_id_of(request),
+            )
+            access_log_record_many(
+                user=request.user,
+                objects=self.access_shown_with(request, obj),
+                action=AccessLog.Action.VIEW,
+                reason=reason,
+                request_id=request_id_of(request),
+            )
+        return None
+
+    def _access_reason_form(
+        self, request: HttpRequest, obj: Model, form: AccessReasonForm
+    ) -> HttpResponse:
+        return TemplateResponse(
+            request,
+            self.access_reason_template,
+            {
+                **self.admin_site.each_context(request),  # type: ignore[attr-defined]
+                "title": _("Why are you opening this record?"),
+                "form": form,
+                "object": obj,
+                "opts": self.model._meta,  # type: ignore[attr-defined]
+                "reason_field": ACCESS_REASON_FIELD,
+            },
+        )
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        return self._access_gate(request, object_id) or super().change_view(  # type: ignore[misc]
+            request, object_id, form_url, extra_context
+        )
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        return self._access_gate(request, object_id) or super().history_view(  # type: ignore[misc]
+            request, object_id, extra_context
+        )

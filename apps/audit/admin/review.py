@@ -1,0 +1,275 @@
+"""Review cases: scoped to the officer's assignments, opened with a reason, decided by a
+service; the officer-assignment page lives here too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
+
+from apps.audit import selectors
+from apps.audit.admin.exports import export_action
+from apps.audit.admin.filters import ReviewBotFilter, ReviewDepartmentFilter, ReviewSourceFilter
+from apps.audit.admin.mixins import AccessReasonAdminMixin, request_id_of
+from apps.audit.forms import ReviewCaseForm, ReviewScopeForm
+from apps.audit.models import ReviewCase
+from apps.audit.services.review import (
+    ReviewError,
+    review_assign,
+    review_decide,
+    review_scope,
+    review_scope_set,
+)
+
+
+def _highlight(text: str, matches: list[dict[str, Any]]) -> str:
+    """The text with matched spans in <mark>, escaped."""
+    spans = sorted(
+        {(m["start"], m["end"]) for m in matches if 0 <= m["start"] < m["end"] <= len(text)}
+    )
+    merged: list[list[int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    parts, position = [], 0
+    for start, end in merged:
+        parts.append(("{}", (text[position:start],)))
+        parts.append(("<mark>{}</mark>", (text[start:end],)))
+        position = end
+    parts.append(("{}", (text[position:],)))
+    return format_html(
+        '<div style="white-space: pre-wrap">{}</div>',
+        format_html_join("", "{}", ((format_html(fmt, *args),) for fmt, args in parts)),
+    )
+
+
+@admin.register(ReviewCase)
+class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
+    form = ReviewCaseForm
+    list_display = (
+        "id",
+        "created_at",
+        "status",
+        "action",
+        "policy",
+        "scope",
+        "assignee",
+        "decision",
+    )
+    list_display_links = ("id", "created_at")
+    list_filter = (
+        "status",
+        "action",
+        "decision",
+        "policy",
+        ReviewBotFilter,
+        ReviewSourceFilter,
+        ReviewDepartmentFilter,
+    )
+    list_select_related = ("policy", "bot", "archive_source", "assignee")
+    search_fields = ("note", "turn__msgid", "archived_message__msgid")
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    actions = ("assign_to_me", "decide_dismiss", "decide_confirm", "export_selected")
+    fieldsets = (
+        (
+            None,
+            {"fields": ("status", "action", "policy", "scope", "created_at", "assignee")},
+        ),
+        (_("Content"), {"fields": ("source_content", "matched_rules")}),
+        (_("Decision"), {"fields": ("decision", "note", "decided_by", "decided_at")}),
+    )
+    readonly_fields = (
+        "status",
+        "action",
+        "policy",
+        "scope",
+        "created_at",
+        "assignee",
+        "source_content",
+        "matched_rules",
+        "decided_by",
+        "decided_at",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ReviewCase]:
+        return selectors.review_cases_for_user(user=request.user).select_related(
+            "policy",
+            "bot",
+            "archive_source",
+            "assignee",
+            "decided_by",
+            "turn__conversation",
+            "archived_message",
+        )
+
+    def access_shown_with(self, request: HttpRequest, obj: Model) -> list[Model]:
+        # The page shows the flagged turn or archived message in full.
+        return [record for record in (obj.turn, obj.archived_message) if record is not None]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ReviewCase | None = None) -> bool:
+        if obj is not None and obj.status != ReviewCase.Status.OPEN:
+            return False
+        return self.has_decide_permission(request)
+
+    def has_decide_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("audit.decide_reviewcase")
+
+    def has_export_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("audit.export_reviewcase")
+
+    @admin.display(description=_("bot / archive source"))
+    def scope(self, obj: ReviewCase) -> str:
+        return str(obj.bot or obj.archive_source or "—")
+
+    @admin.display(description=_("content"))
+    def source_content(self, obj: ReviewCase) -> str:
+        matches = obj.matches or []
+        if obj.turn is not None:
+            turn = obj.turn
+            return format_html(
+                "<p><b>{}</b> {} · {}</p><p><b>{}</b></p>{}<p><b>{}</b></p>{}",
+                _("User"),
+                turn.conversation.userid,
+                turn.received_at,
+                _("Question"),
+                _highlight(turn.question, [m for m in matches if m.get("in") == "question"]),
+                _("Answer"),
+                _highlight(turn.answer, [m for m in matches if m.get("in") == "answer"]),
+            )
+        if obj.archived_message is not None:
+            message = obj.archived_message
+            return format_html(
+                "<p><b>{}</b> {} → {} · {}</p>{}",
+                _("From"),
+                message.sender,
+                ", ".join(message.tolist) or message.roomid,
+                message.msgtime,
+                _highlight(message.text, matches)
+                if not message.purged_at
+                else _("(purged by retention)"),
+            )
+        return "—"
+
+    @admin.display(description=_("matched rules"))
+    def matched_rules(self, obj: ReviewCase) -> str:
+        return format_html_join(
+            "",
+            "<div>{} · {} · {}</div>",
+            ((m.get("label"), m.get("action"), m.get("word") or "") for m in obj.matches or []),
+        )
+
+    def save_model(self, request: HttpRequest, obj: ReviewCase, form: Any, change: bool) -> None:
+        try:
+            review_decide(
+                case=obj,
+                user=request.user,
+                decision=form.cleaned_data["decision"],
+                note=form.cleaned_data.get("note", ""),
+                request_id=request_id_of(request),
+            )
+        except ReviewError as exc:
+            raise PermissionDenied(str(exc)) from exc
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        """Nothing related is edited here; the decision was saved by the service."""
+
+    def _decide(self, request: HttpRequest, queryset: QuerySet[ReviewCase], decision: str) -> None:
+        decided = 0
+        for case in queryset.filter(status=ReviewCase.Status.OPEN):
+            review_decide(
+                case=case, user=request.user, decision=decision, request_id=request_id_of(request)
+            )
+            decided += 1
+        self.message_user(request, _("%(count)d cases decided.") % {"count": decided})
+
+    @admin.action(description=_("Assign to me"), permissions=["decide"])
+    def assign_to_me(self, request: HttpRequest, queryset: QuerySet[ReviewCase]) -> None:
+        cases = list(queryset.filter(status=ReviewCase.Status.OPEN))
+        for case in cases:
+            review_assign(
+                case=case,
+                assignee=request.user,
+                actor=request.user,
+                request_id=request_id_of(request),
+            )
+        self.message_user(request, _("%(count)d cases assigned to you.") % {"count": len(cases)})
+
+    @admin.action(description=_("Decide: no violation"), permissions=["decide"])
+    def decide_dismiss(self, request: HttpRequest, queryset: QuerySet[ReviewCase]) -> None:
+        self._decide(request, queryset, ReviewCase.Decision.DISMISSED)
+
+    @admin.action(description=_("Decide: violation confirmed"), permissions=["decide"])
+    def decide_confirm(self, request: HttpRequest, queryset: QuerySet[ReviewCase]) -> None:
+        self._decide(request, queryset, ReviewCase.Decision.CONFIRMED)
+
+    @admin.action(description=_("Export selected cases (JSONL + manifest)"), permissions=["export"])
+    def export_selected(self, request: HttpRequest, queryset: QuerySet[ReviewCase]):
+        return export_action(self, request, queryset, kind="cases")
+
+    # Officer assignments: which bots and archive sources each officer reviews.
+
+    def get_urls(self) -> list:
+        return [
+            path(
+                "scope/",
+                self.admin_site.admin_view(self.scope_view),
+                name="audit_reviewcase_scope",
+            ),
+            *super().get_urls(),
+        ]
+
+    def scope_view(self, request: HttpRequest) -> HttpResponse:
+        if not request.user.has_perm("audit.assign_reviewcase"):
+            raise PermissionDenied
+        if request.method == "POST":
+            form = ReviewScopeForm(request.POST)
+            if form.is_valid():
+                review_scope_set(
+                    officer=form.cleaned_data["officer"],
+                    bots=form.cleaned_data["bots"],
+                    sources=form.cleaned_data["archive_sources"],
+                    actor=request.user,
+                    request_id=request_id_of(request),
+                )
+                self.message_user(request, _("Assignments saved."), messages.SUCCESS)
+                url = reverse("admin:audit_reviewcase_scope")
+                return HttpResponseRedirect(f"{url}?officer={form.cleaned_data['officer'].pk}")
+        else:
+            initial: dict[str, Any] = {}
+            officer_id = request.GET.get("officer")
+            officer = get_user_model().objects.filter(pk=officer_id).first() if officer_id else None
+            if officer is not None:
+                scope = review_scope(officer=officer)
+                initial = {
+                    "officer": officer,
+                    "bots": scope["bots"],
+                    "archive_sources": scope["archive_sources"],
+                }
+            form = ReviewScopeForm(initial=initial)
+        return TemplateResponse(
+            request,
+            "admin/audit/review_scope.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": _("Officer assignments"),
+                "form": form,
+                "opts": self.model._meta,
+            },
+        )

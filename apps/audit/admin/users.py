@@ -1,0 +1,122 @@
+"""Who may do what: changes to users, groups and their permissions are audited too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.utils import unquote
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, Permission, User
+from django.db import transaction
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, HttpResponse
+
+from apps.audit import selectors
+from apps.audit.admin.mixins import OperatorAuditAdminMixin, request_id_of
+from apps.audit.services.operator_audit import operator_audit_record
+
+
+def _permission_names(permissions: QuerySet) -> list[str]:
+    return sorted(f"{p.content_type.app_label}.{p.codename}" for p in permissions)
+
+
+class ScopeGrantGuardMixin:
+    """Review scope is granted on the officer-assignment page only (`review_scope_set`).
+
+    The user and group pages neither offer the scope permissions nor groups that carry
+    scope, and keep whatever of them a user or group already holds when the form is saved,
+    so `change_user` or `change_group` cannot widen anyone's scope, their own included.
+    """
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name in ("user_permissions", "permissions"):
+            kwargs["queryset"] = Permission.objects.exclude(
+                pk__in=selectors.scope_permissions()
+            ).select_related("content_type")
+        elif db_field.name == "groups":
+            kwargs["queryset"] = Group.objects.exclude(pk__in=selectors.scope_groups())
+        return super().formfield_for_manytomany(db_field, request, **kwargs)  # type: ignore[misc]
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        obj = form.instance
+        if change:
+            kept = {
+                "user_permissions": lambda: selectors.scope_permissions().filter(user=obj),
+                "permissions": lambda: selectors.scope_permissions().filter(group=obj),
+                "groups": lambda: selectors.scope_groups().filter(user=obj),
+            }
+            for name, held in kept.items():
+                if name in form.cleaned_data:
+                    form.cleaned_data[name] = [*form.cleaned_data[name], *held()]
+        super().save_related(request, form, formsets, change)  # type: ignore[misc]
+
+
+class AuditedUserAdmin(ScopeGrantGuardMixin, OperatorAuditAdminMixin, UserAdmin):
+    audit_action_prefix = "auth.user"
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Setting a superuser's password or e-mail would be taking over their scope.
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            # A superuser sees every bot and source: only a superuser makes another.
+            fields.append("is_superuser")
+        return fields
+
+    def user_change_password(
+        self, request: HttpRequest, id: str, form_url: str = ""
+    ) -> HttpResponse:
+        """Django's password page, with the change recorded (that it changed, never how)."""
+        with transaction.atomic():
+            response = super().user_change_password(request, id, form_url)
+            if request.method == "POST" and response.status_code == 302:
+                user = self.get_object(request, unquote(id))
+                operator_audit_record(
+                    actor=request.user,
+                    action="auth.user.password_set",
+                    obj=user,
+                    before={"password": "(old)"},
+                    after={"password": "(changed)"},
+                    request_id=request_id_of(request),
+                )
+        return response
+
+    def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
+        data = super().audit_snapshot(obj)
+        if data is not None and "password" in data:
+            data["password"] = "(set)" if data["password"] else ""  # never the hash
+        if data is not None and obj.pk is not None:
+            # Names, not ids, so the entry still reads right after a permission is renamed.
+            data["permission_names"] = _permission_names(
+                obj.user_permissions.select_related("content_type")  # type: ignore[attr-defined]
+            )
+            data["group_names"] = sorted(obj.groups.values_list("name", flat=True))  # type: ignore[attr-defined]
+        return data
+
+
+class AuditedGroupAdmin(ScopeGrantGuardMixin, OperatorAuditAdminMixin, GroupAdmin):
+    audit_action_prefix = "auth.group"
+
+    def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
+        data = super().audit_snapshot(obj)
+        if data is not None and obj.pk is not None:
+            data["permission_names"] = _permission_names(
+                obj.permissions.select_related("content_type")  # type: ignore[attr-defined]
+            )
+        return data
+
+
+admin.site.unregister(User)
+admin.site.register(User, AuditedUserAdmin)
+admin.site.unregister(Group)
+admin.site.register(Group, AuditedGroupAdmin)
