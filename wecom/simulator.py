@@ -22,8 +22,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
-from apps.bots.wecom.crypto import WeComCrypto
-from apps.bots.wecom.messages import MAX_CONTENT_BYTES, split_think
+from wecom.crypto import WeComCrypto
+from wecom.messages import MAX_CONTENT_BYTES, split_think
 
 RESPONSE_URL_PATH = "/cgi-bin/aibot/response"
 # The simulator's own codes. WeCom documents that a response_url works once, but not which
