@@ -147,6 +147,8 @@ class ResponseUrlServer:
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
+        if isinstance(host, bytes):  # typeshed allows bytes (AF_UNIX); an AF_INET server has str
+            host = host.decode()
         return f"http://{host}:{port}"
 
     def url_for(self, key: str) -> str:
