@@ -59,6 +59,7 @@ WORKDIR /app
 COPY manage.py pyproject.toml ./
 COPY wecom_ai ./wecom_ai
 COPY apps ./apps
+COPY wecom ./wecom
 COPY templates ./templates
 COPY static ./static
 COPY locale ./locale

@@ -125,13 +125,6 @@ def archive_bench(*, messages: int, policy_words: int, workdir: Path) -> dict[st
     from django.conf import settings
     from django.utils import timezone
 
-    from apps.audit.archive.testsdk.build import (
-        FIXTURE_ENV,
-        FixtureRecord,
-        build_test_sdk,
-        sdk_settings_for,
-        write_fixture,
-    )
     from apps.audit.models import (
         Action,
         ArchiveKey,
@@ -141,6 +134,13 @@ def archive_bench(*, messages: int, policy_words: int, workdir: Path) -> dict[st
         SensitiveWordList,
     )
     from apps.audit.services.archive import archive_pull
+    from tests.wecomsdk.build import (
+        FIXTURE_ENV,
+        FixtureRecord,
+        build_test_sdk,
+        sdk_settings_for,
+        write_fixture,
+    )
 
     for name, value in sdk_settings_for(build_test_sdk(workdir / "sdk")).items():
         setattr(settings, name, value)

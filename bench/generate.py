@@ -175,7 +175,7 @@ def full_answer(
 
     from apps.bots import selectors
     from apps.bots.models import Turn
-    from apps.bots.wecom.simulator import SimulatorError
+    from wecom.simulator import SimulatorError
 
     try:
         result = simulator.ask(prompt, userid=USERID, chatid=CHATID, timeout=timeout)
@@ -212,7 +212,7 @@ def _service_messages(prompt: str) -> tuple[dict[str, str], ...]:
     """The messages the worker will build for this prompt, from the service's own selector."""
     from apps.bots import selectors
     from apps.bots.models import Bot, Turn
-    from apps.bots.wecom.messages import strip_mention
+    from wecom.messages import strip_mention
 
     bot = Bot.objects.select_related("model_profile").get(slug=BOT_SLUG)
     mention = f"@{bot.name} {prompt}"  # what the simulator sends in a group

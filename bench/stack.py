@@ -356,7 +356,7 @@ class BenchStack:
 
     def simulator(self, **kwargs: Any) -> Any:
         """A WeComSimulator for the bench bot (keyword arguments go to its constructor)."""
-        from apps.bots.wecom.simulator import WeComSimulator
+        from wecom.simulator import WeComSimulator
 
         return WeComSimulator(
             callback_url=self.callback_url,

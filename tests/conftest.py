@@ -295,7 +295,7 @@ def model_profile(db: None):
 @pytest.fixture
 def make_bot(model_profile):
     from apps.bots.models import Bot
-    from apps.bots.wecom.crypto import generate_encoding_aes_key, generate_token
+    from wecom.crypto import generate_encoding_aes_key, generate_token
 
     def make(**fields):
         values = {
@@ -322,7 +322,7 @@ def bot(make_bot):
 
 @pytest.fixture
 def response_server():
-    from apps.bots.wecom.simulator import ResponseUrlServer
+    from wecom.simulator import ResponseUrlServer
 
     with ResponseUrlServer() as server:
         yield server
@@ -330,7 +330,7 @@ def response_server():
 
 @pytest.fixture
 def simulator_for(live_server, response_server):
-    from apps.bots.wecom.simulator import WeComSimulator
+    from wecom.simulator import WeComSimulator
 
     made: list[WeComSimulator] = []
 

@@ -11,7 +11,7 @@ from django.urls import reverse
 from apps.bots.engine.base import EngineLoad
 from apps.bots.model_load import _client, model_load_get, model_load_publish
 from apps.bots.models import Bot, Turn
-from apps.bots.wecom.crypto import generate_encoding_aes_key
+from wecom.crypto import generate_encoding_aes_key
 
 pytestmark = pytest.mark.django_db
 

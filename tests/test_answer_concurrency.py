@@ -14,8 +14,8 @@ import pytest
 
 from apps.bots.model_load import model_load_get
 from apps.bots.models import Turn
-from apps.bots.wecom.simulator import AskResult
 from tests.conftest import turn_terminal
+from wecom.simulator import AskResult
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

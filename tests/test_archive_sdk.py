@@ -14,7 +14,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from apps.audit.archive.decrypt import (
+from tests.wecomsdk.build import (
+    FIXTURE_ENV,
+    MEDIA_PIECE_SIZE,
+    FixtureRecord,
+    build_test_sdk,
+    sdk_settings_for,
+    write_fixture,
+)
+from wecom.archive.decrypt import (
     ArchiveRecordError,
     MalformedArchiveRecord,
     RandomKeyDecryptError,
@@ -24,7 +32,7 @@ from apps.audit.archive.decrypt import (
     parse_archived_message,
     parse_encrypted_record,
 )
-from apps.audit.archive.sdk import (
+from wecom.archive.sdk import (
     ArchiveSdkError,
     FinanceSdk,
     MediaData,
@@ -32,14 +40,6 @@ from apps.audit.archive.sdk import (
     SdkLibraryConfig,
     Slice,
     sdk_library_load,
-)
-from apps.audit.archive.testsdk.build import (
-    FIXTURE_ENV,
-    MEDIA_PIECE_SIZE,
-    FixtureRecord,
-    build_test_sdk,
-    sdk_settings_for,
-    write_fixture,
 )
 
 CORP_ID = "wwarchivetest"

@@ -15,14 +15,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from django.urls import reverse
 from django.utils import timezone
 
-from apps.audit.archive.testsdk.build import (
-    FIXTURE_ENV,
-    FixtureRecord,
-    build_test_sdk,
-    sdk_env_for,
-    sdk_settings_for,
-    write_fixture,
-)
 from apps.audit.models import (
     Action,
     ArchivedMessage,
@@ -41,6 +33,14 @@ from apps.audit.services.archive import (
     archive_quarantine_retry,
 )
 from apps.audit.services.ledger import ledger_verify
+from tests.wecomsdk.build import (
+    FIXTURE_ENV,
+    FixtureRecord,
+    build_test_sdk,
+    sdk_env_for,
+    sdk_settings_for,
+    write_fixture,
+)
 
 pytestmark = pytest.mark.django_db
 

@@ -11,13 +11,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.utils import timezone
 
-from apps.audit.archive.testsdk.build import (
-    FIXTURE_ENV,
-    FixtureRecord,
-    build_test_sdk,
-    sdk_settings_for,
-    write_fixture,
-)
 from apps.audit.models import ArchivedMessage, ArchiveKey, ArchiveSource, AuditPolicy, ReviewCase
 from apps.audit.services import llm_review
 from apps.audit.services.archive import archive_pull
@@ -30,6 +23,13 @@ from apps.audit.services.llm_review import (
 )
 from apps.bots.model_load import model_load_get
 from apps.bots.models import ModelProfile
+from tests.wecomsdk.build import (
+    FIXTURE_ENV,
+    FixtureRecord,
+    build_test_sdk,
+    sdk_settings_for,
+    write_fixture,
+)
 
 pytestmark = pytest.mark.django_db
 

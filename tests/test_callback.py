@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from apps.bots.models import Turn
 from apps.bots.streams import stream_state_get
-from apps.bots.wecom.crypto import WeComCrypto
+from wecom.crypto import WeComCrypto
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from apps.bots.wecom.crypto import generate_encoding_aes_key
 from tests.conftest import BASE_DIR, worker_env
+from wecom.crypto import generate_encoding_aes_key
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

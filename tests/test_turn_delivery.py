@@ -8,7 +8,7 @@ from django.utils import timezone
 from apps.bots import services
 from apps.bots.models import Conversation, Turn
 from apps.bots.streams import StreamState, stream_state_get, stream_state_set
-from apps.bots.wecom.messages import MAX_CONTENT_BYTES
+from wecom.messages import MAX_CONTENT_BYTES
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from wechatpy.crypto import PrpCrypto
 
-from apps.bots.wecom import crypto as crypto_module
-from apps.bots.wecom.crypto import (
+from wecom import crypto as crypto_module
+from wecom.crypto import (
     SignatureError,
     WeComCrypto,
     WeComCryptoError,

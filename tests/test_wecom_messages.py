@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from apps.bots.wecom.messages import (
+from wecom.messages import (
     MAX_CONTENT_BYTES,
     MAX_TEXT_CHARS,
     InboundEvent,

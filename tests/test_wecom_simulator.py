@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from apps.bots.wecom.crypto import SignatureError, WeComCrypto, WeComCryptoError
-from apps.bots.wecom.messages import (
+from wecom.crypto import SignatureError, WeComCrypto, WeComCryptoError
+from wecom.messages import (
     InboundEvent,
     InboundMessage,
     StreamRefresh,
@@ -23,8 +23,8 @@ from apps.bots.wecom.messages import (
     stream_reply,
     strip_mention,
 )
-from apps.bots.wecom.outbound import ResponseUrlError, ResponseUrlPolicy, post_response_url
-from apps.bots.wecom.simulator import (
+from wecom.outbound import ResponseUrlError, ResponseUrlPolicy, post_response_url
+from wecom.simulator import (
     RESPONSE_URL_USED_ERRCODE,
     AskResult,
     ResponseUrlServer,

@@ -9,7 +9,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from apps.bots.models import Bot, ModelProfile
-from apps.bots.wecom.crypto import validate_encoding_aes_key
+from wecom.crypto import validate_encoding_aes_key
 
 GGUF_MAGIC = b"GGUF"
 

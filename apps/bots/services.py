@@ -44,7 +44,14 @@ from apps.bots.streams import (
     stream_state_get,
     stream_state_set,
 )
-from apps.bots.wecom.messages import (
+from apps.knowledge.services.audience import chat_readers
+from apps.knowledge.services.retrieval import (
+    Hit,
+    knowledge_retrieve,
+    prompt_with_passages,
+    sources_footer,
+)
+from wecom.messages import (
     MAX_CONTENT_BYTES,
     InboundEvent,
     InboundMessage,
@@ -54,19 +61,12 @@ from apps.bots.wecom.messages import (
     strip_mention,
     text_reply,
 )
-from apps.bots.wecom.outbound import (
+from wecom.outbound import (
     ResponseUrlError,
     ResponseUrlPolicy,
     ResponseUrlRefused,
     post_response_url,
     response_url_check,
-)
-from apps.knowledge.services.audience import chat_readers
-from apps.knowledge.services.retrieval import (
-    Hit,
-    knowledge_retrieve,
-    prompt_with_passages,
-    sources_footer,
 )
 
 logger = logging.getLogger(__name__)

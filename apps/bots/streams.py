@@ -131,7 +131,7 @@ class StreamFlusher:
             self._stop.wait(self.interval)
 
     def _write(self, content: str) -> None:
-        from apps.bots.wecom.messages import MAX_CONTENT_BYTES, split_at_boundary
+        from wecom.messages import MAX_CONTENT_BYTES, split_at_boundary
 
         try:
             with self._lock:

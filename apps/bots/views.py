@@ -20,8 +20,8 @@ from django.views.decorators.csrf import csrf_exempt
 from apps.bots import services
 from apps.bots.fields import is_undecryptable
 from apps.bots.models import Bot
-from apps.bots.wecom.crypto import SignatureError, WeComCrypto, WeComCryptoError
-from apps.bots.wecom.messages import MalformedMessage, parse_callback
+from wecom.crypto import SignatureError, WeComCrypto, WeComCryptoError
+from wecom.messages import MalformedMessage, parse_callback
 
 logger = logging.getLogger(__name__)
 

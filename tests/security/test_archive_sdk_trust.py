@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
-from apps.audit.archive.sdk import SdkLibraryConfig, SdkLibraryRefused, sdk_library_load
 from apps.audit.models import ArchiveSource
 from apps.audit.services.archive import archive_pull
+from wecom.archive.sdk import SdkLibraryConfig, SdkLibraryRefused, sdk_library_load
 
 # A library whose constructor leaves a trace: loading it at all is code execution.
 CONSTRUCTOR_SOURCE = r"""
@@ -143,7 +143,7 @@ def test_a_second_library_is_not_mistaken_for_the_first(planted_library, tmp_pat
     with pytest.raises(OSError, match="does not export"):
         sdk_library_load(_config(library))
     # ... a different one loaded afterwards through a reused descriptor number is itself
-    from apps.audit.archive.testsdk.build import build_test_sdk
+    from tests.wecomsdk.build import build_test_sdk
 
     real = build_test_sdk(tmp_path / "sdk")
     loaded = sdk_library_load(_config(real))

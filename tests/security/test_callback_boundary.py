@@ -15,7 +15,7 @@ from django.conf import settings
 from apps.audit.models import Action, AuditPolicy, PolicyWordList, SensitiveWordList
 from apps.bots.models import Conversation, Turn
 from apps.bots.streams import StreamState, stream_state_set
-from apps.bots.wecom.messages import MAX_CONTENT_BYTES
+from wecom.messages import MAX_CONTENT_BYTES
 
 # --- item 8: body size, at the ASGI layer the product runs (uvicorn → wecom_ai.asgi) --------
 

@@ -25,7 +25,7 @@ from apps.audit.services.retention import retention_purge
 from apps.bots import services
 from apps.bots.models import Conversation, Turn
 from apps.bots.streams import StreamState, stream_state_set
-from apps.bots.wecom import outbound
+from wecom import outbound
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -29,15 +29,6 @@ from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from apps.audit import selectors
-from apps.audit.archive.decrypt import ArchivedMessage as DecryptedMessage
-from apps.audit.archive.decrypt import ArchiveRecordError, open_record
-from apps.audit.archive.sdk import (
-    BINDING_ERROR,
-    ArchiveSdkError,
-    FinanceSdk,
-    SdkLibraryConfig,
-    sdk_library_load,
-)
 from apps.audit.models import (
     ArchivedMessage,
     ArchiveQuarantine,
@@ -54,6 +45,15 @@ from apps.audit.services.ledger import (
 from apps.audit.services.policy import PolicyDecision, policy_evaluate
 from apps.audit.services.review import review_cases_open_for_message
 from apps.bots.fields import is_undecryptable
+from wecom.archive.decrypt import ArchivedMessage as DecryptedMessage
+from wecom.archive.decrypt import ArchiveRecordError, open_record
+from wecom.archive.sdk import (
+    BINDING_ERROR,
+    ArchiveSdkError,
+    FinanceSdk,
+    SdkLibraryConfig,
+    sdk_library_load,
+)
 
 logger = logging.getLogger(__name__)
 

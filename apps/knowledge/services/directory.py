@@ -1,111 +1,28 @@
 """The employee directory that audiences are checked against: manual edits and WeCom sync.
 
 `directory_sync` reads WeCom's contact API (`/cgi-bin/gettoken`, `/cgi-bin/department/list`,
-`/cgi-bin/user/list`) under `settings.WECOM_API_BASE`. An employee's departments are stored
-as names *and* ids, each with its parent departments, so an audience naming a department
-also admits the people in its sub-departments.
+`/cgi-bin/user/list`) under `settings.WECOM_API_BASE` with the Django-free
+`wecom.contacts.ContactClient`, its token kept in Django's cache. An employee's departments
+are stored as names *and* ids, each with its parent departments, so an audience naming a
+department also admits the people in its sub-departments.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
 from apps.knowledge.models import DirectoryUser
+from wecom.contacts import ContactClient
 
 logger = logging.getLogger(__name__)
-
-# errcodes meaning the access token is invalid (40014) or expired (42001): fetch a new one.
-TOKEN_ERRCODES = frozenset({40014, 42001})
-# WeCom tokens live 7200 s; renew a little early so a request never carries a dying one.
-_TOKEN_SAFETY_SECONDS = 300
-
-
-class WeComApiError(Exception):
-    """WeCom answered with a non-zero errcode, or not with JSON at all."""
-
-    def __init__(self, errcode: int, errmsg: str) -> None:
-        super().__init__(errcode, errmsg)
-        self.errcode = errcode
-        self.errmsg = errmsg
-
-    def __str__(self) -> str:
-        return f"WeCom API error {self.errcode}: {self.errmsg}"
-
-
-class ContactClient:
-    """A minimal client for WeCom's contact API with the access token kept in Django's cache."""
-
-    def __init__(
-        self,
-        *,
-        corp_id: str,
-        secret: str,
-        base_url: str,
-        http: httpx.Client | None = None,
-    ) -> None:
-        if not corp_id or not secret:
-            raise WeComApiError(-1, "WECOM_CORP_ID and WECOM_CONTACT_SECRET must be set")
-        self.corp_id = corp_id
-        self._secret = secret
-        self.base_url = base_url.rstrip("/")
-        self._http = http or httpx.Client(timeout=10.0, trust_env=False)
-        secret_hash = hashlib.sha256(secret.encode()).hexdigest()[:16]
-        self._token_key = f"wecom:contact-token:{corp_id}:{secret_hash}"
-
-    def close(self) -> None:
-        self._http.close()
-
-    def departments(self) -> list[dict[str, Any]]:
-        return list(self._get("/cgi-bin/department/list", {}).get("department", []))
-
-    def users(self, *, department_id: int) -> list[dict[str, Any]]:
-        data = self._get("/cgi-bin/user/list", {"department_id": department_id})
-        return list(data.get("userlist", []))
-
-    def access_token(self, *, refresh: bool = False) -> str:
-        token = None if refresh else cache.get(self._token_key)
-        if token:
-            return str(token)
-        data = self._request(
-            "/cgi-bin/gettoken", {"corpid": self.corp_id, "corpsecret": self._secret}
-        )
-        token = str(data["access_token"])
-        lifetime = int(data.get("expires_in", 7200)) - _TOKEN_SAFETY_SECONDS
-        cache.set(self._token_key, token, timeout=max(lifetime, 60))
-        return token
-
-    def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return self._request(path, {**params, "access_token": self.access_token()})
-        except WeComApiError as exc:
-            if exc.errcode not in TOKEN_ERRCODES:
-                raise
-            logger.info("WeCom access token rejected (%s); fetching a new one", exc.errcode)
-            token = self.access_token(refresh=True)
-            return self._request(path, {**params, "access_token": token})
-
-    def _request(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
-        response = self._http.get(self.base_url + path, params=params)
-        try:
-            data = response.json()
-        except ValueError:
-            raise WeComApiError(
-                -1, f"HTTP {response.status_code} from {path} was not JSON"
-            ) from None
-        errcode = int(data.get("errcode", 0))
-        if errcode != 0:
-            raise WeComApiError(errcode, str(data.get("errmsg", "")))
-        return data
 
 
 def contact_client_from_settings() -> ContactClient:
@@ -114,6 +31,7 @@ def contact_client_from_settings() -> ContactClient:
         corp_id=_configured("WECOM_CORP_ID"),
         secret=_configured("WECOM_CONTACT_SECRET"),
         base_url=settings.WECOM_API_BASE,
+        token_cache=cache,
     )
 
 

@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from apps.bots.models import Bot, ModelProfile
-from apps.bots.wecom.crypto import (
+from wecom.crypto import (
     generate_encoding_aes_key,
     generate_token,
     validate_encoding_aes_key,

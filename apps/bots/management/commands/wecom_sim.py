@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.translation import gettext as _
 
 from apps.bots.models import Bot
-from apps.bots.wecom.simulator import ResponseUrlServer, SimulatorError, WeComSimulator
+from wecom.simulator import ResponseUrlServer, SimulatorError, WeComSimulator
 
 
 class Command(BaseCommand):

@@ -115,7 +115,7 @@ class WeComCrypto:
         """sha1 over the sorted concatenation of token, timestamp, nonce and ciphertext."""
         signer = WeChatSigner()
         signer.add_data(self._token, timestamp, nonce, encrypt)
-        return signer.signature
+        return str(signer.signature)
 
     def check_signature(self, msg_signature: str, timestamp: str, nonce: str, encrypt: str) -> None:
         """Raise SignatureError unless msg_signature matches; compared in constant time."""

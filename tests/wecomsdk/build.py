@@ -63,7 +63,7 @@ def build_test_sdk(out_dir: Path) -> Path:
     os.close(fd)
     try:
         argv = [compiler, *CFLAGS, "-o", partial, str(SOURCE)]
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"building the test SDK failed:\n{result.stderr}")
         os.replace(partial, target)  # atomic, so parallel test workers never see half a file

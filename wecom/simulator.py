@@ -22,8 +22,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
-from apps.bots.wecom.crypto import WeComCrypto
-from apps.bots.wecom.messages import MAX_CONTENT_BYTES, split_think
+from wecom.crypto import WeComCrypto
+from wecom.messages import MAX_CONTENT_BYTES, split_think
 
 RESPONSE_URL_PATH = "/cgi-bin/aibot/response"
 # The simulator's own codes. WeCom documents that a response_url works once, but not which
@@ -147,6 +147,8 @@ class ResponseUrlServer:
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
+        if isinstance(host, bytes):  # typeshed allows bytes (AF_UNIX); an AF_INET server has str
+            host = host.decode()
         return f"http://{host}:{port}"
 
     def url_for(self, key: str) -> str:

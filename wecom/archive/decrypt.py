@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 if TYPE_CHECKING:
-    from apps.audit.archive.sdk import FinanceSdk
+    from wecom.archive.sdk import FinanceSdk
 
 __all__ = [
     "MEDIA_MSGTYPES",
@@ -257,7 +257,7 @@ def open_record(
     """Validate, unwrap, decrypt and parse one ``chatdata`` item.
 
     Raises :class:`ArchiveRecordError` subclasses for problems with this record alone and
-    :class:`~apps.audit.archive.sdk.ArchiveSdkError` when the SDK refuses to decrypt.
+    :class:`~wecom.archive.sdk.ArchiveSdkError` when the SDK refuses to decrypt.
     """
     record = parse_encrypted_record(item)
     random_key = decrypt_random_key(

@@ -3,7 +3,7 @@
 Plain Python without Django, so the pull service and its tests can use it directly.
 """
 
-from apps.audit.archive.decrypt import (
+from wecom.archive.decrypt import (
     ArchivedMessage,
     ArchiveRecordError,
     MalformedArchiveRecord,
@@ -13,7 +13,7 @@ from apps.audit.archive.decrypt import (
     open_record,
     parse_archived_message,
 )
-from apps.audit.archive.sdk import ArchiveSdkError, FinanceSdk
+from wecom.archive.sdk import ArchiveSdkError, FinanceSdk
 
 __all__ = [
     "ArchiveRecordError",

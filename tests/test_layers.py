@@ -1,0 +1,166 @@
+"""The layers hold: the `wecom/` protocol package imports no Django and nothing of the
+project, and the test-only SDK stand-in does not ship with the production packages.
+
+Two independent checks on `wecom/`, because each misses what the other sees: importing
+every module in a fresh interpreter catches Django pulled in through a third-party
+dependency; reading the source catches an import that only runs inside a function.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+WECOM_DIR = BASE_DIR / "wecom"
+
+# Top-level packages `wecom/` must never import: Django and what builds on it, and the
+# project's own Django side.
+FORBIDDEN_ROOTS = frozenset(
+    {"django", "rest_framework", "channels", "celery", "guardian", "apps", "wecom_ai", "tests"}
+)
+
+
+def _wecom_modules() -> list[str]:
+    modules = []
+    for path in sorted(WECOM_DIR.rglob("*.py")):
+        parts = path.relative_to(BASE_DIR).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules.append(".".join(parts))
+    return modules
+
+
+def _is_import_call(func: ast.expr) -> bool:
+    if isinstance(func, ast.Name):
+        return func.id in {"__import__", "import_module"}
+    return isinstance(func, ast.Attribute) and func.attr == "import_module"
+
+
+def forbidden_imports(source: str, *, filename: str = "<source>") -> list[str]:
+    """Every `import X` / `from X import …` / `import_module("X")` naming a forbidden root,
+    wherever it appears (module level, inside functions, under TYPE_CHECKING)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                (
+                    isinstance(node.func, ast.Name)
+                    and node.func.id in {"__import__", "import_module"}
+                )
+                or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+            )
+        ):
+            names = [node.args[0].value]
+        found += [
+            f"{filename}:{node.lineno}: {name}"
+            for name in names
+            if name.split(".")[0] in FORBIDDEN_ROOTS
+        ]
+    return found
+
+
+def test_the_wecom_package_has_modules_to_check():
+    modules = _wecom_modules()
+    for expected in (
+        "wecom.crypto",
+        "wecom.messages",
+        "wecom.outbound",
+        "wecom.simulator",
+        "wecom.contacts",
+        "wecom.archive.sdk",
+        "wecom.archive.decrypt",
+    ):
+        assert expected in modules
+
+
+@pytest.mark.parametrize("module", _wecom_modules())
+def test_wecom_module_imports_without_django(module):
+    # Given a fresh interpreter without DJANGO_SETTINGS_MODULE
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    code = (
+        f"import sys, {module}\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{sorted(FORBIDDEN_ROOTS)!r})\n"
+        "assert not bad, bad\n"
+    )
+    # When only that module is imported
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # Then it imports, and neither Django nor the project's Django side came with it
+    assert result.returncode == 0, result.stderr
+
+
+def test_wecom_source_names_no_django_or_project_import():
+    violations: list[str] = []
+    for path in sorted(WECOM_DIR.rglob("*.py")):
+        relative = str(path.relative_to(BASE_DIR))
+        violations += forbidden_imports(path.read_text(encoding="utf-8"), filename=relative)
+    assert violations == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from django.conf import settings",
+        "import django.db",
+        "def f():\n    from apps.bots.models import Bot",
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import wecom_ai.settings",
+        "import importlib\nimportlib.import_module('django.core.cache')",
+        "from rest_framework import serializers",
+    ],
+)
+def test_the_source_check_sees_each_kind_of_forbidden_import(source):
+    assert forbidden_imports(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import httpx",
+        "from wecom.crypto import WeComCrypto",
+        "from . import crypto",
+        "import djangoish",
+    ],
+)
+def test_the_source_check_lets_allowed_imports_pass(source):
+    assert forbidden_imports(source) == []
+
+
+def test_test_sdk_stand_in_ships_in_no_production_package():
+    # The C stand-in of the vendor SDK and its builder live under tests/ only.
+    for package in ("apps", "wecom", "wecom_ai"):
+        shipped = [
+            str(path.relative_to(BASE_DIR))
+            for path in (BASE_DIR / package).rglob("*")
+            if path.suffix in {".c", ".h", ".so"} or "testsdk" in path.parts
+        ]
+        assert shipped == []
+    assert (BASE_DIR / "tests" / "wecomsdk" / "finance_sdk_test.c").is_file()
+
+
+@pytest.mark.parametrize("old", ["apps.bots.wecom", "apps.audit.archive"])
+def test_old_protocol_paths_are_gone(old):
+    assert importlib.util.find_spec(old) is None
