@@ -46,6 +46,8 @@ RUN CMAKE_ARGS="${CMAKE_ARGS}" pip wheel --no-deps -w /wheels "llama-cpp-python=
     && pip install --no-deps /wheels/*.whl \
     && rm -rf /wheels
 
+# The runtime pins only: requirements-dev.txt (pytest, ruff, test-document writers, benchmark
+# tools) never enters the image.
 COPY requirements.txt /app/requirements.txt
 RUN pip install -r /app/requirements.txt
 

@@ -1,5 +1,6 @@
-# Two commands on a fresh machine: `make run` (the product) and `make test` (the suite).
-# Both bootstrap the virtualenv, the pinned requirements and the default model.
+# Two commands on a fresh machine: `make run` (the product) and `make test` (the suite;
+# `make test-fast` for the inner loop). All bootstrap the virtualenv, the pinned requirements
+# (runtime and dev) and the default model.
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,16 +17,23 @@ WHEEL_CACHE ?= $(HOME)/.cache/wecom-ai/wheels
 LLAMA_WHEELS := $(WHEEL_CACHE)/llama-$(LLAMA_VERSION)-$(shell printf '%s' '$(CMAKE_ARGS)' | sha256sum | cut -c1-12)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint bootstrap model messages stop clean-data bench
+.PHONY: run test test-fast lint bootstrap model messages stop clean-data bench
 
 run: bootstrap
 	$(PY) -m wecom_ai.runner
 
+# Everything: real worker processes, uvicorn, the live server (README, "Development").
 test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	DJANGO_ENV=test $(PY) -m wecom_ai.embedded with sh -c '\
 		$(PY) manage.py makemigrations --check --dry-run && $(PY) -m pytest $(PYTEST_ARGS)'
+
+# The tests that start no process and no live server (not marked `slow`).
+test-fast: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	DJANGO_ENV=test $(PY) -m wecom_ai.embedded with $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check --fix .
@@ -33,13 +41,13 @@ lint: bootstrap
 
 bootstrap: $(VENV)/.installed $(MODEL) locale/zh_Hans/LC_MESSAGES/django.mo
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==25.3
 	ls $(LLAMA_WHEELS)/*.whl >/dev/null 2>&1 || CMAKE_ARGS='$(CMAKE_ARGS)' \
 		$(PY) -m pip wheel --no-deps --no-cache-dir -w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION)
 	$(PY) -m pip install --no-deps --force-reinstall $(LLAMA_WHEELS)/*.whl
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
 $(MODEL): | $(VENV)/.installed

@@ -376,3 +376,93 @@ def asgi_server() -> Iterator[str]:
     yield base
     process.terminate()
     process.wait(timeout=20)
+
+
+# --- lanes: `make test-fast` runs every test not marked slow ---------------------------------
+
+# Fixtures that start a process or serve the app on a live port. A test whose fixture closure
+# reaches one of them is slow, however it got there (`simulator_for` through `live_server`,
+# module fixtures through `start_worker`); tests that spawn a process themselves carry an
+# explicit `@pytest.mark.slow`.
+PROCESS_FIXTURES = frozenset({"start_worker", "asgi_server", "live_server"})
+
+# Short-lived build tools a fast test may still run: the C compiler that builds the archive
+# SDK stand-in and the test libraries (a fraction of a second, needed by `make` anyway).
+BUILD_TOOLS = frozenset({"cc", "gcc", "clang", Path(os.environ.get("CC", "cc")).name})
+
+
+class ProcessInFastTest(AssertionError):
+    """A test outside the slow lane started a process: mark it (or its fixture) slow."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark slow before `-m "not slow"` deselects, so the fast lane never sees these tests."""
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@contextlib.contextmanager
+def process_guard() -> Iterator[list[str]]:
+    """Refuse (and record) any process started inside the block, build tools aside.
+
+    Recorded as well as raised: code under test may swallow the exception, the record
+    still fails the test. Yields the list of refused commands.
+    """
+    refused: list[str] = []
+    execute_child = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+    fork, posix_spawn, posix_spawnp = os.fork, os.posix_spawn, os.posix_spawnp
+
+    def refuse(what: str) -> ProcessInFastTest:
+        refused.append(what)
+        return ProcessInFastTest(f"a test not marked slow started a process: {what}")
+
+    def guarded_execute_child(self, args, executable, *rest, **kwargs):  # type: ignore[no-untyped-def]
+        argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+        if Path(os.fsdecode(executable or argv[0])).name not in BUILD_TOOLS:
+            raise refuse(" ".join(map(os.fsdecode, argv)))
+        return execute_child(self, args, executable, *rest, **kwargs)
+
+    def guarded(name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            raise refuse(f"os.{name}")
+
+        return call
+
+    subprocess.Popen._execute_child = guarded_execute_child  # type: ignore[attr-defined]
+    os.fork, os.posix_spawn, os.posix_spawnp = (
+        guarded("fork"), guarded("posix_spawn"), guarded("posix_spawnp")
+    )  # fmt: skip
+    try:
+        yield refused
+    finally:
+        subprocess.Popen._execute_child = execute_child  # type: ignore[attr-defined]
+        os.fork, os.posix_spawn, os.posix_spawnp = fork, posix_spawn, posix_spawnp
+
+
+def _guarded_phase(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("slow"):
+        return (yield)
+    with process_guard() as refused:
+        result = yield
+    if refused:
+        raise ProcessInFastTest(
+            f"{item.nodeid} is not marked slow but started: {'; '.join(refused)}"
+        )
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded_phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded_phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    return (yield from _guarded_phase(item))

@@ -417,6 +417,7 @@ def test_registry_does_not_cache_failed_loads(tmp_path: Path, clean_registry: No
     assert registry.loaded_specs() == []
 
 
+@pytest.mark.slow  # forks the test process
 def test_forked_child_loads_its_own_engine(spec: ModelSpec, clean_registry: None) -> None:
     # Given an engine loaded in this (parent) process. One thread: this pytest process has
     # already run OpenMP parallel regions, which libgomp cannot run again in a forked child.

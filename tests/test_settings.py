@@ -13,6 +13,9 @@ from django.conf import settings as django_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# Every test runs `manage.py` in a child process.
+pytestmark = pytest.mark.slow
+
 
 def _production_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "PYTEST_VERSION"}}

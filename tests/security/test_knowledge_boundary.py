@@ -376,6 +376,7 @@ def test_ingest_task_has_time_limits_and_a_timed_out_run_fails_the_document(
     assert document.error_code == "too_large" and "longer than" in document.error_message
 
 
+@pytest.mark.slow  # a child Python process
 def test_ingest_task_caps_its_process_memory(db) -> None:
     # In a child process (the cap would stay on the test process): the task sets
     # RLIMIT_DATA, and an allocation past it is a MemoryError, not the host's memory
