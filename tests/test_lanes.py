@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from apps.audit.archive.testsdk.build import build_test_sdk
 from tests.conftest import (
     PROCESS_FIXTURES,
     ProcessInFastTest,
     process_guard,
     pytest_collection_modifyitems,
 )
+from tests.wecomsdk.build import build_test_sdk
 
 
 class _Item:

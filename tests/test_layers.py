@@ -89,6 +89,7 @@ def test_the_wecom_package_has_modules_to_check():
         assert expected in modules
 
 
+@pytest.mark.slow  # a fresh interpreter per module
 @pytest.mark.parametrize("module", _wecom_modules())
 def test_wecom_module_imports_without_django(module):
     # Given a fresh interpreter without DJANGO_SETTINGS_MODULE
