@@ -26,6 +26,7 @@ run: bootstrap
 test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	DJANGO_ENV=test $(PY) -m wecom_ai.embedded with sh -c '\
 		$(PY) manage.py makemigrations --check --dry-run && $(PY) -m pytest $(PYTEST_ARGS)'
 
@@ -33,6 +34,7 @@ test: bootstrap
 test-fast: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	DJANGO_ENV=test $(PY) -m wecom_ai.embedded with $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: bootstrap
