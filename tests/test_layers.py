@@ -13,6 +13,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,16 +44,26 @@ def _is_import_call(func: ast.expr) -> bool:
     return isinstance(func, ast.Attribute) and func.attr == "import_module"
 
 
-def forbidden_imports(source: str, *, filename: str = "<source>") -> list[str]:
-    """Every `import X` / `from X import …` / `import_module("X")` naming a forbidden root,
-    wherever it appears (module level, inside functions, under TYPE_CHECKING)."""
+def _is_wecom_forbidden(name: str) -> bool:
+    return name.split(".")[0] in FORBIDDEN_ROOTS
+
+
+def forbidden_imports(
+    source: str,
+    *,
+    filename: str = "<source>",
+    is_forbidden: Callable[[str], bool] = _is_wecom_forbidden,
+) -> list[str]:
+    """Every `import X` / `from X import …` / `import_module("X")` naming a forbidden module,
+    wherever it appears (module level, inside functions, under TYPE_CHECKING); `from X
+    import y` is checked as both `X` and `X.y`, so `from apps import bots` is seen too."""
     found: list[str] = []
     for node in ast.walk(ast.parse(source, filename=filename)):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         elif (
             isinstance(node, ast.Call)
             and node.args
@@ -67,11 +78,7 @@ def forbidden_imports(source: str, *, filename: str = "<source>") -> list[str]:
             )
         ):
             names = [node.args[0].value]
-        found += [
-            f"{filename}:{node.lineno}: {name}"
-            for name in names
-            if name.split(".")[0] in FORBIDDEN_ROOTS
-        ]
+        found += [f"{filename}:{node.lineno}: {name}" for name in names if is_forbidden(name)]
     return found
 
 
@@ -165,3 +172,46 @@ def test_test_sdk_stand_in_ships_in_no_production_package():
 @pytest.mark.parametrize("old", ["apps.bots.wecom", "apps.audit.archive"])
 def test_old_protocol_paths_are_gone(old):
     assert importlib.util.find_spec(old) is None
+
+
+CORE_DIR = BASE_DIR / "apps" / "core"
+# The kernel sits below every domain app: it may import Django and `wecom/`, never them.
+DOMAIN_APPS = ("apps.bots", "apps.knowledge", "apps.audit")
+
+
+def _is_domain_app(name: str) -> bool:
+    return any(name == app or name.startswith(f"{app}.") for app in DOMAIN_APPS)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from apps.bots.models import Bot",
+        "import apps.audit.services",
+        "from apps import knowledge",
+        "def f():\n    from apps.audit.models import AccessLog",
+    ],
+)
+def test_the_core_check_sees_a_domain_app_import(source):
+    assert forbidden_imports(source, is_forbidden=_is_domain_app)
+
+
+@pytest.mark.parametrize(
+    "source", ["from apps.core.fields import EncryptedTextField", "from django.db import models"]
+)
+def test_the_core_check_lets_kernel_and_django_imports_pass(source):
+    assert forbidden_imports(source, is_forbidden=_is_domain_app) == []
+
+
+def test_core_imports_no_domain_app():
+    # Given every module of the kernel app
+    paths = sorted(CORE_DIR.rglob("*.py"))
+    assert CORE_DIR / "fields.py" in paths and CORE_DIR / "admin.py" in paths
+    # When their sources are read
+    violations: list[str] = []
+    for path in paths:
+        relative = str(path.relative_to(BASE_DIR))
+        source = path.read_text(encoding="utf-8")
+        violations += forbidden_imports(source, filename=relative, is_forbidden=_is_domain_app)
+    # Then none of them imports a domain app: the dependencies point down to the kernel
+    assert violations == []

@@ -7,8 +7,8 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 from django.db import connection
 
-from apps.bots import fields
 from apps.bots.models import Bot
+from apps.core import fields
 
 pytestmark = pytest.mark.django_db
 
@@ -62,3 +62,13 @@ def test_callback_with_undecryptable_credentials_is_503_not_500(bot, live_server
         trust_env=False,
     )
     assert (response.status_code, response.text) == (503, "bot misconfigured")
+
+
+def test_encrypted_field_lives_in_the_kernel_and_old_migrations_still_resolve():
+    # Given the landed migrations, which name the field as `apps.bots.fields.…`
+    from apps.bots import fields as migration_path
+
+    # Then that path resolves to the kernel's class, and new migrations name the kernel
+    assert migration_path.EncryptedTextField is fields.EncryptedTextField
+    path, _args, _kwargs = fields.EncryptedTextField().deconstruct()[1:]
+    assert path == "apps.core.fields.EncryptedTextField"

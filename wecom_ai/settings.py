@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "guardian",
+    "apps.core",
     "apps.bots",
     "apps.knowledge",
     "apps.audit",

@@ -9,23 +9,11 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit import selectors
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin
-from apps.bots.fields import is_undecryptable
 from apps.bots.forms import BotForm, ModelProfileForm
 from apps.bots.model_load import model_load_get
 from apps.bots.models import Bot, Conversation, ModelProfile, Turn
-
-
-class ReadOnlyAdminMixin:
-    """Transcripts are records, not documents: nobody edits or deletes them in the admin."""
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
+from apps.core.admin import ReadOnlyAdminMixin
+from apps.core.fields import is_undecryptable
 
 
 @admin.register(ModelProfile)

@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
 from apps.bots.engine.base import ModelSpec, SamplingParams
-from apps.bots.fields import EncryptedTextField
+from apps.core.fields import EncryptedTextField
 
 # llama.cpp caps the sequences of one context (LLAMA_MAX_SEQ = 256); stay well inside it.
 MAX_SLOTS = 64

@@ -29,7 +29,7 @@ from apps.audit.services.policy import policy_evaluate, policy_stream_guard
 from apps.audit.services.review import review_cases_open_for_turn
 from apps.bots import selectors
 from apps.bots.engine.base import ChatRequest, Engine, EngineError, Generation
-from apps.bots.engine.think import ThinkSplitter, wecom_stream_content
+from apps.bots.engine.think import ThinkSplitter
 from apps.bots.model_load import profile_engine
 from apps.bots.models import Bot, Conversation, ModelProfile, Turn
 from apps.bots.ratelimit import rate_limit_exceeded
@@ -51,6 +51,7 @@ from apps.knowledge.services.retrieval import (
     prompt_with_passages,
     sources_footer,
 )
+from wecom.display import wecom_stream_content
 from wecom.messages import (
     MAX_CONTENT_BYTES,
     InboundEvent,

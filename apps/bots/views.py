@@ -18,8 +18,8 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.bots import services
-from apps.bots.fields import is_undecryptable
 from apps.bots.models import Bot
+from apps.core.fields import is_undecryptable
 from wecom.crypto import SignatureError, WeComCrypto, WeComCryptoError
 from wecom.messages import MalformedMessage, parse_callback
 

@@ -25,7 +25,7 @@ from apps.audit.admin.mixins import (
 from apps.audit.forms import ArchiveKeyForm, ArchiveSourceForm
 from apps.audit.models import ArchivedMessage, ArchiveKey, ArchiveQuarantine, ArchiveSource
 from apps.audit.services.operator_audit import model_snapshot
-from apps.bots.fields import is_undecryptable
+from apps.core.fields import is_undecryptable
 
 
 class ArchiveKeyInline(admin.TabularInline):

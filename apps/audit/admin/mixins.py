@@ -1,4 +1,8 @@
-"""Admin pieces shared by every app: read-only evidence, operator audit, access reasons."""
+"""Admin mixins that write audit rows: operator audit and access reasons.
+
+The generic read-only mixin and helpers live in `apps.core.admin`; they are re-exported here
+so the audit admin modules keep one import line.
+"""
 
 from __future__ import annotations
 
@@ -18,27 +22,15 @@ from apps.audit.forms import AccessReasonForm
 from apps.audit.models import AccessLog
 from apps.audit.services.access import access_log_record, access_log_record_many
 from apps.audit.services.operator_audit import model_snapshot, operator_audit_record
+from apps.core.admin import ReadOnlyAdminMixin, request_id_of, shorten
 
-
-def request_id_of(request: HttpRequest) -> str:
-    return getattr(request, "request_id", "")
-
-
-def shorten(text: str, length: int = 60) -> str:
-    return text if len(text) <= length else text[:length] + "…"
-
-
-class ReadOnlyAdminMixin:
-    """Audit records are evidence: nobody adds, edits or deletes them in the admin."""
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
+__all__ = [
+    "AccessReasonAdminMixin",
+    "OperatorAuditAdminMixin",
+    "ReadOnlyAdminMixin",
+    "request_id_of",
+    "shorten",
+]
 
 
 class OperatorAuditAdminMixin:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 
-from apps.audit.admin.mixins import ReadOnlyAdminMixin, shorten
 from apps.audit.models import AccessLog, LedgerCheckpoint, LedgerEntry, OperatorAuditEntry
+from apps.core.admin import ReadOnlyAdminMixin, shorten
 
 
 @admin.register(LedgerEntry)

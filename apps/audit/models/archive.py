@@ -9,7 +9,7 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit.models.policy import Action
-from apps.bots.fields import EncryptedTextField
+from apps.core.fields import EncryptedTextField
 
 
 class ArchiveSource(models.Model):

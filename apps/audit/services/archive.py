@@ -25,7 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
-from django.utils import timezone, translation
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from apps.audit import selectors
@@ -44,7 +44,8 @@ from apps.audit.services.ledger import (
 )
 from apps.audit.services.policy import PolicyDecision, policy_evaluate
 from apps.audit.services.review import review_cases_open_for_message
-from apps.bots.fields import is_undecryptable
+from apps.core.fields import is_undecryptable
+from apps.core.language import deployment_language
 from wecom.archive.decrypt import ArchivedMessage as DecryptedMessage
 from wecom.archive.decrypt import ArchiveRecordError, open_record
 from wecom.archive.sdk import (
@@ -120,16 +121,11 @@ def _pull_lock(source_id: int) -> Iterator[bool]:
                 )
 
 
-def _stored_language() -> translation.override:
-    """Status texts are saved for every admin to read: in the deployment's language."""
-    return translation.override(settings.LANGUAGE_CODE)
-
-
 def _private_keys(source: ArchiveSource, result: ArchivePullResult) -> dict[int, str]:
     keys = {}
     for key in source.keys.all():
         if is_undecryptable(key.private_key):
-            with _stored_language():
+            with deployment_language():
                 warning = _(
                     "the private key of publickey_ver=%(version)s cannot be decrypted "
                     "with FIELD_ENCRYPTION_KEYS"
@@ -521,7 +517,7 @@ def archive_pull(*, source_id: int, max_batches: int | None = None) -> ArchivePu
             result.error, result.error_code, result.retryable = str(exc), exc.code, exc.retryable
         except (OSError, DatabaseError) as exc:
             result.error, result.retryable = f"{type(exc).__name__}: {exc}", True
-        with _stored_language():
+        with deployment_language():
             _health_record(source, result, oldest_seen=oldest_seen)
     return result
 
@@ -645,7 +641,7 @@ def archive_gap_check(*, now: dt.datetime | None = None) -> list[ArchiveSource]:
     )
     for source in late:
         since = source.last_success_at or source.created_at
-        with _stored_language():
+        with deployment_language():
             if source.last_success_at:
                 what = _(
                     "no successful pull since %(time)s UTC; WeCom deletes records after 5 days"

@@ -17,7 +17,7 @@ from django.db.models import Model
 
 from apps.audit.models import OperatorAuditEntry
 from apps.audit.services.ledger import content_fingerprint
-from apps.bots.fields import EncryptedTextField, is_undecryptable
+from apps.core.fields import EncryptedTextField, is_undecryptable
 from wecom_ai.request_id import current_request_id
 
 SECRET_SET = "(set)"  # noqa: S105 - a placeholder shown instead of a secret

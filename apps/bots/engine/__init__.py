@@ -20,7 +20,7 @@ from apps.bots.engine.registry import (
     loaded_specs,
     register_engine_factory,
 )
-from apps.bots.engine.think import ThinkSplitter, wecom_stream_content
+from apps.bots.engine.think import ThinkSplitter
 
 __all__ = [
     "ChatRequest",
@@ -36,5 +36,4 @@ __all__ = [
     "get_engine",
     "loaded_specs",
     "register_engine_factory",
-    "wecom_stream_content",
 ]

@@ -101,16 +101,3 @@ class ThinkSplitter:
                 self._answer += self._pending
                 self._pending = ""
                 return
-
-
-def wecom_stream_content(reasoning: str, answer: str, *, thinking_done: bool) -> str:
-    """Render a WeCom stream `content`: `<think>reasoning</think>answer`.
-
-    The think tag is closed even mid-reasoning because WeCom only renders a complete block;
-    the block is left out when there is no reasoning, and the answer waits until it is done.
-    """
-    if not thinking_done:
-        answer = ""
-    if not reasoning.strip():
-        return answer
-    return f"{OPEN_TAG}{reasoning}{CLOSE_TAG}{answer}"

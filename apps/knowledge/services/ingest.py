@@ -28,8 +28,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.utils import translation
 
+from apps.core.language import deployment_language
 from apps.knowledge.chunking import chunk_sections
 from apps.knowledge.consumers import document_group
 from apps.knowledge.models import Chunk, Document, KnowledgeBase
@@ -468,7 +468,7 @@ def document_progress_publish(document: Document, *, stage: str) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    with translation.override(settings.LANGUAGE_CODE):
+    with deployment_language():
         label = str(Document.Status(document.status).label)
     try:
         async_to_sync(layer.group_send)(

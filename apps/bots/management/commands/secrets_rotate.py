@@ -8,7 +8,7 @@ from django.apps import apps
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
 
-from apps.bots.fields import EncryptedTextField, secret_rotate
+from apps.core.fields import EncryptedTextField, secret_rotate
 
 
 class Command(BaseCommand):
