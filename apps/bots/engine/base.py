@@ -6,13 +6,25 @@ continuous-batching one without touching them.
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-FINISH_REASONS = frozenset({"stop", "length", "cancelled", "deadline", "error"})
+
+class FinishReason(enum.StrEnum):
+    """Why a generation ended; a str enum, so callers comparing with plain strings still work."""
+
+    STOP = "stop"  # an end-of-generation token or a stop string
+    LENGTH = "length"  # max_tokens, or the context window, ran out
+    CANCELLED = "cancelled"  # the caller cancelled, dropped the iterator, or the engine closed
+    DEADLINE = "deadline"  # the request's deadline passed
+    ERROR = "error"  # the engine failed this generation
+
+
+FINISH_REASONS = frozenset(reason.value for reason in FinishReason)
 
 
 class EngineError(Exception):
@@ -69,7 +81,7 @@ class GenerationStats:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0  # tokens sampled, an end-of-generation token included
-    finish_reason: str | None = None  # one of FINISH_REASONS once finished
+    finish_reason: FinishReason | None = None  # set once finished
     first_token_at: float | None = None
     finished_at: float | None = None
 

@@ -23,6 +23,7 @@ from apps.bots.engine.base import (
     Engine,
     EngineError,
     EngineLoad,
+    FinishReason,
     Generation,
     GenerationStats,
     ModelSpec,
@@ -241,15 +242,15 @@ class LlamaGeneration(Generation):
         self._started = True
         return self._pieces()
 
-    def _interruption(self) -> str | None:
+    def _interruption(self) -> FinishReason | None:
         if self._cancelled.is_set() or self._engine.closed:
-            return "cancelled"
+            return FinishReason.CANCELLED
         deadline = self._request.deadline
         if deadline is not None and time.monotonic() >= deadline:
-            return "deadline"
+            return FinishReason.DEADLINE
         return None
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: FinishReason) -> None:
         self._stats.finish_reason = reason
         self._stats.finished_at = time.monotonic()
 
@@ -300,9 +301,9 @@ class LlamaGeneration(Generation):
                 seed=sampling.seed,
             )
         except (RuntimeError, ValueError) as exc:
-            self._finish("error")
+            self._finish(FinishReason.ERROR)
             raise EngineError(f"Generation failed: {exc}") from exc
-        finish_reason: str | None = None
+        finish_reason: FinishReason | None = None
         sampled = False
         try:
             while finish_reason is None:
@@ -311,7 +312,7 @@ class LlamaGeneration(Generation):
                     break
                 chunk = next(stream, None)
                 if chunk is None:
-                    finish_reason = "stop"
+                    finish_reason = FinishReason.STOP
                     break
                 sampled = True  # llama-cpp-python sends nothing before the first sampled token
                 choice = chunk["choices"][0]
@@ -320,9 +321,10 @@ class LlamaGeneration(Generation):
                     if self._stats.first_token_at is None:
                         self._stats.first_token_at = time.monotonic()
                     yield text
-                finish_reason = choice["finish_reason"]
+                raw_reason = choice["finish_reason"]  # "stop", "length" or None
+                finish_reason = None if raw_reason is None else FinishReason(raw_reason)
         except (RuntimeError, ValueError) as exc:
-            finish_reason = "error"
+            finish_reason = FinishReason.ERROR
             raise EngineError(f"Generation failed: {exc}") from exc
         finally:
             stream.close()  # type: ignore[attr-defined]
@@ -330,7 +332,7 @@ class LlamaGeneration(Generation):
                 # n_tokens counts evaluated tokens; the last sampled one is never evaluated.
                 self._stats.completion_tokens = llama.n_tokens - self._stats.prompt_tokens + 1
             # No reason here means the consumer closed or dropped the iterator mid-stream.
-            self._finish(finish_reason or "cancelled")
+            self._finish(finish_reason or FinishReason.CANCELLED)
 
 
 def _formatter_behind(handler: Any) -> llama_chat_format.ChatFormatter | None:
