@@ -22,6 +22,7 @@ from apps.bots.engine.base import (
 from apps.bots.engine.batching import BatchingEngine
 from apps.bots.engine.llama import LlamaEngine
 from apps.bots.engine.prefix_cache import PrefixCache, chunk_size, reusable_length
+from apps.bots.engine.prompts import ChatPrompts
 from apps.bots.engine.text import AnswerText
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +41,12 @@ def test_no_engine_module_over_600_lines() -> None:
     # Then none is long enough to ask for another split
     assert "batching.py" in sizes
     assert {name: lines for name, lines in sizes.items() if lines > MAX_LINES} == {}
+
+
+def test_prompts_are_composed_into_both_engines_not_inherited() -> None:
+    # The batching engine used to subclass LlamaEngine and skip its __init__
+    assert not issubclass(ChatPrompts, Engine)
+    assert not issubclass(BatchingEngine, LlamaEngine)
 
 
 def test_finish_reasons_keep_their_string_values() -> None:
@@ -125,6 +132,12 @@ def engine(request: pytest.FixtureRequest, spec: ModelSpec) -> Iterator[Engine]:
     )
     with loaded:
         yield loaded
+
+
+def test_both_engines_render_prompts_through_one_composed_object(engine: Engine) -> None:
+    prompts = engine._prompts  # type: ignore[attr-defined]
+    assert isinstance(prompts, ChatPrompts)
+    assert prompts.n_ctx == engine.n_ctx  # type: ignore[attr-defined]
 
 
 def test_both_engines_report_finish_reasons_as_the_enum(engine: Engine) -> None:

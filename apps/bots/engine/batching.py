@@ -9,7 +9,8 @@ chunks, so a long prompt never stalls the streams already running.
 Answers do not depend on what else is batched or cached: every sequence id is its own KV
 stream (`kv_unified=False`), laid out as in a single-sequence context, and prompt tokens
 are always decoded in chunks of two or more while answer tokens go one per sequence, as in
-llama-cpp-python's own loop (see `chunk_size`). Greedy output thus matches `LlamaEngine`.
+llama-cpp-python's own loop (see `prefix_cache.chunk_size`). Greedy output thus matches
+`LlamaEngine`.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ class BatchingEngine(Engine):
         max_tokens = request.sampling.max_tokens
         if max_tokens < 1:
             raise EngineError(f"max_tokens must be at least 1, got {max_tokens}")
-        messages, _ = self._prompts._fit_prompt(request.messages, max_tokens)
+        messages, _ = self._prompts.fit(request.messages, max_tokens)
         prompt, format_stops = self._prompts.encode(messages)
         stops = [*request.sampling.stop, *format_stops]
         generation = BatchingGeneration(self, request, messages, prompt, stops)
@@ -190,7 +191,7 @@ class BatchingEngine(Engine):
     def render_prompt(self, messages: Sequence[dict[str, str]]) -> str:
         """The exact prompt text the model will see, for debugging templates in the admin."""
         self._check_open()
-        return self._prompts.render_prompt(messages)
+        return self._prompts.render(messages)
 
     def queue_depth(self) -> int:
         """Requests submitted but not yet given a slot."""
