@@ -8,6 +8,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit import selectors
+from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin
 from apps.bots.forms import BotForm, ModelProfileForm
 from apps.bots.model_load import model_load_get
@@ -177,19 +178,6 @@ class TranscriptAccessMixin(AccessReasonAdminMixin):
         return gettext("Opened by a superuser (no reason asked).")
 
 
-class BotScopeFilter(admin.SimpleListFilter):
-    """Only the bots the officer is assigned to appear as choices."""
-
-    title = _("bot")
-    parameter_name = "bot"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return [(b.pk, b.name) for b in selectors.bots_reviewable_by(user=request.user)]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return queryset.filter(bot_id=self.value()) if self.value() else queryset
-
-
 class TurnInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Turn
     fields = ("received_at", "status", "question", "answer")
@@ -202,7 +190,7 @@ class TurnInline(ReadOnlyAdminMixin, admin.TabularInline):
 @admin.register(Conversation)
 class ConversationAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("bot", "userid", "chat_type", "chat_id", "last_turn_at")
-    list_filter = (BotScopeFilter, "chat_type")
+    list_filter = (ReviewBotFilter, "chat_type")
     list_select_related = ("bot",)
     search_fields = ("userid", "chat_id")
     date_hierarchy = "last_turn_at"
@@ -229,7 +217,7 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "total_seconds",
         "completion_tokens",
     )
-    list_filter = (BotScopeFilter, "status", "rejection_reason", "received_at")
+    list_filter = (ReviewBotFilter, "status", "rejection_reason", "received_at")
     list_select_related = ("bot", "conversation")
     search_fields = ("question", "answer", "msgid", "conversation__userid", "conversation__chat_id")
     date_hierarchy = "received_at"

@@ -11,6 +11,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from apps.audit.admin.mixins import OperatorAuditAdminMixin
+from apps.core.admin import ReadOnlyAdminMixin
 from apps.knowledge.forms import DocumentForm, GroupChatForm, KnowledgeBaseForm
 from apps.knowledge.models import Chunk, DirectoryUser, Document, GroupChat, KnowledgeBase
 from apps.knowledge.services.ingest import document_file_replace, document_reindex
@@ -273,7 +274,7 @@ class DocumentAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Chunk)
-class ChunkAdmin(admin.ModelAdmin):
+class ChunkAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only: passages are what ingestion made of a document, for checking retrieval."""
 
     list_display = ("document", "document_version", "position", "heading", "token_count", "page")
@@ -303,12 +304,3 @@ class ChunkAdmin(admin.ModelAdmin):
     @admin.display(description=_("headings"))
     def heading(self, obj: Chunk) -> str:
         return " > ".join(obj.heading_path)
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
