@@ -17,6 +17,7 @@ from apps.audit.models import (
     ReviewCase,
     SensitiveWordList,
 )
+from apps.audit.registry import bot_side_get
 from apps.audit.services.archive import archive_key_fingerprint
 from apps.audit.services.policy import (
     PolicyImportError,
@@ -24,7 +25,6 @@ from apps.audit.services.policy import (
     regex_rules_parse,
     word_lines_check,
 )
-from apps.bots.models import Bot
 
 
 class AccessReasonForm(forms.Form):
@@ -143,12 +143,15 @@ class ReviewScopeForm(forms.Form):
     officer = forms.ModelChoiceField(
         label=_("officer"), queryset=get_user_model().objects.filter(is_staff=True, is_active=True)
     )
-    bots = forms.ModelMultipleChoiceField(
-        label=_("bots"), queryset=Bot.objects.all(), required=False
-    )
+    # The bots come from the bots side (`apps.audit.registry`), read when the form is made.
+    bots = forms.ModelMultipleChoiceField(label=_("bots"), queryset=None, required=False)
     archive_sources = forms.ModelMultipleChoiceField(
         label=_("archive sources"), queryset=ArchiveSource.objects.all(), required=False
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["bots"].queryset = bot_side_get().bot_model._default_manager.all()
 
 
 class ArchiveSourceForm(forms.ModelForm):

@@ -2,7 +2,8 @@
 
 Officers are assigned to bots and archive sources with guardian object permissions
 (`bots.review_bot`, `audit.review_archivesource`), directly or through a group; cases,
-archived messages and exports are scoped by those assignments. A global grant of the same
+archived messages and exports are scoped by those assignments (bot transcripts by
+`apps.bots.transcripts`, on the same assignments). A global grant of the same
 permission (or superuser) sees everything.
 """
 
@@ -25,7 +26,7 @@ from apps.audit.models import (
     AuditPolicy,
     ReviewCase,
 )
-from apps.bots.models import Bot, Conversation, Turn
+from apps.audit.registry import bot_side_get
 
 REVIEW_BOT_PERM = "bots.review_bot"
 REVIEW_SOURCE_PERM = "audit.review_archivesource"
@@ -37,8 +38,9 @@ def _codename(perm: str) -> str:
     return perm.split(".", 1)[1]
 
 
-def bots_reviewable_by(*, user: Any) -> QuerySet[Bot]:
-    return get_objects_for_user(user, _codename(REVIEW_BOT_PERM), klass=Bot)
+def bots_reviewable_by(*, user: Any) -> QuerySet[Any]:
+    """The bots assigned to `user` (the bots side registers the model, see `registry`)."""
+    return get_objects_for_user(user, _codename(REVIEW_BOT_PERM), klass=bot_side_get().bot_model)
 
 
 def sources_reviewable_by(*, user: Any) -> QuerySet[ArchiveSource]:
@@ -73,34 +75,11 @@ def review_cases_for_user(*, user: Any) -> QuerySet[ReviewCase]:
     )
 
 
-def turns_for_user(*, user: Any) -> QuerySet[Turn]:
-    """Bot turns (transcripts) of the bots assigned to `user`, for scoped transcript views."""
-    turns = Turn.objects.all()
-    if user.is_superuser:
-        return turns
-    return turns.filter(bot__in=bots_reviewable_by(user=user))
-
-
-def conversations_for_user(*, user: Any) -> QuerySet[Conversation]:
-    """Bot conversations of the bots assigned to `user`."""
-    conversations = Conversation.objects.all()
-    if user.is_superuser:
-        return conversations
-    return conversations.filter(bot__in=bots_reviewable_by(user=user))
-
-
 def archived_messages_for_user(*, user: Any) -> QuerySet[ArchivedMessage]:
     messages = ArchivedMessage.objects.all()
     if user.is_superuser:
         return messages
     return messages.filter(source__in=sources_reviewable_by(user=user))
-
-
-def turn_for_user(*, user: Any, turn_id: int) -> Turn | None:
-    """The turn if `user` may open it in the admin: `bots.view_turn` and the bot assigned."""
-    if not user.is_active or not user.is_staff or not user.has_perm("bots.view_turn"):
-        return None
-    return turns_for_user(user=user).filter(pk=turn_id).first()
 
 
 # A reason given on a record's page also covers its live view for this long.
@@ -132,7 +111,7 @@ def quarantined_for_user(*, user: Any) -> QuerySet[ArchiveQuarantine]:
     return records.filter(source__in=sources_reviewable_by(user=user))
 
 
-def policies_for_bot(*, bot: Bot) -> list[AuditPolicy]:
+def policies_for_bot(*, bot: Model) -> list[AuditPolicy]:
     return list(AuditPolicy.objects.filter(enabled=True, bots=bot))
 
 

@@ -7,12 +7,12 @@ from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from apps.audit import selectors
 from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin
 from apps.bots.forms import BotForm, ModelProfileForm
 from apps.bots.model_load import model_load_get
 from apps.bots.models import Bot, Conversation, ModelProfile, Turn
+from apps.bots.transcripts import conversations_for_user, turns_for_user
 from apps.core.admin import ReadOnlyAdminMixin
 from apps.core.fields import is_undecryptable
 
@@ -198,7 +198,7 @@ class ConversationAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAd
     show_full_result_count = False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
-        return selectors.conversations_for_user(user=request.user).select_related("bot")
+        return conversations_for_user(user=request.user).select_related("bot")
 
     def access_shown_with(self, request: HttpRequest, obj: Model) -> list[Model]:
         # The inline lists every turn of the conversation, questions and answers included.
@@ -228,7 +228,7 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     change_form_template = "admin/bots/turn/change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:
-        return selectors.turns_for_user(user=request.user).select_related("bot", "conversation")
+        return turns_for_user(user=request.user).select_related("bot", "conversation")
 
     @admin.display(description=_("user"), ordering="conversation__userid")
     def user(self, obj: Turn) -> str:

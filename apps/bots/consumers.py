@@ -14,9 +14,9 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.utils.translation import gettext
 
-from apps.audit.selectors import turn_for_user
 from apps.audit.services.access import access_log_reuse
 from apps.bots.streams import turn_group
+from apps.bots.transcripts import turn_for_user
 
 
 def turn_watch_open(*, user: Any, turn_id: int) -> bool:

@@ -23,9 +23,9 @@ from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 from apps.audit.models import AccessLog, ArchivedMessage, ReviewCase
+from apps.audit.registry import bot_side_get
 from apps.audit.services.access import access_log_record_many
 from apps.audit.services.ledger import ledger_head
-from apps.bots.models import Turn
 
 FORMAT = "wecom-ai-audit-export/1"
 MANIFEST_NAME = "manifest.json"
@@ -36,22 +36,9 @@ def _iso(moment: dt.datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def turn_export_record(turn: Turn) -> dict[str, Any]:
-    conversation = turn.conversation
-    return {
-        "type": "turn",
-        "id": turn.pk,
-        "bot": turn.bot.slug,
-        "msgid": turn.msgid,
-        "userid": conversation.userid,
-        "chat_type": conversation.chat_type,
-        "chat_id": conversation.chat_id,
-        "question": turn.question,
-        "answer": turn.answer,
-        "status": turn.status,
-        "received_at": _iso(turn.received_at),
-        "finished_at": _iso(turn.finished_at),
-    }
+def turn_export_record(turn: Any) -> dict[str, Any]:
+    """A bot turn's record is the bots app's to write (`apps.bots.transcripts`)."""
+    return bot_side_get().turn_export_record(turn)
 
 
 def message_export_record(message: ArchivedMessage) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.utils import timezone
 
 from apps.audit.models import (
@@ -27,24 +27,12 @@ from apps.audit.models import (
     LedgerEntry,
     ReviewCase,
 )
+from apps.audit.registry import bot_side_get
 from apps.audit.services.ledger import ledger_append, object_ref
-from apps.bots.models import Bot, Turn
 
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
-# Every field that can hold what an employee or the model wrote (feedback may carry a
-# comment), with its purged value.
-_TURN_PURGED = {
-    "question": "",
-    "answer": "",
-    "reasoning": "",
-    "withheld_answer": "",
-    "feedback_detail": {},
-    # Not content, but a bearer capability into the chat; normally cleared once used.
-    "response_url": "",
-}
-TURN_FIELDS = tuple(_TURN_PURGED)
 MESSAGE_FIELDS = ("text", "raw", "sdkfileid", "media")
 
 
@@ -69,15 +57,6 @@ def _open_review() -> Q:
     return Q(review_cases__status=ReviewCase.Status.OPEN)
 
 
-def _expired_turns(bot: Bot, cutoff: dt.datetime) -> QuerySet[Turn]:
-    has_text = ~Q(**_TURN_PURGED)  # any of them not yet empty
-    return (
-        Turn.objects.filter(bot=bot, received_at__lt=cutoff, status__in=Turn.TERMINAL)
-        .filter(has_text)
-        .exclude(_open_review())
-    )
-
-
 def _expired_messages(source: ArchiveSource, cutoff: dt.datetime) -> QuerySet[ArchivedMessage]:
     return ArchivedMessage.objects.filter(
         source=source, msgtime__lt=cutoff, purged_at__isnull=True
@@ -86,7 +65,7 @@ def _expired_messages(source: ArchiveSource, cutoff: dt.datetime) -> QuerySet[Ar
 
 def _purge_entry(
     *,
-    scope: Bot | ArchiveSource,
+    scope: Model,
     model: str,
     ids: list[int],
     days: int,
@@ -106,18 +85,23 @@ def _purge_entry(
     )
 
 
-def _turns_purge(bot: Bot, days: int, now: dt.datetime, result: PurgeResult) -> None:
+def _turns_purge(bot: Model, days: int, now: dt.datetime, result: PurgeResult) -> None:
+    """Which turns are expired and what of them goes is the bots side's (`turns_purge`);
+    the batches, the ledger entry in the same transaction and the counts are retention's."""
+    side = bot_side_get()
     cutoff = now - dt.timedelta(days=days)
     while True:
         with transaction.atomic():
-            ids = list(
-                _expired_turns(bot, cutoff).order_by("pk").values_list("pk", flat=True)[:BATCH_SIZE]
-            )
+            ids = side.turns_purge(bot=bot, cutoff=cutoff, limit=BATCH_SIZE)
             if not ids:
                 return
-            Turn.objects.filter(pk__in=ids).update(**_TURN_PURGED)
             _purge_entry(
-                scope=bot, model="bots.turn", ids=ids, days=days, cutoff=cutoff, fields=TURN_FIELDS
+                scope=bot,
+                model="bots.turn",
+                ids=ids,
+                days=days,
+                cutoff=cutoff,
+                fields=side.turn_purged_fields,
             )
         result.turns += len(ids)
         result.ledger_entries += 1
@@ -168,7 +152,7 @@ def retention_purge(*, now: dt.datetime | None = None) -> PurgeResult:
     """Purge expired content of every bot and archive source (batched, restartable)."""
     now = now or timezone.now()
     result = PurgeResult()
-    for bot in Bot.objects.prefetch_related("audit_policies"):
+    for bot in bot_side_get().bot_model._default_manager.prefetch_related("audit_policies"):
         days = retention_days_effective(bot.audit_policies.all())
         if days is not None:
             _turns_purge(bot, days, now, result)

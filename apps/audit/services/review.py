@@ -8,7 +8,7 @@ transcript and export of that bot or source, including cases not opened yet.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
@@ -17,12 +17,19 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
 
 from apps.audit.models import Action, ArchivedMessage, ArchiveSource, LedgerEntry, ReviewCase
+from apps.audit.registry import bot_side_get
 from apps.audit.selectors import REVIEW_BOT_PERM, REVIEW_SOURCE_PERM
 from apps.audit.services.ledger import ledger_append, object_ref
 from apps.audit.services.operator_audit import model_snapshot, operator_audit_record
 from apps.audit.services.policy import PolicyDecision
 from apps.audit.streams import review_cases_publish
-from apps.bots.models import Bot, Turn
+
+
+class ReviewedTurn(Protocol):
+    """A bot turn as a case needs it (`ReviewCase.turn` and the bot it is scoped to)."""
+
+    pk: Any
+    bot_id: int
 
 
 class ReviewError(ValueError):
@@ -59,7 +66,11 @@ def _open_cases(
 
 
 def review_cases_open_for_turn(
-    *, turn: Turn, decision: PolicyDecision, policies: Iterable[Any], subject: str = "answer"
+    *,
+    turn: ReviewedTurn,
+    decision: PolicyDecision,
+    policies: Iterable[Any],
+    subject: str = "answer",
 ) -> list[ReviewCase]:
     """One case per policy whose flag or block rules matched the turn's `subject` text.
 
@@ -156,7 +167,7 @@ def review_assign(
 
 def review_bot_permission() -> Permission:
     """`bots.review_bot`, created on first use (the bots app does not declare it)."""
-    content_type = ContentType.objects.get_for_model(Bot)
+    content_type = ContentType.objects.get_for_model(bot_side_get().bot_model)
     permission, _created = Permission.objects.get_or_create(
         content_type=content_type,
         codename=REVIEW_BOT_PERM.split(".", 1)[1],
@@ -168,7 +179,11 @@ def review_bot_permission() -> Permission:
 def review_scope(*, officer: Any) -> dict[str, list[int]]:
     """The bots and sources assigned to `officer` directly (not through groups)."""
     bots = get_objects_for_user(
-        officer, "review_bot", klass=Bot, use_groups=False, with_superuser=False
+        officer,
+        "review_bot",
+        klass=bot_side_get().bot_model,
+        use_groups=False,
+        with_superuser=False,
     )
     sources = get_objects_for_user(
         officer,
@@ -186,7 +201,7 @@ def review_scope(*, officer: Any) -> dict[str, list[int]]:
 def review_scope_set(
     *,
     officer: Any,
-    bots: Iterable[Bot],
+    bots: Iterable[Any],
     sources: Iterable[ArchiveSource],
     actor: Any,
     request_id: str = "",
@@ -196,7 +211,8 @@ def review_scope_set(
     bots, sources = list(bots), list(sources)
     with transaction.atomic():
         before = review_scope(officer=officer)
-        for bot in Bot.objects.filter(pk__in=before["bots"]).exclude(pk__in=[b.pk for b in bots]):
+        assigned = bot_side_get().bot_model._default_manager.filter(pk__in=before["bots"])
+        for bot in assigned.exclude(pk__in=[b.pk for b in bots]):
             remove_perm(permission, officer, bot)
         for bot in bots:
             assign_perm(permission, officer, bot)

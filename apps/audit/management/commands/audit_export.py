@@ -12,6 +12,7 @@ from django.db.models import QuerySet
 from django.utils.dateparse import parse_date
 
 from apps.audit import selectors
+from apps.audit.registry import bot_side_get
 from apps.audit.services.export import EXPORTERS, export_write
 
 
@@ -81,7 +82,7 @@ class Command(BaseCommand):
             if options.get("source"):
                 queryset = queryset.filter(source__name=options["source"])
         else:
-            queryset = selectors.turns_for_user(user=user)
+            queryset = bot_side_get().turns_for_user(user=user)
             time_field = "received_at"
             if options.get("bot"):
                 queryset = queryset.filter(bot__slug=options["bot"])
