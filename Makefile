@@ -27,6 +27,7 @@ test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	DJANGO_ENV=test $(PY) -m wecom_ai.embedded with sh -c '\
 		$(PY) manage.py makemigrations --check --dry-run && $(PY) -m pytest $(PYTEST_ARGS)'
 
@@ -35,6 +36,7 @@ test-fast: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	DJANGO_ENV=test $(PY) -m wecom_ai.embedded with $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: bootstrap

@@ -1,5 +1,6 @@
 """The layers hold: the `wecom/` protocol package imports no Django and nothing of the
-project, and the test-only SDK stand-in does not ship with the production packages.
+project, the apps import only downward (the import-linter contracts in pyproject.toml), and
+the test-only SDK stand-in does not ship with the production packages.
 
 Two independent checks on `wecom/`, because each misses what the other sees: importing
 every module in a fresh interpreter catches Django pulled in through a third-party
@@ -10,11 +11,15 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -215,3 +220,166 @@ def test_core_imports_no_domain_app():
         violations += forbidden_imports(source, filename=relative, is_forbidden=_is_domain_app)
     # Then none of them imports a domain app: the dependencies point down to the kernel
     assert violations == []
+
+
+# --- The import contracts (pyproject.toml, [tool.importlinter]; `lint-imports` in make test) ---
+
+LAYERS = [
+    "apps.bots",
+    "apps.knowledge",
+    "apps.audit",
+    "apps.inference | apps.directory",
+    "apps.core",
+]
+
+
+def _importlinter_config() -> dict[str, Any]:
+    return tomllib.loads((BASE_DIR / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+        "importlinter"
+    ]
+
+
+def _lint_imports(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from importlinter.cli import lint_imports_command; lint_imports_command()",
+            "--no-cache",
+            *args,
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_layers_contract_has_the_agreed_order():
+    # Loosening the contract (a layer dropped or swapped) must be a visible change here too.
+    contracts = {c["id"]: c for c in _importlinter_config()["contracts"]}
+    assert contracts["apps-layers"]["type"] == "layers"
+    assert contracts["apps-layers"]["layers"] == LAYERS
+    forbidden = contracts["wecom-django-free"]
+    assert forbidden["source_modules"] == ["wecom"]
+    assert {"django", "apps", "wecom_ai", "rest_framework", "channels", "celery"} <= set(
+        forbidden["forbidden_modules"]
+    )
+
+
+@pytest.mark.slow  # runs lint-imports in a child Python
+def test_the_import_contracts_hold():
+    result = _lint_imports(BASE_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _toml_value(value: Any) -> str:
+    # Strings, lists of strings and booleans: their JSON spelling is valid TOML.
+    return json.dumps(value)
+
+
+def _contract_project(tmp_path: Path, modules: dict[str, str]) -> Path:
+    """A throw-away project with the real contracts (less the ignores of this repository's
+    known moves) over a package tree of the same names, plus `modules`."""
+    config = _importlinter_config()
+    lines = ["[tool.importlinter]"]
+    lines += [
+        f"{key} = {_toml_value(value)}" for key, value in config.items() if key != "contracts"
+    ]
+    for contract in config["contracts"]:
+        lines += ["", "[[tool.importlinter.contracts]]"]
+        lines += [
+            f"{key} = {_toml_value(value)}"
+            for key, value in contract.items()
+            if key != "ignore_imports"
+        ]
+    (tmp_path / "pyproject.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    packages = {"wecom", "wecom_ai"} | {
+        name.strip() for layer in LAYERS for name in layer.split("|")
+    }
+    for package in packages:
+        directory = tmp_path.joinpath(*package.split("."))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "__init__.py").write_text("", encoding="utf-8")
+        (directory / "models.py").write_text("", encoding="utf-8")
+    (tmp_path / "apps" / "__init__.py").write_text("", encoding="utf-8")
+    for relative, source in modules.items():
+        (tmp_path / relative).write_text(source, encoding="utf-8")
+    return tmp_path
+
+
+# Imports along the agreed direction, present in every tree below.
+DOWNWARD = {
+    "apps/bots/services.py": "from apps.knowledge import models\nfrom apps.audit import models\n",
+    "apps/knowledge/services.py": "from apps.audit.models import *\n",
+    "apps/audit/services.py": "import apps.inference.models\nimport apps.directory.models\n",
+    "apps/inference/engine.py": "from apps.core import models\n",
+    "apps/directory/services.py": "from apps.core import models\nimport wecom.models\n",
+    "apps/core/fields.py": "import django.db\nimport wecom.models\n",
+    "wecom_ai/urls.py": "import apps.bots.services\nimport django.urls\n",
+    "wecom/crypto.py": "import hashlib\nfrom wecom import models\n",
+}
+
+
+@pytest.mark.slow  # runs lint-imports in a child Python
+def test_the_contracts_pass_a_tree_that_imports_only_downward(tmp_path):
+    # Given a tree whose imports all point down (the control for the test below)
+    project = _contract_project(tmp_path, DOWNWARD)
+    # When the contracts are checked
+    result = _lint_imports(project)
+    # Then they hold
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"Contracts: \d+ kept, 0 broken", result.stdout)
+
+
+@pytest.mark.slow  # runs lint-imports in a child Python
+@pytest.mark.parametrize(
+    ("module", "source", "reported"),
+    [
+        # The import this issue removed: audit reading bots' models.
+        (
+            "apps/audit/selectors.py",
+            "from apps.bots.models import Bot\n",
+            "apps.audit is not allowed to import apps.bots",
+        ),
+        (
+            "apps/knowledge/embedding.py",
+            "def load():\n    from apps.bots import models\n",
+            "apps.knowledge is not allowed to import apps.bots",
+        ),
+        (
+            "apps/core/admin.py",
+            "import apps.audit.models\n",
+            "apps.core is not allowed to import apps.audit",
+        ),
+        (
+            "apps/inference/profiles.py",
+            "from apps.directory import models\n",
+            "apps.inference is not allowed to import apps.directory",
+        ),
+        (
+            "wecom/outbound.py",
+            "from django.conf import settings\n",
+            "wecom is not allowed to import django",
+        ),
+        (
+            "wecom/contacts.py",
+            "from apps.core import models\n",
+            "wecom is not allowed to import apps",
+        ),
+        ("wecom/simulator.py", "import wecom_ai.urls\n", "wecom is not allowed to import wecom_ai"),
+    ],
+)
+def test_the_contracts_reject_an_import_against_the_direction(tmp_path, module, source, reported):
+    # Given the downward tree plus one import against the direction
+    project = _contract_project(tmp_path, {**DOWNWARD, module: source})
+    # When the contracts are checked
+    result = _lint_imports(project)
+    # Then the check fails and names the offending import
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert reported in result.stdout
+    importer = module.removesuffix(".py").replace("/", ".")
+    assert re.search(rf"^-\s+{re.escape(importer)} -> ", result.stdout, re.MULTILINE)
