@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+from io import StringIO
 
 import pytest
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 from django.utils import timezone
+from guardian.shortcuts import assign_perm
 
 from apps.audit import registry
-from apps.audit.models import ReviewCase
+from apps.audit.models import AccessLog, ReviewCase
 from apps.audit.selectors import bots_reviewable_by
 from apps.bots import transcripts
 from apps.bots.models import Bot, Conversation, Turn
@@ -94,3 +98,32 @@ def test_turns_purge_blanks_only_expired_terminal_turns_outside_open_cases(make_
     for kept in (recent, running, held):
         kept.refresh_from_db()
         assert kept.question == "问题" and kept.answer == "回答"
+
+
+@pytest.mark.django_db
+def test_the_turns_export_is_scoped_and_written_by_the_bots_side(make_bot, tmp_path):
+    # Given an officer assigned to one of two bots, each with a turn
+    hr, it = make_bot(slug="hr"), make_bot(slug="it", name="IT助手")
+    mine, _theirs = _turn(hr, "hr-1", days_old=0), _turn(it, "it-1", days_old=0)
+    officer = User.objects.create_user("officer-turns", is_staff=True)
+    assign_perm("bots.review_bot", officer, hr)
+    # When the officer's turns are exported
+    out = tmp_path / "turns"
+    call_command(
+        "audit_export",
+        "turns",
+        "--out",
+        str(out),
+        "--user",
+        "officer-turns",
+        "--reason",
+        "监管调取 2024-18",
+        stdout=StringIO(),
+    )
+    # Then the file holds the assigned bot's turn only, as the bots side writes it
+    lines = (out / "turns.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [transcripts.turn_export_record(mine)]
+    assert json.loads(lines[0])["bot"] == "hr" and json.loads(lines[0])["question"] == "问题"
+    # And the export was access-logged against that turn
+    logged = AccessLog.objects.filter(action="export", username="officer-turns")
+    assert list(logged.values_list("object_type", "object_id")) == [("bots.turn", str(mine.pk))]
