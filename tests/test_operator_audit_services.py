@@ -356,6 +356,19 @@ def test_kb_ingest_audits_the_knowledge_base_and_each_upload(tmp_path: Path):
     assert document_entry.after["original_filename"] == "leave.md"
 
 
+def test_directory_user_by_hand_is_audited(operator):
+    call_command("directory_user", "alice", "--department", "财务部", stdout=io.StringIO())
+    created = only_entry(action="knowledge.directoryuser.create")
+    assert created.actor_username == "system:directory_user"
+    assert created.after["departments"] == ["财务部"]
+    call_command(
+        "directory_user", "alice", "--tag", "经理", "--actor", "operator", stdout=io.StringIO()
+    )
+    updated = only_entry(action="knowledge.directoryuser.update")
+    assert updated.actor == operator
+    assert changed(updated.before) == {"tags": []} and changed(updated.after) == {"tags": ["经理"]}
+
+
 # --- the admin is one more caller ---------------------------------------------------------------
 
 

@@ -18,12 +18,15 @@ from django.db import transaction
 
 from apps.audit.services.operator_audit import (
     model_delete_audited,
+    model_snapshot,
     operator_audit_record,
     operator_audited,
 )
-from apps.knowledge.models import Document, KnowledgeBase
+from apps.knowledge.models import DirectoryUser, Document, KnowledgeBase
+from apps.knowledge.services.directory import directory_user_save
 from apps.knowledge.services.ingest import UploadResult, document_file_replace, document_reindex
 
+DIRECTORY_USER_ACTION = "knowledge.directoryuser"
 KNOWLEDGE_BASE_ACTION = "knowledge.knowledgebase"
 DOCUMENT_ACTION = "knowledge.document"
 # Changing these changes every chunk of the knowledge base, so saving them re-indexes.
@@ -164,3 +167,34 @@ def documents_reindex(*, documents: Iterable[Document], actor: Any, request_id: 
                 request_id=request_id,
             )
         return document_reindex(documents=documents)
+
+
+def directory_user_set(
+    *,
+    userid: str,
+    actor: Any,
+    name: str | None = None,
+    departments: list[str] | None = None,
+    tags: list[str] | None = None,
+    request_id: str = "",
+) -> tuple[DirectoryUser, bool]:
+    """Create or change one employee by hand (see `directory_user_save`), with its entry.
+
+    Departments and tags decide which documents the employee's answers may use, so a change
+    by hand is an operator change; the sync from WeCom is not (it mirrors the source).
+    """
+    with transaction.atomic():
+        stored = DirectoryUser.objects.select_for_update().filter(userid=userid).first()
+        before = model_snapshot(stored)
+        user, created = directory_user_save(
+            userid=userid, name=name, departments=departments, tags=tags
+        )
+        operator_audit_record(
+            actor=actor,
+            action=f"{DIRECTORY_USER_ACTION}.{'create' if created else 'update'}",
+            obj=user,
+            before=before,
+            after=model_snapshot(user),
+            request_id=request_id,
+        )
+    return user, created
