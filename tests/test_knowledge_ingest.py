@@ -28,11 +28,8 @@ from django.urls import path, reverse
 from apps.knowledge.consumers import DocumentProgressConsumer, document_group
 from apps.knowledge.models import Chunk, Document, KnowledgeBase
 from apps.knowledge.selectors import Readers
-from apps.knowledge.services.ingest import (
-    document_enqueue,
-    document_progress_publish,
-    document_upload,
-)
+from apps.knowledge.services.config import document_upload
+from apps.knowledge.services.ingest import document_enqueue, document_progress_publish
 from apps.knowledge.services.retrieval import knowledge_retrieve
 
 
@@ -290,6 +287,7 @@ def test_ingest_worker_indexes_the_upload_and_publishes_progress(
         kb=kb,
         content=SimpleUploadedFile("overtime.md", "# 加班\n\n加班需要主管批准。".encode()),
         filename="overtime.md",
+        actor=None,
         enqueue=False,
     )
     # When it is queued, while this test listens to the document's group

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from django.contrib import admin
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
@@ -8,10 +11,16 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit.admin.filters import ReviewBotFilter
-from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin
+from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin, request_id_of
 from apps.bots.forms import BotForm, ModelProfileForm
 from apps.bots.model_load import model_load_get
 from apps.bots.models import Bot, Conversation, ModelProfile, Turn
+from apps.bots.services.config import (
+    bot_delete,
+    bot_save,
+    model_profile_delete,
+    model_profile_save,
+)
 from apps.bots.transcripts import conversations_for_user, turns_for_user
 from apps.core.admin import ReadOnlyAdminMixin
 from apps.core.fields import is_undecryptable
@@ -52,6 +61,21 @@ class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         ),
         (_("History"), {"fields": ("created_at", "updated_at")}),
     )
+
+    def audit_save(
+        self,
+        request: HttpRequest,
+        obj: ModelProfile,
+        form: Any,
+        change: bool,
+        related: Callable[[], None],
+    ) -> None:
+        model_profile_save(
+            profile=obj, actor=request.user, related=related, request_id=request_id_of(request)
+        )
+
+    def audit_delete(self, request: HttpRequest, obj: ModelProfile) -> None:
+        model_profile_delete(profile=obj, actor=request.user, request_id=request_id_of(request))
 
     @admin.display(description=_("bots"))
     def bot_count(self, obj: ModelProfile) -> int:
@@ -136,6 +160,14 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 
     class Media:
         js = ("bots/copy.js",)
+
+    def audit_save(
+        self, request: HttpRequest, obj: Bot, form: Any, change: bool, related: Callable[[], None]
+    ) -> None:
+        bot_save(bot=obj, actor=request.user, related=related, request_id=request_id_of(request))
+
+    def audit_delete(self, request: HttpRequest, obj: Bot) -> None:
+        bot_delete(bot=obj, actor=request.user, request_id=request_id_of(request))
 
     @admin.display(description=_("callback URL"))
     def callback_url_copy(self, obj: Bot) -> str:

@@ -1,24 +1,28 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
-from django.forms import ModelForm
 from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from apps.audit.admin.mixins import OperatorAuditAdminMixin
+from apps.audit.admin.mixins import OperatorAuditAdminMixin, request_id_of
 from apps.core.admin import ReadOnlyAdminMixin
 from apps.knowledge.forms import DocumentForm, GroupChatForm, KnowledgeBaseForm
 from apps.knowledge.models import Chunk, DirectoryUser, Document, GroupChat, KnowledgeBase
-from apps.knowledge.services.ingest import document_file_replace, document_reindex
+from apps.knowledge.services.config import (
+    document_delete,
+    document_save,
+    documents_reindex,
+    knowledge_base_delete,
+    knowledge_base_save,
+)
 from apps.knowledge.services.search import SEARCH_ALL_PERMISSION
 
-# Changing these changes every chunk of the knowledge base, so saving them re-indexes.
-_REINDEX_FIELDS = frozenset({"embedding_profile", "chunk_size", "chunk_overlap"})
 _AUDIENCE_FIELDS = ("allowed_departments", "allowed_userids", "allowed_tags")
 
 
@@ -116,22 +120,30 @@ class KnowledgeBaseAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     def audience(self, obj: KnowledgeBase) -> str:
         return _audience(obj, empty=str(_("everyone")))
 
-    def save_model(
-        self, request: HttpRequest, obj: KnowledgeBase, form: ModelForm, change: bool
+    def audit_save(
+        self,
+        request: HttpRequest,
+        obj: KnowledgeBase,
+        form: Any,
+        change: bool,
+        related: Callable[[], None],
     ) -> None:
-        super().save_model(request, obj, form, change)
-        if change and _REINDEX_FIELDS.intersection(form.changed_data):
-            count = document_reindex(documents=obj.documents.all())
-            if count:
-                self.message_user(
-                    request,
-                    ngettext(
-                        "%(count)d document is being re-indexed.",
-                        "%(count)d documents are being re-indexed.",
-                        count,
-                    )
-                    % {"count": count},
+        count = knowledge_base_save(
+            kb=obj, actor=request.user, related=related, request_id=request_id_of(request)
+        )
+        if count:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d document is being re-indexed.",
+                    "%(count)d documents are being re-indexed.",
+                    count,
                 )
+                % {"count": count},
+            )
+
+    def audit_delete(self, request: HttpRequest, obj: KnowledgeBase) -> None:
+        knowledge_base_delete(kb=obj, actor=request.user, request_id=request_id_of(request))
 
 
 @admin.register(Document)
@@ -242,7 +254,9 @@ class DocumentAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 
     @admin.action(description=_("Re-index the selected documents"), permissions=["change"])
     def reindex(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
-        count = document_reindex(documents=queryset)
+        count = documents_reindex(
+            documents=queryset, actor=request.user, request_id=request_id_of(request)
+        )
         self.message_user(
             request,
             ngettext(
@@ -254,23 +268,35 @@ class DocumentAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    def save_model(
-        self, request: HttpRequest, obj: Document, form: ModelForm, change: bool
+    def audit_save(
+        self,
+        request: HttpRequest,
+        obj: Document,
+        form: Any,
+        change: bool,
+        related: Callable[[], None],
     ) -> None:
         upload = form.cleaned_data.get("upload")
         if not change and obj.owner_id is None:
             obj.owner = request.user
-        if upload is not None:
-            result = document_file_replace(document=obj, content=upload, filename=upload.name)
-            if result.outcome == "unchanged":
-                self.message_user(
-                    request,
-                    _("The uploaded file is identical to the current version; nothing to index."),
-                    messages.WARNING,
-                )
-            return
-        # Only what the form edits: the rest of the row belongs to ingestion.
-        obj.save(update_fields=[*form.changed_data, "updated_at"])
+        result = document_save(
+            document=obj,
+            actor=request.user,
+            upload=upload,
+            # Only what the form edits: the rest of the row belongs to ingestion.
+            fields=None if upload is not None else form.changed_data,
+            related=related,
+            request_id=request_id_of(request),
+        )
+        if result is not None and result.outcome == "unchanged":
+            self.message_user(
+                request,
+                _("The uploaded file is identical to the current version; nothing to index."),
+                messages.WARNING,
+            )
+
+    def audit_delete(self, request: HttpRequest, obj: Document) -> None:
+        document_delete(document=obj, actor=request.user, request_id=request_id_of(request))
 
 
 @admin.register(Chunk)

@@ -37,8 +37,8 @@ from apps.knowledge.parsing.pdf import MAX_PAGES
 from apps.knowledge.selectors import Readers
 from apps.knowledge.services import ingest as ingest_service
 from apps.knowledge.services.audience import chat_readers
+from apps.knowledge.services.config import document_upload, knowledge_base_ensure
 from apps.knowledge.services.directory import directory_user_save
-from apps.knowledge.services.ingest import document_upload, knowledge_base_ensure
 from apps.knowledge.services.retrieval import knowledge_retrieve
 from apps.knowledge.tasks import document_ingest as document_ingest_task
 from tests.conftest import BASE_DIR, worker_env
@@ -329,11 +329,13 @@ def test_documents_over_the_paragraph_limit_are_refused(tmp_path: Path, name: st
 
 
 def _upload(tmp_path: Path, text: str) -> Document:
-    kb, _ = knowledge_base_ensure(slug="bounded")
+    kb, _ = knowledge_base_ensure(slug="bounded", actor=None)
     file = tmp_path / "bounded.md"
     file.write_text(text, encoding="utf-8")
     with file.open("rb") as stream:
-        result = document_upload(kb=kb, content=File(stream), filename=file.name, enqueue=False)
+        result = document_upload(
+            kb=kb, content=File(stream), filename=file.name, actor=None, enqueue=False
+        )
     return result.document
 
 

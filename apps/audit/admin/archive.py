@@ -3,6 +3,7 @@ quarantined records (content, scoped to the officer's sources)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
@@ -20,11 +21,16 @@ from apps.audit.admin.mixins import (
     AccessReasonAdminMixin,
     OperatorAuditAdminMixin,
     ReadOnlyAdminMixin,
+    request_id_of,
     shorten,
 )
 from apps.audit.forms import ArchiveKeyForm, ArchiveSourceForm
 from apps.audit.models import ArchivedMessage, ArchiveKey, ArchiveQuarantine, ArchiveSource
-from apps.audit.services.operator_audit import model_snapshot
+from apps.audit.services.configuration import (
+    archive_source_delete,
+    archive_source_save,
+    archive_source_snapshot,
+)
 from apps.core.fields import is_undecryptable
 
 
@@ -115,14 +121,23 @@ class ArchiveSourceAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
             return str(_("cannot be decrypted: check FIELD_ENCRYPTION_KEYS or enter it again"))
         return str(_("set")) if obj.secret else str(_("missing"))
 
-    def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
-        snapshot = model_snapshot(obj)
-        if snapshot is not None and obj.pk is not None:
-            snapshot["keys"] = [
-                {"publickey_ver": key.publickey_ver, "fingerprint": key.fingerprint}
-                for key in ArchiveKey.objects.filter(source=obj).order_by("publickey_ver")
-            ]
-        return snapshot
+    def audit_snapshot(self, obj: Model | None) -> dict[str, Any] | None:
+        return archive_source_snapshot(obj)
+
+    def audit_save(
+        self,
+        request: HttpRequest,
+        obj: ArchiveSource,
+        form: Any,
+        change: bool,
+        related: Callable[[], None],
+    ) -> None:
+        archive_source_save(
+            source=obj, actor=request.user, related=related, request_id=request_id_of(request)
+        )
+
+    def audit_delete(self, request: HttpRequest, obj: ArchiveSource) -> None:
+        archive_source_delete(source=obj, actor=request.user, request_id=request_id_of(request))
 
     @admin.action(description=_("Pull now"), permissions=["change"])
     def pull_now(self, request: HttpRequest, queryset: QuerySet[ArchiveSource]) -> None:

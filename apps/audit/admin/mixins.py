@@ -6,6 +6,7 @@ so the audit admin modules keep one import line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib.admin.utils import unquote
@@ -21,7 +22,11 @@ from apps.audit import selectors
 from apps.audit.forms import AccessReasonForm
 from apps.audit.models import AccessLog
 from apps.audit.services.access import access_log_record, access_log_record_many
-from apps.audit.services.operator_audit import model_snapshot, operator_audit_record
+from apps.audit.services.operator_audit import (
+    model_delete_audited,
+    model_save_audited,
+    model_snapshot,
+)
 from apps.core.admin import ReadOnlyAdminMixin, request_id_of, shorten
 
 __all__ = [
@@ -34,11 +39,14 @@ __all__ = [
 
 
 class OperatorAuditAdminMixin:
-    """Record every add, change (including many-to-many and inlines) and delete.
+    """Saves and deletes go through a service that writes the operator audit entry.
 
-    The entry is written in `save_related`, after many-to-many fields and inlines are saved,
-    inside the admin's transaction, with the state before and after the change.
-    `audit_action_prefix` names the action (`audit.policy` → `audit.policy.update`).
+    The admin only passes the signed-in user and the request id: the entry is the
+    service's, so a change made by a command or the API is audited the same way. The save
+    happens in `save_related`, after the form's many-to-many fields and inlines are known,
+    so one entry covers all of it. Admins of models with a service of their own override
+    `audit_save`/`audit_delete`; the others get `model_save_audited`, with the action
+    named by `audit_action_prefix` (`audit.policy` → `audit.policy.update`).
     """
 
     audit_action_prefix = ""
@@ -47,51 +55,53 @@ class OperatorAuditAdminMixin:
         meta = self.model._meta  # type: ignore[attr-defined]
         return self.audit_action_prefix or f"{meta.app_label}.{meta.model_name}"
 
-    def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
+    def audit_snapshot(self, obj: Model | None) -> dict[str, Any] | None:
         return model_snapshot(obj)
 
-    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
-        before = None
-        if change and obj.pk is not None:
-            stored = type(obj)._default_manager.filter(pk=obj.pk).first()
-            before = self.audit_snapshot(stored) if stored is not None else None
-        request._audit_before = before  # type: ignore[attr-defined]
-        super().save_model(request, obj, form, change)  # type: ignore[misc]
-
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        super().save_related(request, form, formsets, change)  # type: ignore[misc]
-        obj = form.instance
-        operator_audit_record(
-            actor=request.user,
-            action=f"{self.audit_prefix()}.{'update' if change else 'create'}",
+    def audit_save(
+        self,
+        request: HttpRequest,
+        obj: Model,
+        form: Any,
+        change: bool,
+        related: Callable[[], None],
+    ) -> None:
+        model_save_audited(
             obj=obj,
-            before=getattr(request, "_audit_before", None),
-            after=self.audit_snapshot(obj),
+            actor=request.user,
+            action_prefix=self.audit_prefix(),
+            snapshot=self.audit_snapshot,
+            related=related,
             request_id=request_id_of(request),
         )
 
+    def audit_delete(self, request: HttpRequest, obj: Model) -> None:
+        model_delete_audited(
+            obj=obj,
+            actor=request.user,
+            action_prefix=self.audit_prefix(),
+            snapshot=self.audit_snapshot,
+            request_id=request_id_of(request),
+        )
+
+    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
+        """Nothing yet: `save_related` saves the row and its relations through the service."""
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        parent = super()
+
+        def related() -> None:
+            parent.save_related(request, form, formsets, change)  # type: ignore[misc]
+
+        self.audit_save(request, form.instance, form, change, related)
+
     def delete_model(self, request: HttpRequest, obj: Model) -> None:
-        with transaction.atomic():
-            operator_audit_record(
-                actor=request.user,
-                action=f"{self.audit_prefix()}.delete",
-                obj=obj,
-                before=self.audit_snapshot(obj),
-                request_id=request_id_of(request),
-            )
-            super().delete_model(request, obj)  # type: ignore[misc]
+        self.audit_delete(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         with transaction.atomic():
             for obj in queryset:
-                operator_audit_record(
-                    actor=request.user,
-                    action=f"{self.audit_prefix()}.delete",
-                    obj=obj,
-                    before=self.audit_snapshot(obj),
-                    request_id=request_id_of(request),
-                )
-            super().delete_queryset(request, queryset)  # type: ignore[misc]
+                self.audit_delete(request, obj)
 
 
 # The hidden field that tells a reason POST from the change form's own POST.

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit.admin.mixins import OperatorAuditAdminMixin, request_id_of
 from apps.audit.forms import AuditPolicyForm, SensitiveWordListForm
 from apps.audit.models import AuditPolicy, PolicyWordList, RegexRule, SensitiveWordList
-from apps.audit.services.operator_audit import model_snapshot
-from apps.audit.services.policy import regex_rules_import
+from apps.audit.services.configuration import (
+    policy_delete,
+    policy_save,
+    policy_snapshot,
+    word_list_delete,
+)
+from apps.audit.services.policy import word_list_save, word_list_snapshot
 
 
 @admin.register(SensitiveWordList)
@@ -38,20 +42,24 @@ class SensitiveWordListAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     def policy_names(self, obj: SensitiveWordList) -> str:
         return ", ".join(policy.name for policy in obj.policies.all()) or "—"
 
-    def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
-        snapshot = model_snapshot(obj)
-        if snapshot is not None:
-            # Thousands of words: keep a count and a fingerprint rather than the full text.
-            words = snapshot.pop("words", "")
-            snapshot["words_sha256"] = hashlib.sha256(words.encode()).hexdigest()
-        return snapshot
+    def audit_snapshot(self, obj: Model | None) -> dict[str, Any] | None:
+        return word_list_snapshot(obj)
 
-    def save_model(
-        self, request: HttpRequest, obj: SensitiveWordList, form: Any, change: bool
+    def audit_save(
+        self,
+        request: HttpRequest,
+        obj: SensitiveWordList,
+        form: Any,
+        change: bool,
+        related: Callable[[], None],
     ) -> None:
-        super().save_model(request, obj, form, change)
-        # Policies using the list recompile when their updated_at moves.
-        AuditPolicy.objects.filter(word_list_rules__word_list=obj).update(updated_at=timezone.now())
+        # The policies using the list recompile when their updated_at moves.
+        word_list_save(
+            word_list=obj, actor=request.user, related=related, request_id=request_id_of(request)
+        )
+
+    def audit_delete(self, request: HttpRequest, obj: SensitiveWordList) -> None:
+        word_list_delete(word_list=obj, actor=request.user, request_id=request_id_of(request))
 
 
 class PolicyWordListInline(admin.TabularInline):
@@ -112,30 +120,25 @@ class AuditPolicyAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     def pii_summary(self, obj: AuditPolicy) -> str:
         return ", ".join(f"{kind}: {action}" for kind, action in obj.pii_actions().items()) or "—"
 
-    def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
-        snapshot = model_snapshot(obj)
-        if snapshot is not None and obj.pk is not None:
-            snapshot["word_list_rules"] = [
-                {"word_list": rule.word_list_id, "action": rule.action}
-                for rule in PolicyWordList.objects.filter(policy=obj).order_by("word_list_id")
-            ]
-            snapshot["regex_rules"] = [
-                {"pattern": rule.pattern, "action": rule.action}
-                for rule in RegexRule.objects.filter(policy=obj).order_by("id")
-            ]
-        return snapshot
+    def audit_snapshot(self, obj: Model | None) -> dict[str, Any] | None:
+        return policy_snapshot(obj)
 
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        text = form.cleaned_data.get("regex_import_file")
-        if text:
-            # Before the audit entry, so the entry's "after" includes the imported rules.
-            admin.ModelAdmin.save_related(self, request, form, formsets, change)
-            regex_rules_import(
-                policy=form.instance,
-                text=text,
-                default_action=form.cleaned_data["regex_import_action"],
-                actor=request.user,
-                request_id=request_id_of(request),
-            )
-            formsets = []
-        super().save_related(request, form, formsets, change)
+    def audit_save(
+        self,
+        request: HttpRequest,
+        obj: AuditPolicy,
+        form: Any,
+        change: bool,
+        related: Callable[[], None],
+    ) -> None:
+        policy_save(
+            policy=obj,
+            actor=request.user,
+            related=related,
+            regex_import=form.cleaned_data.get("regex_import_file") or "",
+            regex_import_action=form.cleaned_data.get("regex_import_action") or "flag",
+            request_id=request_id_of(request),
+        )
+
+    def audit_delete(self, request: HttpRequest, obj: AuditPolicy) -> None:
+        policy_delete(policy=obj, actor=request.user, request_id=request_id_of(request))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
@@ -9,16 +10,20 @@ from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
-from django.db.models import Model, QuerySet
+from django.db.models import Model
 from django.http import HttpRequest, HttpResponse
 
 from apps.audit import selectors
 from apps.audit.admin.mixins import OperatorAuditAdminMixin, request_id_of
-from apps.audit.services.operator_audit import operator_audit_record
-
-
-def _permission_names(permissions: QuerySet) -> list[str]:
-    return sorted(f"{p.content_type.app_label}.{p.codename}" for p in permissions)
+from apps.audit.services.accounts import (
+    group_delete,
+    group_save,
+    group_snapshot,
+    user_delete,
+    user_password_set,
+    user_save,
+    user_snapshot,
+)
 
 
 class ScopeGrantGuardMixin:
@@ -81,39 +86,36 @@ class AuditedUserAdmin(ScopeGrantGuardMixin, OperatorAuditAdminMixin, UserAdmin)
             response = super().user_change_password(request, id, form_url)
             if request.method == "POST" and response.status_code == 302:
                 user = self.get_object(request, unquote(id))
-                operator_audit_record(
-                    actor=request.user,
-                    action="auth.user.password_set",
-                    obj=user,
-                    before={"password": "(old)"},
-                    after={"password": "(changed)"},
-                    request_id=request_id_of(request),
-                )
+                user_password_set(user=user, actor=request.user, request_id=request_id_of(request))
         return response
 
-    def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
-        data = super().audit_snapshot(obj)
-        if data is not None and "password" in data:
-            data["password"] = "(set)" if data["password"] else ""  # never the hash
-        if data is not None and obj.pk is not None:
-            # Names, not ids, so the entry still reads right after a permission is renamed.
-            data["permission_names"] = _permission_names(
-                obj.user_permissions.select_related("content_type")  # type: ignore[attr-defined]
-            )
-            data["group_names"] = sorted(obj.groups.values_list("name", flat=True))  # type: ignore[attr-defined]
-        return data
+    def audit_snapshot(self, obj: Model | None) -> dict[str, Any] | None:
+        return user_snapshot(obj)
+
+    def audit_save(
+        self, request: HttpRequest, obj: Any, form: Any, change: bool, related: Callable[[], None]
+    ) -> None:
+        user_save(user=obj, actor=request.user, related=related, request_id=request_id_of(request))
+
+    def audit_delete(self, request: HttpRequest, obj: Any) -> None:
+        user_delete(user=obj, actor=request.user, request_id=request_id_of(request))
 
 
 class AuditedGroupAdmin(ScopeGrantGuardMixin, OperatorAuditAdminMixin, GroupAdmin):
     audit_action_prefix = "auth.group"
 
-    def audit_snapshot(self, obj: Model) -> dict[str, Any] | None:
-        data = super().audit_snapshot(obj)
-        if data is not None and obj.pk is not None:
-            data["permission_names"] = _permission_names(
-                obj.permissions.select_related("content_type")  # type: ignore[attr-defined]
-            )
-        return data
+    def audit_snapshot(self, obj: Model | None) -> dict[str, Any] | None:
+        return group_snapshot(obj)
+
+    def audit_save(
+        self, request: HttpRequest, obj: Any, form: Any, change: bool, related: Callable[[], None]
+    ) -> None:
+        group_save(
+            group=obj, actor=request.user, related=related, request_id=request_id_of(request)
+        )
+
+    def audit_delete(self, request: HttpRequest, obj: Any) -> None:
+        group_delete(group=obj, actor=request.user, request_id=request_id_of(request))
 
 
 admin.site.unregister(User)

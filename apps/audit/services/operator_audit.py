@@ -8,11 +8,14 @@ short keyed fingerprint (so a rotation shows as a change), never as their value.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Model
 
 from apps.audit.models import OperatorAuditEntry
@@ -22,8 +25,36 @@ from wecom_ai.request_id import current_request_id
 
 SECRET_SET = "(set)"  # noqa: S105 - a placeholder shown instead of a secret
 
+Snapshot = Callable[[Model | None], dict[str, Any] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class SystemActor:
+    """Who acted when no user did: a command or task, shown by its label in the audit list.
+
+    The entry's actor stays empty (there is no user to link); `actor_username` holds the
+    label, e.g. `system:demo_setup`, so the list tells the commands apart.
+    """
+
+    label: str
+
+
+def command_actor(*, command: str, username: str | None = None) -> Any:
+    """The actor a management command records: the user named by `--actor`, or the system.
+
+    Raises LookupError for an unknown username, so a typo never records the system instead.
+    """
+    if not username:
+        return SystemActor(f"system:{command}")
+    user = get_user_model()._default_manager.filter(username=username).first()
+    if user is None:
+        raise LookupError(f"no user named {username!r}")
+    return user
+
 
 def user_name(user: Any) -> str:
+    if isinstance(user, SystemActor):
+        return user.label[:150]
     if user is None or not getattr(user, "is_authenticated", False):
         return ""
     return user.get_username()
@@ -108,6 +139,77 @@ def operator_audit_record(
         after=payload["after"],
         request_id=request_id or request_id_current(),
     )
+
+
+@contextmanager
+def operator_audited(
+    *,
+    actor: Any,
+    action_prefix: str,
+    obj: Model,
+    snapshot: Snapshot = model_snapshot,
+    request_id: str = "",
+) -> Iterator[dict[str, Any] | None]:
+    """Audit the save done in the `with` block as one entry, in the same transaction.
+
+    The state before is read from the database (the caller's instance may already hold the
+    new values); it is what the block gets. The entry is `<prefix>.create` when there was
+    no stored row, else `<prefix>.update`.
+    """
+    with transaction.atomic():
+        stored = None
+        if obj.pk is not None:
+            stored = type(obj)._default_manager.select_for_update().filter(pk=obj.pk).first()
+        before = snapshot(stored) if stored is not None else None
+        yield before
+        operator_audit_record(
+            actor=actor,
+            action=f"{action_prefix}.{'create' if stored is None else 'update'}",
+            obj=obj,
+            before=before,
+            after=snapshot(obj),
+            request_id=request_id,
+        )
+
+
+def model_save_audited(
+    *,
+    obj: Model,
+    actor: Any,
+    action_prefix: str,
+    snapshot: Snapshot = model_snapshot,
+    related: Callable[[], None] | None = None,
+    request_id: str = "",
+) -> Model:
+    """Save a row that has no service of its own; `related` saves its many-to-many fields and
+    inlines (the admin's `save_related`) inside the same audited change."""
+    with operator_audited(
+        actor=actor, action_prefix=action_prefix, obj=obj, snapshot=snapshot, request_id=request_id
+    ):
+        obj.save()
+        if related is not None:
+            related()
+    return obj
+
+
+def model_delete_audited(
+    *,
+    obj: Model,
+    actor: Any,
+    action_prefix: str,
+    snapshot: Snapshot = model_snapshot,
+    request_id: str = "",
+) -> None:
+    """Delete a row with its `<prefix>.delete` entry holding the state it had."""
+    with transaction.atomic():
+        operator_audit_record(
+            actor=actor,
+            action=f"{action_prefix}.delete",
+            obj=obj,
+            before=snapshot(obj),
+            request_id=request_id,
+        )
+        obj.delete()
 
 
 def request_id_current() -> str:

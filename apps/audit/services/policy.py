@@ -7,14 +7,16 @@ picked up by every worker on its next evaluation without a restart.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Model
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -28,7 +30,11 @@ from apps.audit.models import (
     SensitiveWordList,
     regex_problem,
 )
-from apps.audit.services.operator_audit import model_snapshot, operator_audit_record
+from apps.audit.services.operator_audit import (
+    model_snapshot,
+    operator_audit_record,
+    operator_audited,
+)
 
 # Characters a regex or personal-data match may span that the stream guard holds back.
 PATTERN_HOLD = 64
@@ -428,29 +434,37 @@ def word_lines_check(text: str) -> list[str]:
     return problems
 
 
+def word_list_snapshot(obj: Model | None) -> dict[str, Any] | None:
+    """Thousands of words: the entry keeps a count and a fingerprint, not the full text."""
+    snapshot = model_snapshot(obj)
+    if snapshot is not None:
+        words = snapshot.pop("words", "")
+        snapshot["words_sha256"] = hashlib.sha256(words.encode()).hexdigest()
+    return snapshot
+
+
 def word_list_save(
     *,
     word_list: SensitiveWordList,
     actor: Any = None,
     request_id: str = "",
-    before: dict[str, Any] | None = None,
+    related: Callable[[], None] | None = None,
 ) -> SensitiveWordList:
     """Validate and save a word list, recompile the policies using it, audit the change."""
     problems = word_lines_check(word_list.words)
     if problems:
         raise PolicyImportError(problems)
-    created = word_list.pk is None
-    with transaction.atomic():
+    with operator_audited(
+        actor=actor,
+        action_prefix="audit.word_list",
+        obj=word_list,
+        snapshot=word_list_snapshot,
+        request_id=request_id,
+    ):
         word_list.save()
+        if related is not None:
+            related()
         _policies_touch(word_list.policy_rules.values_list("policy_id", flat=True))
-        operator_audit_record(
-            actor=actor,
-            action="audit.word_list.create" if created else "audit.word_list.update",
-            obj=word_list,
-            before=before,
-            after=model_snapshot(word_list),
-            request_id=request_id,
-        )
     return word_list
 
 
@@ -464,14 +478,13 @@ def word_list_import(
 ) -> SensitiveWordList:
     """Create or update the list `name` from file text (one word per line)."""
     word_list = SensitiveWordList.objects.filter(name=name).first()
-    before = model_snapshot(word_list) if word_list else None
     if word_list is None:
         word_list = SensitiveWordList(name=name)
     if replace or not word_list.words:
         word_list.words = text
     else:
         word_list.words = word_list.words.rstrip("\n") + "\n" + text
-    return word_list_save(word_list=word_list, actor=actor, request_id=request_id, before=before)
+    return word_list_save(word_list=word_list, actor=actor, request_id=request_id)
 
 
 def policy_word_list_attach(

@@ -24,7 +24,6 @@ from asgiref.sync import async_to_sync
 from celery.exceptions import SoftTimeLimitExceeded
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -57,25 +56,7 @@ INGESTION_FIELDS = (
 _CONTEXT_MARGIN = 8
 
 
-# --- uploading ------------------------------------------------------------------------------
-
-
-def knowledge_base_ensure(
-    *, slug: str, departments: list[str] | None = None
-) -> tuple[KnowledgeBase, bool]:
-    """The knowledge base with this slug, created if missing (named after the slug).
-
-    Given departments become its audience, on an existing knowledge base too; None leaves
-    the audience as it is.
-    """
-    with transaction.atomic():
-        kb, created = KnowledgeBase.objects.select_for_update().get_or_create(
-            slug=slug, defaults={"name": slug}
-        )
-        if departments is not None and kb.allowed_departments != departments:
-            kb.allowed_departments = departments
-            kb.save(update_fields=["allowed_departments", "updated_at"])
-    return kb, created
+# --- uploading (the audited doors are in `config`: knowledge_base_ensure, document_upload) ---
 
 
 @dataclass(frozen=True)
@@ -87,28 +68,6 @@ class UploadResult:
     @property
     def needs_ingest(self) -> bool:
         return self.outcome != "unchanged"
-
-
-def document_upload(
-    *,
-    kb: KnowledgeBase,
-    content: File,
-    filename: str,
-    owner: AbstractBaseUser | None = None,
-    title: str = "",
-    enqueue: bool = True,
-) -> UploadResult:
-    """Store a file as a new document, or as the next version of the same-named one."""
-    filename = Path(filename).name
-    with transaction.atomic():
-        document = Document.objects.filter(kb=kb, original_filename=filename).first()
-        if document is None:
-            document = Document(kb=kb, title=title, owner=owner)
-        elif title:
-            document.title = title
-        return document_file_replace(
-            document=document, content=content, filename=filename, enqueue=enqueue
-        )
 
 
 def document_file_replace(

@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from apps.audit.models import Action, AuditPolicy
+from apps.audit.services.operator_audit import command_actor
 from apps.audit.services.policy import (
     PolicyImportError,
     decode_import_file,
@@ -41,8 +42,18 @@ class Command(BaseCommand):
         parser.add_argument("--append", action="store_true", help="words: add, don't replace.")
         parser.add_argument("--replace", action="store_true", help="regex: drop existing rules.")
         parser.add_argument("--policy", help="words: also attach the list to this policy.")
+        parser.add_argument(
+            "--actor",
+            metavar="USERNAME",
+            help="Record the change in the operator audit as this user's "
+            "(default: system:policy_import).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            self.actor = command_actor(command="policy_import", username=options["actor"])
+        except LookupError as exc:
+            raise CommandError(str(exc)) from exc
         try:
             text = decode_import_file(options["file"].read_bytes())
         except OSError as exc:
@@ -60,13 +71,14 @@ class Command(BaseCommand):
     def _words(self, text: str, options: dict[str, Any]) -> None:
         with transaction.atomic():
             word_list = word_list_import(
-                name=options["name"], text=text, replace=not options["append"]
+                name=options["name"], text=text, replace=not options["append"], actor=self.actor
             )
             if options.get("policy"):
                 policy_word_list_attach(
                     policy=self._policy(options["policy"]),
                     word_list=word_list,
                     action=options.get("action") or Action.BLOCK,
+                    actor=self.actor,
                 )
         self.stdout.write(f"word list {word_list.name!r}: {word_list.word_count} words")
 
@@ -77,6 +89,7 @@ class Command(BaseCommand):
             text=text,
             default_action=options.get("action") or Action.FLAG,
             replace=options["replace"],
+            actor=self.actor,
         )
         self.stdout.write(f"policy {policy.name!r}: {len(created)} regex rules imported")
 

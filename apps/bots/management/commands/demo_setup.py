@@ -8,10 +8,13 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from apps.audit.services.accounts import superuser_ensure
+from apps.audit.services.operator_audit import command_actor
 from apps.bots.models import Bot, ModelProfile
+from apps.bots.services.config import bot_credentials_set, bot_save, model_profile_save
 from wecom.crypto import (
     generate_encoding_aes_key,
     generate_token,
@@ -27,35 +30,51 @@ DEMO_PROMPT = (
 class Command(BaseCommand):
     help = "Create or update the admin user, the default model profile and the demo bot."
 
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--actor",
+            metavar="USERNAME",
+            help="Record the changes in the operator audit as this user's "
+            "(default: system:demo_setup).",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            self.actor = command_actor(command="demo_setup", username=options["actor"])
+        except LookupError as exc:
+            raise CommandError(str(exc)) from exc
         with transaction.atomic():
             self._admin()
             profile = self._profile()
             self._demo_bot(profile)
 
     def _admin(self) -> None:
-        User = get_user_model()
         password = os.environ.get("ADMIN_PASSWORD")
-        user = User.objects.filter(username="admin").first()
-        if user is None:
-            generated = not password
-            password = password or secrets.token_urlsafe(12)
-            User.objects.create_superuser("admin", "", password)
-            shown = password if generated else "(from ADMIN_PASSWORD)"
+        generated = None
+        if not password and not get_user_model()._default_manager.filter(username="admin").exists():
+            generated = secrets.token_urlsafe(12)
+        _user, outcome = superuser_ensure(
+            username="admin", password=password or generated, actor=self.actor
+        )
+        if outcome == "created":
+            shown = generated or "(from ADMIN_PASSWORD)"
             self.stdout.write(f"admin user created · username admin · password {shown}")
-        elif password:
-            user.set_password(password)
-            user.save(update_fields=["password"])
+        elif outcome == "password_set":
             self.stdout.write("admin user password set from ADMIN_PASSWORD")
         else:
             self.stdout.write("admin user exists (password unchanged)")
 
     def _profile(self) -> ModelProfile:
-        profile, created = ModelProfile.objects.get_or_create(
-            name="SmolLM2-135M-Instruct",
-            defaults={"gguf_path": settings.DEFAULT_MODEL_PATH, "context_size": 2048},
-        )
-        if created:
+        profile = ModelProfile.objects.filter(name="SmolLM2-135M-Instruct").first()
+        if profile is None:
+            profile = model_profile_save(
+                profile=ModelProfile(
+                    name="SmolLM2-135M-Instruct",
+                    gguf_path=settings.DEFAULT_MODEL_PATH,
+                    context_size=2048,
+                ),
+                actor=self.actor,
+            )
             self.stdout.write(f"model profile created · {profile.gguf_path}")
         return profile
 
@@ -71,7 +90,7 @@ class Command(BaseCommand):
         generated = []
         if bot is None:
             generated = [name for name, value in (("token", token), ("key", key)) if not value]
-            bot = Bot.objects.create(
+            bot = Bot(
                 name="demo",
                 slug="demo",
                 token=token or generate_token(),
@@ -81,17 +100,13 @@ class Command(BaseCommand):
                 max_tokens=256,
                 welcome_message="你好！我是演示助手，有问题请直接问我。",
             )
+            bot_save(bot=bot, actor=self.actor)
             self.stdout.write("demo bot created")
         else:
-            changed = []
-            if token and token != bot.token:
-                bot.token = token
-                changed.append("token")
-            if key and key != bot.encoding_aes_key:
-                bot.encoding_aes_key = key
-                changed.append("encoding_aes_key")
+            changed = bot_credentials_set(
+                bot=bot, actor=self.actor, token=token, encoding_aes_key=key
+            )
             if changed:
-                bot.save()
                 self.stdout.write(f"demo bot updated from the environment: {', '.join(changed)}")
         # Secrets are printed once, when generated; afterwards they live in the admin only.
         if "token" in generated:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.knowledge.services.directory import directory_user_save
+from apps.audit.services.operator_audit import command_actor
+from apps.knowledge.services.config import directory_user_set
 
 
 class Command(BaseCommand):
@@ -20,10 +21,21 @@ class Command(BaseCommand):
         parser.add_argument("--name")
         parser.add_argument("--department", action="append", dest="departments", metavar="NAME")
         parser.add_argument("--tag", action="append", dest="tags", metavar="TAG")
+        parser.add_argument(
+            "--actor",
+            metavar="USERNAME",
+            help="Record the change in the operator audit as this user's "
+            "(default: system:directory_user).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        user, created = directory_user_save(
+        try:
+            actor = command_actor(command="directory_user", username=options["actor"])
+        except LookupError as exc:
+            raise CommandError(str(exc)) from exc
+        user, created = directory_user_set(
             userid=options["userid"],
+            actor=actor,
             name=options["name"],
             departments=options["departments"],
             tags=options["tags"],

@@ -11,14 +11,11 @@ from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.validators import validate_slug
 
+from apps.audit.services.operator_audit import command_actor
 from apps.knowledge.models import Document
 from apps.knowledge.parsing import SUPPORTED_EXTENSIONS
-from apps.knowledge.services.ingest import (
-    ProgressCallback,
-    document_ingest,
-    document_upload,
-    knowledge_base_ensure,
-)
+from apps.knowledge.services.config import document_upload, knowledge_base_ensure
+from apps.knowledge.services.ingest import ProgressCallback, document_ingest
 
 
 class Command(BaseCommand):
@@ -38,15 +35,25 @@ class Command(BaseCommand):
             metavar="NAME",
             help="Restrict the knowledge base to this department (repeatable).",
         )
+        parser.add_argument(
+            "--actor",
+            metavar="USERNAME",
+            help="Record the changes in the operator audit as this user's "
+            "(default: system:kb_ingest).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             validate_slug(options["kb_slug"])
         except ValidationError as exc:
             raise CommandError(f"{options['kb_slug']!r} is not a valid slug") from exc
+        try:
+            actor = command_actor(command="kb_ingest", username=options["actor"])
+        except LookupError as exc:
+            raise CommandError(str(exc)) from exc
         files = self._files(options["paths"])
         kb, created = knowledge_base_ensure(
-            slug=options["kb_slug"], departments=options["departments"]
+            slug=options["kb_slug"], departments=options["departments"], actor=actor
         )
         audience = ", ".join(kb.allowed_departments) or "everyone"
         verb = "created" if created else "using"
@@ -64,7 +71,11 @@ class Command(BaseCommand):
                 continue
             with path.open("rb") as handle:
                 result = document_upload(
-                    kb=kb, content=File(handle, name=path.name), filename=path.name, enqueue=False
+                    kb=kb,
+                    content=File(handle, name=path.name),
+                    filename=path.name,
+                    actor=actor,
+                    enqueue=False,
                 )
             if not result.needs_ingest:
                 self.stdout.write(f"{path.name}: unchanged (v{result.document.version})")
