@@ -10,11 +10,13 @@ from django.utils.translation import gettext_lazy as _
 from apps.audit import selectors
 from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin
-from apps.bots.forms import BotForm, ModelProfileForm
-from apps.bots.model_load import model_load_get
-from apps.bots.models import Bot, Conversation, ModelProfile, Turn
+from apps.bots.forms import BotForm
+from apps.bots.models import Bot, Conversation, Turn
 from apps.core.admin import ReadOnlyAdminMixin
 from apps.core.fields import is_undecryptable
+from apps.inference.forms import ModelProfileForm
+from apps.inference.model_load import model_load_get
+from apps.inference.models import ModelProfile
 
 
 @admin.register(ModelProfile)
@@ -80,7 +82,7 @@ class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("GPU offload in this build"))
     def gpu_build(self, obj: ModelProfile) -> str:
-        from apps.bots.engine.llama import gpu_offload_supported
+        from apps.inference.engine.llama import gpu_offload_supported
 
         return str(_("yes")) if gpu_offload_supported() else str(_("no (CPU build)"))
 

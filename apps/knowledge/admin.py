@@ -12,8 +12,10 @@ from django.utils.translation import ngettext
 
 from apps.audit.admin.mixins import OperatorAuditAdminMixin
 from apps.core.admin import ReadOnlyAdminMixin
-from apps.knowledge.forms import DocumentForm, GroupChatForm, KnowledgeBaseForm
-from apps.knowledge.models import Chunk, DirectoryUser, Document, GroupChat, KnowledgeBase
+from apps.directory.forms import GroupChatForm
+from apps.directory.models import DirectoryUser, GroupChat
+from apps.knowledge.forms import DocumentForm, KnowledgeBaseForm
+from apps.knowledge.models import Chunk, Document, KnowledgeBase
 from apps.knowledge.services.ingest import document_file_replace, document_reindex
 from apps.knowledge.services.search import SEARCH_ALL_PERMISSION
 
@@ -29,6 +31,8 @@ def _audience(obj: KnowledgeBase | Document, *, empty: str) -> str:
 
 @admin.register(DirectoryUser)
 class DirectoryUserAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
+    # The action names predate the move to the directory app; the audit trail keeps them.
+    audit_action_prefix = "knowledge.directoryuser"
     list_display = ("userid", "name", "department_list", "tag_list", "updated_at")
     search_fields = ("userid", "name")
     readonly_fields = ("updated_at",)
@@ -46,6 +50,8 @@ class DirectoryUserAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 class GroupChatAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     """Who reads a group's answers: the bots use only passages all these members may read."""
 
+    # The action names predate the move to the directory app; the audit trail keeps them.
+    audit_action_prefix = "knowledge.groupchat"
     form = GroupChatForm
     list_display = ("chat_id", "name", "member_count", "updated_at")
     search_fields = ("chat_id", "name")

@@ -11,7 +11,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from apps.bots.models import Bot, ModelProfile
+from apps.bots.models import Bot
+from apps.inference.models import ModelProfile
 from wecom.crypto import (
     generate_encoding_aes_key,
     generate_token,

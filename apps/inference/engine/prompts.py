@@ -14,7 +14,7 @@ import jinja2
 import llama_cpp
 from llama_cpp import llama_chat_format
 
-from apps.bots.engine.base import EngineError, ModelSpec
+from apps.inference.engine.base import EngineError, ModelSpec
 
 
 class ChatPrompts:

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from apps.knowledge.services.directory import directory_user_save
+from apps.directory.services import directory_user_save
 
 
 class Command(BaseCommand):

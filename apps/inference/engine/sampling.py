@@ -11,7 +11,7 @@ import random
 
 import llama_cpp
 
-from apps.bots.engine.base import SamplingParams
+from apps.inference.engine.base import SamplingParams
 
 # llama-cpp-python's default `last_n_tokens_size`: how far back the repeat penalty looks.
 PENALTY_LAST_N = 64

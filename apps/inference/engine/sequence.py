@@ -12,18 +12,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from apps.bots.engine.base import (
+from apps.inference.engine.base import (
     ChatRequest,
     EngineError,
     FinishReason,
     Generation,
     GenerationStats,
 )
-from apps.bots.engine.sampling import SamplerChain
-from apps.bots.engine.text import AnswerText
+from apps.inference.engine.sampling import SamplerChain
+from apps.inference.engine.text import AnswerText
 
 if TYPE_CHECKING:
-    from apps.bots.engine.batching import BatchingEngine
+    from apps.inference.engine.batching import BatchingEngine
 
 
 class End:

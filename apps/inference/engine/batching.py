@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import llama_cpp
 
-from apps.bots.engine.base import (
+from apps.inference.engine.base import (
     ChatRequest,
     Engine,
     EngineError,
@@ -37,15 +37,15 @@ from apps.bots.engine.base import (
     FinishReason,
     ModelSpec,
 )
-from apps.bots.engine.estimates import WaitEstimator
-from apps.bots.engine.llama import gpu_offload_supported
-from apps.bots.engine.prefix_cache import MIN_PREFIX_REUSE as MIN_PREFIX_REUSE
-from apps.bots.engine.prefix_cache import PrefixCache, chunk_size
-from apps.bots.engine.prefix_sharing import PrefixSharing
-from apps.bots.engine.prompts import ChatPrompts
-from apps.bots.engine.sampling import SamplerChain, SeedSequence
-from apps.bots.engine.sequence import BatchingGeneration, RunningSequence, SequenceState
-from apps.bots.engine.text import AnswerText
+from apps.inference.engine.estimates import WaitEstimator
+from apps.inference.engine.llama import gpu_offload_supported
+from apps.inference.engine.prefix_cache import MIN_PREFIX_REUSE as MIN_PREFIX_REUSE
+from apps.inference.engine.prefix_cache import PrefixCache, chunk_size
+from apps.inference.engine.prefix_sharing import PrefixSharing
+from apps.inference.engine.prompts import ChatPrompts
+from apps.inference.engine.sampling import SamplerChain, SeedSequence
+from apps.inference.engine.sequence import BatchingGeneration, RunningSequence, SequenceState
+from apps.inference.engine.text import AnswerText
 
 logger = logging.getLogger(__name__)
 
