@@ -117,7 +117,9 @@ def test_model_profile_slots_cannot_exceed_the_batch_size(staff, model_profile):
     # Given a batch of 16 tokens: every running conversation needs one per decode step
     data = _model_profile_form(model_profile.gguf_path, batch_size=16, slots=32)
 
-    response = staff.post(reverse("admin:inference_modelprofile_add"), data, HTTP_ACCEPT_LANGUAGE="en")
+    response = staff.post(
+        reverse("admin:inference_modelprofile_add"), data, HTTP_ACCEPT_LANGUAGE="en"
+    )
 
     errors = response.context["adminform"].form.errors["slots"]
     assert any("batch size (16)" in error for error in errors), errors

@@ -155,6 +155,11 @@ class RunningSequence:
     leader_tokens: int = 0  # how much of the leader's prefix it will copy
     state: SequenceState = SequenceState.PREFILLING
 
+    def next_token(self) -> int:
+        """The token a decoding sequence feeds in next: the one it sampled last step."""
+        assert self.pending is not None, "a decoding sequence has sampled a token"
+        return self.pending
+
     def prefilled(self) -> list[int]:
         """The prompt tokens in this sequence's KV cache: the part others may copy.
 
