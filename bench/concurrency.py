@@ -56,9 +56,9 @@ from typing import Any
 if __package__ in {None, ""}:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apps.bots.engine.base import ChatRequest, Engine, ModelSpec, SamplingParams
-from apps.bots.engine.batching import DEFAULT_PREFIX_CACHE_SIZE, BatchingEngine
-from apps.bots.engine.llama import LlamaEngine
+from apps.inference.engine.base import ChatRequest, Engine, ModelSpec, SamplingParams
+from apps.inference.engine.batching import DEFAULT_PREFIX_CACHE_SIZE, BatchingEngine
+from apps.inference.engine.llama import LlamaEngine
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = BASE_DIR / "var" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"

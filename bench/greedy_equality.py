@@ -25,9 +25,9 @@ from pathlib import Path
 if __package__ in {None, ""}:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apps.bots.engine.base import ChatRequest, Engine, ModelSpec, SamplingParams
-from apps.bots.engine.batching import BatchingEngine
-from apps.bots.engine.llama import LlamaEngine, gpu_offload_supported
+from apps.inference.engine.base import ChatRequest, Engine, ModelSpec, SamplingParams
+from apps.inference.engine.batching import BatchingEngine
+from apps.inference.engine.llama import LlamaEngine, gpu_offload_supported
 from bench.concurrency import DEFAULT_MODEL, conversation
 
 

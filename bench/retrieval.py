@@ -313,7 +313,8 @@ def _quietly(func: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _synthetic_kb() -> tuple[Any, list[int]]:
-    from apps.knowledge.models import DirectoryUser, Document, KnowledgeBase
+    from apps.directory.models import DirectoryUser
+    from apps.knowledge.models import Document, KnowledgeBase
 
     kb = KnowledgeBase.objects.create(name=SYNTH_KB, slug=SYNTH_KB)
     ids = []
@@ -428,7 +429,7 @@ def _load_chunks(
 
 
 def _timed_searches(kb_id: int, *, userid: str | None, queries: int) -> dict[str, Any]:
-    from apps.knowledge.selectors import Readers
+    from apps.directory.selectors import Readers
     from apps.knowledge.services.retrieval import knowledge_retrieve
 
     times, hits = [], 0
@@ -644,8 +645,8 @@ def _single_mode(kb_id: int, query: str, mode: str) -> list[Any]:
 def run_quality() -> dict[str, Any]:
     from django.core.management import call_command
 
+    from apps.directory.selectors import Readers
     from apps.knowledge.models import KnowledgeBase
-    from apps.knowledge.selectors import Readers
     from apps.knowledge.services.retrieval import knowledge_retrieve
 
     kb_delete(QUALITY_KB)

@@ -283,7 +283,8 @@ class BenchStack:
     def _rows_ensure(self) -> None:
         from django.conf import settings
 
-        from apps.bots.models import Bot, Conversation, ModelProfile
+        from apps.bots.models import Bot, Conversation
+        from apps.inference.models import ModelProfile
 
         profile_values = _model_defaults(ModelProfile, skip={"name"})
         profile_values.update(gguf_path=settings.DEFAULT_MODEL_PATH, temperature=0.0)

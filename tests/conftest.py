@@ -282,7 +282,7 @@ def start_worker(transactional_db: None) -> Iterator[Callable[..., WorkerProcess
 
 @pytest.fixture
 def model_profile(db: None):
-    from apps.bots.models import ModelProfile
+    from apps.inference.models import ModelProfile
 
     model_path = os.environ.get("WECOM_AI_MODEL_PATH", settings.DEFAULT_MODEL_PATH)
     if not Path(model_path).is_file():

@@ -8,9 +8,9 @@ import time
 import pytest
 from django.urls import reverse
 
-from apps.bots.engine.base import EngineLoad
-from apps.bots.model_load import _client, model_load_get, model_load_publish
 from apps.bots.models import Bot, Turn
+from apps.inference.engine.base import EngineLoad
+from apps.inference.model_load import _client, model_load_get, model_load_publish
 from wecom.crypto import generate_encoding_aes_key
 
 pytestmark = pytest.mark.django_db
@@ -86,7 +86,7 @@ def test_model_profile_path_must_be_a_gguf(staff, tmp_path):
         (str(not_gguf), "GGUF"),
     ]:
         response = staff.post(
-            reverse("admin:bots_modelprofile_add"),
+            reverse("admin:inference_modelprofile_add"),
             _model_profile_form(path),
             HTTP_ACCEPT_LANGUAGE="en",
         )
@@ -117,19 +117,21 @@ def test_model_profile_slots_cannot_exceed_the_batch_size(staff, model_profile):
     # Given a batch of 16 tokens: every running conversation needs one per decode step
     data = _model_profile_form(model_profile.gguf_path, batch_size=16, slots=32)
 
-    response = staff.post(reverse("admin:bots_modelprofile_add"), data, HTTP_ACCEPT_LANGUAGE="en")
+    response = staff.post(
+        reverse("admin:inference_modelprofile_add"), data, HTTP_ACCEPT_LANGUAGE="en"
+    )
 
     errors = response.context["adminform"].form.errors["slots"]
     assert any("batch size (16)" in error for error in errors), errors
     # And with slots inside the batch the same profile saves
     data["slots"] = 16
-    response = staff.post(reverse("admin:bots_modelprofile_add"), data)
+    response = staff.post(reverse("admin:inference_modelprofile_add"), data)
     assert response.status_code == 302
 
 
 def test_model_profile_page_shows_the_live_load_workers_publish(staff, model_profile):
     # Given no worker has the model loaded
-    url = reverse("admin:bots_modelprofile_change", args=[model_profile.pk])
+    url = reverse("admin:inference_modelprofile_change", args=[model_profile.pk])
     page = staff.get(url, HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert "not loaded by any inference worker" in page
 

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from apps.bots.model_load import model_load_get
 from apps.bots.models import Turn
+from apps.inference.model_load import model_load_get
 from tests.conftest import turn_terminal
 from wecom.simulator import AskResult
 

@@ -8,7 +8,8 @@ import pytest
 from django.core.management import call_command
 
 from apps.bots.models import Turn
-from apps.knowledge.models import DirectoryUser, GroupChat, KnowledgeBase
+from apps.directory.models import DirectoryUser, GroupChat
+from apps.knowledge.models import KnowledgeBase
 from tests.conftest import turn_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]

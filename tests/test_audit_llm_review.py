@@ -21,8 +21,8 @@ from apps.audit.services.llm_review import (
     llm_review_prompt,
     llm_verdict_parse,
 )
-from apps.bots.model_load import model_load_get
-from apps.bots.models import ModelProfile
+from apps.inference.model_load import model_load_get
+from apps.inference.models import ModelProfile
 from tests.wecomsdk.build import (
     FIXTURE_ENV,
     FixtureRecord,

@@ -372,7 +372,7 @@ def test_case_list_filters_by_department_and_bot(admin_client, bot) -> None:
     from django.utils import timezone
 
     from apps.bots.models import Conversation, Turn
-    from apps.knowledge.models import DirectoryUser
+    from apps.directory.models import DirectoryUser
 
     DirectoryUser.objects.create(userid="hr-ann", departments=["HR"])
     DirectoryUser.objects.create(userid="eng-bo", departments=["Engineering"])

@@ -12,14 +12,14 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from apps.bots.engine import registry
-from apps.bots.engine.base import ChatRequest, EngineError, ModelSpec, SamplingParams
-from apps.bots.engine.batching import (
+from apps.inference.engine import registry
+from apps.inference.engine.base import ChatRequest, EngineError, ModelSpec, SamplingParams
+from apps.inference.engine.batching import (
     MIN_PREFIX_REUSE,
     BatchingEngine,
     BatchingGeneration,
 )
-from apps.bots.engine.llama import LlamaEngine
+from apps.inference.engine.llama import LlamaEngine
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_PATH = os.environ.get(

@@ -287,7 +287,7 @@ def test_rate_limit_rejects_politely(make_bot, simulator_for):
 
 
 def test_users_outside_the_allow_list_are_rejected(make_bot, simulator_for):
-    from apps.knowledge.models import DirectoryUser
+    from apps.directory.models import DirectoryUser
 
     bot = make_bot(allowed_userids=["boss"], allowed_departments=["HR"])
     DirectoryUser.objects.create(userid="hr1", departments=["HR", "Finance"])

@@ -16,8 +16,8 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from apps.bots.engine import registry
-from apps.bots.engine.base import (
+from apps.inference.engine import registry
+from apps.inference.engine.base import (
     ChatRequest,
     Engine,
     EngineError,
@@ -25,7 +25,7 @@ from apps.bots.engine.base import (
     ModelSpec,
     SamplingParams,
 )
-from apps.bots.engine.llama import LlamaEngine, LlamaGeneration, gpu_offload_supported
+from apps.inference.engine.llama import LlamaEngine, LlamaGeneration, gpu_offload_supported
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_PATH = os.environ.get(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.bots.engine.base import (
+from apps.inference.engine.base import (
     FINISH_REASONS,
     ChatRequest,
     Engine,
@@ -19,14 +19,14 @@ from apps.bots.engine.base import (
     ModelSpec,
     SamplingParams,
 )
-from apps.bots.engine.batching import BatchingEngine
-from apps.bots.engine.llama import LlamaEngine
-from apps.bots.engine.prefix_cache import PrefixCache, chunk_size, reusable_length
-from apps.bots.engine.prompts import ChatPrompts
-from apps.bots.engine.text import AnswerText
+from apps.inference.engine.batching import BatchingEngine
+from apps.inference.engine.llama import LlamaEngine
+from apps.inference.engine.prefix_cache import PrefixCache, chunk_size, reusable_length
+from apps.inference.engine.prompts import ChatPrompts
+from apps.inference.engine.text import AnswerText
 
 REPO = Path(__file__).resolve().parent.parent
-ENGINE = REPO / "apps" / "bots" / "engine"
+ENGINE = REPO / "apps" / "inference" / "engine"
 MAX_LINES = 600
 MODEL_PATH = os.environ.get(
     "WECOM_AI_MODEL_PATH", str(REPO / "var" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")

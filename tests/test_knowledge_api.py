@@ -12,7 +12,7 @@ from django.urls import include, path
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from apps.knowledge.services.directory import directory_user_save
+from apps.directory.services import directory_user_save
 
 # The project includes apps.knowledge.urls under /api/; these tests do the same.
 urlpatterns = [path("api/", include("apps.knowledge.urls"))]

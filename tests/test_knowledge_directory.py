@@ -14,9 +14,10 @@ import pytest
 from django.core.cache import cache
 from django.core.management import CommandError, call_command
 
-from apps.knowledge.models import DirectoryUser, Document, KnowledgeBase
+from apps.directory.models import DirectoryUser
+from apps.directory.services import contact_client_from_settings
+from apps.knowledge.models import Document, KnowledgeBase
 from apps.knowledge.selectors import document_visible_q
-from apps.knowledge.services.directory import contact_client_from_settings
 
 pytestmark = pytest.mark.django_db
 

@@ -25,9 +25,9 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.urls import path, reverse
 
+from apps.directory.selectors import Readers
 from apps.knowledge.consumers import DocumentProgressConsumer, document_group
 from apps.knowledge.models import Chunk, Document, KnowledgeBase
-from apps.knowledge.selectors import Readers
 from apps.knowledge.services.config import document_upload
 from apps.knowledge.services.ingest import document_enqueue, document_progress_publish
 from apps.knowledge.services.retrieval import knowledge_retrieve

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
+from apps.directory.selectors import Readers
+from apps.directory.services import directory_user_save
 from apps.knowledge.models import Chunk, Document, KnowledgeBase
 from apps.knowledge.segment import query_terms
-from apps.knowledge.selectors import Readers
-from apps.knowledge.services.directory import directory_user_save
 from apps.knowledge.services.retrieval import (
     Hit,
     knowledge_retrieve,

@@ -383,3 +383,63 @@ def test_the_contracts_reject_an_import_against_the_direction(tmp_path, module, 
     assert reported in result.stdout
     importer = module.removesuffix(".py").replace("/", ".")
     assert re.search(rf"^-\s+{re.escape(importer)} -> ", result.stdout, re.MULTILINE)
+
+
+# The floors under the domain apps (issue 10): inference and directory sit side by side
+# below bots, knowledge and audit, and the kernel below them all. Each floor may import
+# Django, `wecom/` and the floors under it, never one beside or above it.
+FLOORS_BELOW = {
+    "apps.core": (*DOMAIN_APPS, "apps.inference", "apps.directory"),
+    "apps.inference": (*DOMAIN_APPS, "apps.directory"),
+    "apps.directory": (*DOMAIN_APPS, "apps.inference"),
+}
+
+
+def _imports_above(floor: str) -> Callable[[str], bool]:
+    above = FLOORS_BELOW[floor]
+    return lambda name: any(name == app or name.startswith(f"{app}.") for app in above)
+
+
+@pytest.mark.parametrize(
+    ("floor", "source"),
+    [
+        ("apps.inference", "from apps.knowledge.services.embedding import Embedder"),
+        ("apps.inference", "from apps.directory.selectors import Readers"),
+        ("apps.directory", "def f():\n    from apps.bots.models import Bot"),
+        ("apps.directory", "import apps.inference.engine"),
+        ("apps.core", "from apps import inference"),
+    ],
+)
+def test_the_floor_check_sees_an_import_beside_or_above(floor, source):
+    assert forbidden_imports(source, is_forbidden=_imports_above(floor))
+
+
+@pytest.mark.parametrize(
+    ("floor", "source"),
+    [
+        ("apps.inference", "from apps.core.fields import EncryptedTextField"),
+        ("apps.inference", "from apps.inference.engine.base import ModelSpec"),
+        ("apps.directory", "from wecom.contacts import ContactClient"),
+        ("apps.directory", "from apps.directory.models import DirectoryUser"),
+    ],
+)
+def test_the_floor_check_lets_own_and_lower_imports_pass(floor, source):
+    assert forbidden_imports(source, is_forbidden=_imports_above(floor)) == []
+
+
+@pytest.mark.parametrize("floor", sorted(FLOORS_BELOW))
+def test_lower_floors_import_nothing_beside_or_above_them(floor):
+    # Given every module of the floor's app, migrations included
+    root = BASE_DIR.joinpath(*floor.split("."))
+    paths = sorted(root.rglob("*.py"))
+    assert root / "apps.py" in paths and len(paths) > 3
+    # When their sources are read
+    violations: list[str] = []
+    for path in paths:
+        relative = str(path.relative_to(BASE_DIR))
+        source = path.read_text(encoding="utf-8")
+        violations += forbidden_imports(
+            source, filename=relative, is_forbidden=_imports_above(floor)
+        )
+    # Then none imports an app beside or above it: the dependencies point down
+    assert violations == []

@@ -29,13 +29,14 @@ from apps.audit.services.accounts import superuser_ensure, user_save
 from apps.audit.services.configuration import archive_source_save, policy_save
 from apps.audit.services.operator_audit import SystemActor, command_actor
 from apps.audit.services.policy import word_list_save
-from apps.bots.models import Bot, ModelProfile
+from apps.bots.models import Bot
 from apps.bots.services.config import (
     bot_credentials_set,
     bot_delete,
     bot_save,
     model_profile_save,
 )
+from apps.inference.models import ModelProfile
 from apps.knowledge.models import Document, KnowledgeBase
 from apps.knowledge.services.config import (
     document_delete,

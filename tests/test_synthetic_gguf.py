@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 
-from apps.bots.engine.base import ChatRequest, ModelSpec, SamplingParams
-from apps.bots.engine.batching import BatchingEngine
-from apps.bots.engine.llama import LlamaEngine
+from apps.inference.engine.base import ChatRequest, ModelSpec, SamplingParams
+from apps.inference.engine.batching import BatchingEngine
+from apps.inference.engine.llama import LlamaEngine
 from bench.synthetic_gguf import SHAPES, synthetic_gguf_write
 
 REPO = Path(__file__).resolve().parent.parent

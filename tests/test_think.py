@@ -7,7 +7,7 @@ from itertools import pairwise
 
 import pytest
 
-from apps.bots.engine.think import ThinkSplitter
+from apps.inference.engine.think import ThinkSplitter
 from wecom.display import wecom_stream_content
 
 # (text, reasoning, answer) after finish(); kept short so every split can be tried.

@@ -91,6 +91,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "guardian",
     "apps.core",
+    "apps.inference",
+    "apps.directory",
     "apps.bots",
     "apps.knowledge",
     "apps.audit",

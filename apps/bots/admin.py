@@ -12,9 +12,8 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin, request_id_of
-from apps.bots.forms import BotForm, ModelProfileForm
-from apps.bots.model_load import model_load_get
-from apps.bots.models import Bot, Conversation, ModelProfile, Turn
+from apps.bots.forms import BotForm
+from apps.bots.models import Bot, Conversation, Turn
 from apps.bots.services.config import (
     bot_delete,
     bot_save,
@@ -24,6 +23,9 @@ from apps.bots.services.config import (
 from apps.bots.transcripts import conversations_for_user, turns_for_user
 from apps.core.admin import ReadOnlyAdminMixin
 from apps.core.fields import is_undecryptable
+from apps.inference.forms import ModelProfileForm
+from apps.inference.model_load import model_load_get
+from apps.inference.models import ModelProfile
 
 
 @admin.register(ModelProfile)
@@ -104,7 +106,7 @@ class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("GPU offload in this build"))
     def gpu_build(self, obj: ModelProfile) -> str:
-        from apps.bots.engine.llama import gpu_offload_supported
+        from apps.inference.engine.llama import gpu_offload_supported
 
         return str(_("yes")) if gpu_offload_supported() else str(_("no (CPU build)"))
 

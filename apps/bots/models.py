@@ -1,4 +1,4 @@
-"""Bots, the local models they run, and the conversations they hold in WeCom."""
+"""Bots and the conversations they hold in WeCom; the models they run live in `apps.inference`."""
 
 from __future__ import annotations
 
@@ -9,118 +9,9 @@ from django.db import models
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
-from apps.bots.engine.base import ModelSpec, SamplingParams
 from apps.core.fields import EncryptedTextField
-
-# llama.cpp caps the sequences of one context (LLAMA_MAX_SEQ = 256); stay well inside it.
-MAX_SLOTS = 64
-MAX_PREFIX_CACHE = 32
-
-
-class ModelProfile(models.Model):
-    """A GGUF model and how llama.cpp runs it; bots share profiles, workers cache by profile."""
-
-    name = models.CharField(_("name"), max_length=100, unique=True)
-    gguf_path = models.CharField(
-        _("GGUF path"),
-        max_length=500,
-        help_text=_(
-            "Absolute path of the .gguf file. The admin checks it here; inference workers load "
-            "it from the same path, so mount the models folder on both."
-        ),
-    )
-    context_size = models.PositiveIntegerField(
-        _("context size"),
-        default=4096,
-        validators=[MinValueValidator(256), MaxValueValidator(1_048_576)],
-        help_text=_("Tokens of context (prompt plus answer) per conversation."),
-    )
-    n_gpu_layers = models.IntegerField(
-        _("GPU layers"),
-        default=0,
-        validators=[MinValueValidator(-1)],
-        help_text=_(
-            "Layers offloaded to the GPU: -1 = all layers (needs a CUDA build of "
-            "llama-cpp-python), 0 = CPU only."
-        ),
-    )
-    threads = models.PositiveSmallIntegerField(
-        _("threads"),
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(1), MaxValueValidator(512)],
-        help_text=_("CPU threads for decoding; empty = llama.cpp's default."),
-    )
-    batch_size = models.PositiveIntegerField(
-        _("batch size"), default=512, validators=[MinValueValidator(8), MaxValueValidator(65536)]
-    )
-    slots = models.PositiveSmallIntegerField(
-        _("parallel conversations"),
-        default=4,
-        validators=[MinValueValidator(1), MaxValueValidator(MAX_SLOTS)],
-        help_text=_(
-            "Conversations each inference worker decodes together in one batch. More slots "
-            "raise total throughput at some cost per answer; each slot reserves a context "
-            "window of KV cache memory. 1 = one answer at a time."
-        ),
-    )
-    prefix_cache_size = models.PositiveSmallIntegerField(
-        _("cached prompts"),
-        default=2,
-        validators=[MaxValueValidator(MAX_PREFIX_CACHE)],
-        help_text=_(
-            "Finished prompts kept in memory so that a follow-up question, or another chat "
-            "with the same system prompt, starts without recomputing them. Each costs a "
-            "context window of KV cache memory. Used only with more than one slot."
-        ),
-    )
-    temperature = models.FloatField(
-        _("temperature"), default=0.7, validators=[MinValueValidator(0), MaxValueValidator(2)]
-    )
-    top_p = models.FloatField(
-        _("top-p"), default=0.95, validators=[MinValueValidator(0), MaxValueValidator(1)]
-    )
-    top_k = models.PositiveIntegerField(_("top-k"), default=40)
-    min_p = models.FloatField(
-        _("min-p"), default=0.05, validators=[MinValueValidator(0), MaxValueValidator(1)]
-    )
-    repeat_penalty = models.FloatField(
-        _("repeat penalty"), default=1.1, validators=[MinValueValidator(0), MaxValueValidator(5)]
-    )
-    chat_format = models.CharField(
-        _("chat format"),
-        max_length=50,
-        blank=True,
-        help_text=_("llama-cpp-python chat format name; empty = the template inside the GGUF."),
-    )
-    chat_template = models.TextField(
-        _("chat template override"),
-        blank=True,
-        help_text=_("A Jinja chat template that replaces the model's own; empty = none."),
-    )
-    created_at = models.DateTimeField(_("created"), auto_now_add=True)
-    updated_at = models.DateTimeField(_("updated"), auto_now=True)
-
-    class Meta:
-        verbose_name = _("model profile")
-        verbose_name_plural = _("model profiles")
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
-
-    def spec(self) -> ModelSpec:
-        return ModelSpec(
-            path=self.gguf_path,
-            n_ctx=self.context_size,
-            n_gpu_layers=self.n_gpu_layers,
-            n_threads=self.threads,
-            n_batch=self.batch_size,
-            chat_format=self.chat_format or None,
-            chat_template=self.chat_template or None,
-            slots=self.slots,
-            prefix_cache_size=self.prefix_cache_size if self.slots > 1 else 0,
-        )
+from apps.inference.engine.base import SamplingParams
+from apps.inference.models import ModelProfile
 
 
 class Bot(models.Model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from apps.bots.models import Bot, Turn
-from apps.knowledge.models import DirectoryUser
+from apps.directory.models import DirectoryUser
 
 
 def bot_user_allowed(*, bot: Bot, userid: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -69,7 +69,13 @@ def is_undecryptable(value: object) -> bool:
     return isinstance(value, UndecryptableSecret)
 
 
-class EncryptedTextField(models.TextField):
+if TYPE_CHECKING:  # django-stubs' fields are generic; Django's own are not subscriptable
+    _TextField = models.TextField[str | None, str | None]
+else:
+    _TextField = models.TextField
+
+
+class EncryptedTextField(_TextField):
     """Plaintext in Python, Fernet ciphertext in the database; never filterable."""
 
     def from_db_value(self, value: str | None, expression: Any, connection: Any) -> str | None:
@@ -84,7 +90,7 @@ class EncryptedTextField(models.TextField):
     def get_prep_value(self, value: Any) -> str | None:
         if isinstance(value, UndecryptableSecret):
             return value.ciphertext
-        value = super().get_prep_value(value)
-        if value is None or value == "":
-            return value
-        return secret_encrypt(value)
+        prepared: str | None = super().get_prep_value(value)
+        if prepared is None or prepared == "":
+            return prepared
+        return secret_encrypt(prepared)

@@ -12,8 +12,10 @@ from django.utils.translation import ngettext
 
 from apps.audit.admin.mixins import OperatorAuditAdminMixin, request_id_of
 from apps.core.admin import ReadOnlyAdminMixin
-from apps.knowledge.forms import DocumentForm, GroupChatForm, KnowledgeBaseForm
-from apps.knowledge.models import Chunk, DirectoryUser, Document, GroupChat, KnowledgeBase
+from apps.directory.forms import GroupChatForm
+from apps.directory.models import DirectoryUser, GroupChat
+from apps.knowledge.forms import DocumentForm, KnowledgeBaseForm
+from apps.knowledge.models import Chunk, Document, KnowledgeBase
 from apps.knowledge.services.config import (
     document_delete,
     document_save,
@@ -33,6 +35,8 @@ def _audience(obj: KnowledgeBase | Document, *, empty: str) -> str:
 
 @admin.register(DirectoryUser)
 class DirectoryUserAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
+    # The action names predate the move to the directory app; the audit trail keeps them.
+    audit_action_prefix = "knowledge.directoryuser"
     list_display = ("userid", "name", "department_list", "tag_list", "updated_at")
     search_fields = ("userid", "name")
     readonly_fields = ("updated_at",)
@@ -50,6 +54,8 @@ class DirectoryUserAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 class GroupChatAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     """Who reads a group's answers: the bots use only passages all these members may read."""
 
+    # The action names predate the move to the directory app; the audit trail keeps them.
+    audit_action_prefix = "knowledge.groupchat"
     form = GroupChatForm
     list_display = ("chat_id", "name", "member_count", "updated_at")
     search_fields = ("chat_id", "name")

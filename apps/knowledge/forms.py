@@ -11,7 +11,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.template.defaultfilters import filesizeformat
 from django.utils.translation import gettext_lazy as _
 
-from apps.knowledge.models import Document, GroupChat, KnowledgeBase
+from apps.knowledge.models import Document, KnowledgeBase
 from apps.knowledge.parsing import SUPPORTED_EXTENSIONS
 
 
@@ -123,18 +123,3 @@ class DocumentForm(forms.ModelForm):
 
     def instance_kb(self) -> KnowledgeBase | None:
         return self.instance.kb if self.instance.kb_id else None
-
-
-class GroupChatForm(forms.ModelForm):
-    """Members are userids: blanks and repeats are dropped, the order kept for reading."""
-
-    class Meta:
-        model = GroupChat
-        fields = ("chat_id", "name", "member_userids")
-
-    def clean_member_userids(self) -> list[str]:
-        members = [userid.strip() for userid in self.cleaned_data.get("member_userids") or []]
-        members = list(dict.fromkeys(userid for userid in members if userid))
-        if not members:
-            raise forms.ValidationError(_("List at least one member."))
-        return members

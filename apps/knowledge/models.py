@@ -1,8 +1,8 @@
-"""Knowledge bases, their documents and chunks, and the employee directory deciding who sees what.
+"""Knowledge bases, their documents and chunks, and the audiences deciding who sees what.
 
 Audiences (allowed departments, users and tags) are plain string arrays matched against
-`DirectoryUser` inside the retrieval SQL; empty everywhere means everyone. A document
-is searchable through the chunks of its *active generation* only, so a new version or a
+the directory's `DirectoryUser` inside the retrieval SQL; empty everywhere means everyone.
+A document is searchable through the chunks of its *active generation* only, so a new version or a
 re-index replaces the old chunks in one flip, never leaving a moment with none or both.
 """
 
@@ -21,7 +21,7 @@ from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 from pgvector.django import VectorField
 
-from apps.bots.models import ModelProfile
+from apps.inference.models import ModelProfile
 
 
 def _audience_fields(help_suffix: Promise) -> tuple[ArrayField, ArrayField, ArrayField]:
@@ -52,70 +52,6 @@ def _audience_fields(help_suffix: Promise) -> tuple[ArrayField, ArrayField, Arra
 def document_upload_to(instance: Document, filename: str) -> str:
     """Keep the uploaded name (citations show it) in a folder of its own per upload."""
     return f"knowledge/{instance.kb.slug}/{uuid.uuid4().hex}/{filename}"
-
-
-class DirectoryUser(models.Model):
-    """An employee as WeCom's contact directory knows them (userid, departments, tags)."""
-
-    userid = models.CharField(_("WeCom userid"), max_length=64, unique=True)
-    name = models.CharField(_("name"), max_length=100, blank=True)
-    departments = ArrayField(
-        models.CharField(max_length=100),
-        verbose_name=_("departments"),
-        default=list,
-        blank=True,
-        help_text=_("Department names or ids, comma-separated."),
-    )
-    tags = ArrayField(
-        models.CharField(max_length=100),
-        verbose_name=_("tags"),
-        default=list,
-        blank=True,
-    )
-    updated_at = models.DateTimeField(_("updated"), auto_now=True)
-
-    class Meta:
-        verbose_name = _("directory user")
-        verbose_name_plural = _("directory users")
-        ordering = ["userid"]
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.userid})" if self.name else self.userid
-
-
-class GroupChat(models.Model):
-    """The complete member list of one WeCom group chat, as an admin registered it.
-
-    Every member of a group reads the bot's answer there, so a group's answers may use
-    only passages all its members may read. WeCom gives an AI bot no API to list a group's
-    members, and the people seen speaking miss the silent ones, so the list is maintained
-    here; a group without one (or whose list lacks the asker) gets only knowledge open to
-    everyone.
-    """
-
-    MAX_MEMBERS = 2000  # WeCom's limit for an internal group chat
-
-    chat_id = models.CharField(_("WeCom chat id"), max_length=128, unique=True)
-    name = models.CharField(_("name"), max_length=100, blank=True)
-    member_userids = ArrayField(
-        models.CharField(max_length=64),
-        verbose_name=_("members"),
-        size=MAX_MEMBERS,
-        help_text=_(
-            "The WeCom userids of everyone in the group, comma-separated. Answers in this "
-            "group use only passages every member may read; a list that misses someone "
-            "would let them read what they may not, so keep it complete."
-        ),
-    )
-    updated_at = models.DateTimeField(_("updated"), auto_now=True)
-
-    class Meta:
-        verbose_name = _("group chat")
-        verbose_name_plural = _("group chats")
-        ordering = ["chat_id"]
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.chat_id})" if self.name else self.chat_id
 
 
 class KnowledgeBase(models.Model):

@@ -30,15 +30,15 @@ from rest_framework.test import APIClient
 from apps.audit.models import AccessLog, OperatorAuditEntry
 from apps.bots.models import Conversation, Turn
 from apps.bots.services import _knowledge_hits
-from apps.knowledge.models import Chunk, Document, GroupChat, KnowledgeBase
+from apps.directory.models import GroupChat
+from apps.directory.selectors import Readers, chat_readers
+from apps.directory.services import directory_user_save
+from apps.knowledge.models import Chunk, Document, KnowledgeBase
 from apps.knowledge.parsing import DocumentParseError, parse_document
 from apps.knowledge.parsing.document import MAX_PARAGRAPHS
 from apps.knowledge.parsing.pdf import MAX_PAGES
-from apps.knowledge.selectors import Readers
 from apps.knowledge.services import ingest as ingest_service
-from apps.knowledge.services.audience import chat_readers
 from apps.knowledge.services.config import document_upload, knowledge_base_ensure
-from apps.knowledge.services.directory import directory_user_save
 from apps.knowledge.services.retrieval import knowledge_retrieve
 from apps.knowledge.tasks import document_ingest as document_ingest_task
 from tests.conftest import BASE_DIR, worker_env
@@ -257,7 +257,7 @@ def test_group_filter_follows_document_audiences_userids_tags_and_unknown_people
 
 @pytest.mark.urls("wecom_ai.urls")
 def test_group_chat_members_are_registered_in_the_admin_with_an_audit_entry(admin_client) -> None:
-    add = reverse("admin:knowledge_groupchat_add")
+    add = reverse("admin:directory_groupchat_add")
     data = {"chat_id": "wrkSFfCgAA", "name": "HR", "member_userids": " hr1, hr2,hr1 "}
     assert admin_client.post(add, data).status_code == 302
     assert GroupChat.objects.get(chat_id="wrkSFfCgAA").member_userids == ["hr1", "hr2"]
@@ -276,7 +276,7 @@ def test_bot_admin_page_explains_the_group_chat_rule(admin_client, bot) -> None:
     assert page.status_code == 200
     text = page.content.decode()
     assert 'id="bot-group-knowledge-rule"' in text
-    assert reverse("admin:knowledge_groupchat_changelist") in text
+    assert reverse("admin:directory_groupchat_changelist") in text
     assert "only from knowledge open to everyone" in text
 
 

@@ -28,7 +28,7 @@ _baseline: dict[str, str] = {}
 @pytest.fixture(scope="module", autouse=True)
 def _engines_closed() -> Iterator[None]:
     yield
-    from apps.bots.engine.registry import close_all
+    from apps.inference.engine.registry import close_all
 
     close_all()
 

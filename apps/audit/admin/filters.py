@@ -30,18 +30,14 @@ class ReviewDepartmentFilter(admin.SimpleListFilter):
     parameter_name = "department"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        from django.db import connection
+        from apps.directory.selectors import directory_departments
 
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT DISTINCT unnest(departments) AS d FROM knowledge_directoryuser ORDER BY d"
-            )
-            return [(row[0], row[0]) for row in cursor.fetchall()]
+        return [(department, department) for department in directory_departments()]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if not self.value():
             return queryset
-        from apps.knowledge.models import DirectoryUser
+        from apps.directory.models import DirectoryUser
 
         people = DirectoryUser.objects.filter(departments__contains=[self.value()]).values("userid")
         return queryset.filter(

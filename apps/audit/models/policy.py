@@ -116,7 +116,7 @@ class AuditPolicy(models.Model):
         help_text=_("Asks the review model for a 0–1 risk score of a message."),
     )
     llm_review_model = models.ForeignKey(
-        "bots.ModelProfile",
+        "inference.ModelProfile",
         on_delete=models.SET_NULL,
         null=True,
         blank=True,

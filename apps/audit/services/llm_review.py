@@ -22,9 +22,9 @@ from django.utils import timezone
 
 from apps.audit.models import Action, ArchivedMessage, AuditPolicy, ReviewCase
 from apps.audit.streams import review_cases_publish
-from apps.bots.engine.base import ChatRequest, EngineError, SamplingParams
-from apps.bots.model_load import profile_engine
-from apps.bots.models import ModelProfile
+from apps.inference.engine.base import ChatRequest, EngineError, SamplingParams
+from apps.inference.model_load import profile_engine
+from apps.inference.models import ModelProfile
 
 logger = logging.getLogger(__name__)
 

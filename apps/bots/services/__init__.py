@@ -28,10 +28,7 @@ from apps.audit.services.ledger import ledger_record_turn
 from apps.audit.services.policy import policy_evaluate, policy_stream_guard
 from apps.audit.services.review import review_cases_open_for_turn
 from apps.bots import selectors
-from apps.bots.engine.base import ChatRequest, Engine, EngineError, Generation
-from apps.bots.engine.think import ThinkSplitter
-from apps.bots.model_load import profile_engine
-from apps.bots.models import Bot, Conversation, ModelProfile, Turn
+from apps.bots.models import Bot, Conversation, Turn
 from apps.bots.ratelimit import rate_limit_exceeded
 from apps.bots.streams import (
     StreamFlusher,
@@ -44,7 +41,11 @@ from apps.bots.streams import (
     stream_state_get,
     stream_state_set,
 )
-from apps.knowledge.services.audience import chat_readers
+from apps.directory.selectors import chat_readers
+from apps.inference.engine.base import ChatRequest, Engine, EngineError, Generation
+from apps.inference.engine.think import ThinkSplitter
+from apps.inference.model_load import profile_engine
+from apps.inference.models import ModelProfile
 from apps.knowledge.services.retrieval import (
     Hit,
     knowledge_retrieve,

@@ -18,8 +18,9 @@ from apps.audit.services.operator_audit import (
     operator_audit_record,
     operator_audited,
 )
-from apps.bots.models import Bot, ModelProfile
+from apps.bots.models import Bot
 from apps.core.fields import EncryptedTextField, secret_rotate
+from apps.inference.models import ModelProfile
 
 BOT_ACTION = "bots.bot"
 MODEL_PROFILE_ACTION = "bots.model_profile"

@@ -1,1 +1,1 @@
-"""Domain actions of the knowledge app: ingestion, retrieval, embeddings, the directory."""
+"""Domain actions of the knowledge app: ingestion, retrieval, search, embeddings."""

@@ -22,8 +22,9 @@ from apps.audit.services.operator_audit import (
     operator_audit_record,
     operator_audited,
 )
-from apps.knowledge.models import DirectoryUser, Document, KnowledgeBase
-from apps.knowledge.services.directory import directory_user_save
+from apps.directory.models import DirectoryUser
+from apps.directory.services import directory_user_save
+from apps.knowledge.models import Document, KnowledgeBase
 from apps.knowledge.services.ingest import UploadResult, document_file_replace, document_reindex
 
 DIRECTORY_USER_ACTION = "knowledge.directoryuser"

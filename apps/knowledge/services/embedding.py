@@ -19,7 +19,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 
-from apps.bots.models import ModelProfile
+from apps.inference.models import ModelProfile
 
 logger = logging.getLogger(__name__)
 

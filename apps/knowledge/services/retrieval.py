@@ -24,10 +24,10 @@ from django.db.models.functions import Cast
 from django.utils.translation import gettext as _
 from pgvector.django import CosineDistance, VectorField
 
+from apps.directory.selectors import Readers
 from apps.knowledge import selectors
 from apps.knowledge.models import Chunk, KnowledgeBase
 from apps.knowledge.segment import query_terms
-from apps.knowledge.selectors import Readers
 from apps.knowledge.services.embedding import (
     EmbeddingError,
     EmbeddingSpec,

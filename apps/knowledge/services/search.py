@@ -15,8 +15,8 @@ from django.db import transaction
 from apps.audit.models import AccessLog
 from apps.audit.services.access import access_log_record_many
 from apps.audit.services.operator_audit import user_name
+from apps.directory.selectors import Readers
 from apps.knowledge.models import Chunk, KnowledgeBase
-from apps.knowledge.selectors import Readers
 from apps.knowledge.services.retrieval import Hit, knowledge_retrieve
 
 SEARCH_ALL_PERMISSION = "knowledge.search_all_audiences"

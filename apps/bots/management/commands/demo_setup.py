@@ -13,8 +13,9 @@ from django.db import transaction
 
 from apps.audit.services.accounts import superuser_ensure
 from apps.audit.services.operator_audit import command_actor
-from apps.bots.models import Bot, ModelProfile
+from apps.bots.models import Bot
 from apps.bots.services.config import bot_credentials_set, bot_save, model_profile_save
+from apps.inference.models import ModelProfile
 from wecom.crypto import (
     generate_encoding_aes_key,
     generate_token,

@@ -14,8 +14,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.directory.selectors import Readers
 from apps.knowledge.models import KnowledgeBase
-from apps.knowledge.selectors import Readers
 from apps.knowledge.services.retrieval import Hit
 from apps.knowledge.services.search import knowledge_search
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 import redis
 from django.conf import settings
 
-from apps.bots.engine.base import Engine, EngineLoad
-from apps.bots.engine.registry import get_engine
+from apps.inference.engine.base import Engine, EngineLoad
+from apps.inference.engine.registry import get_engine
 
 if TYPE_CHECKING:
-    from apps.bots.models import ModelProfile
+    from apps.inference.models import ModelProfile
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
-from apps.knowledge.models import DirectoryUser
+from apps.directory.models import DirectoryUser
 from wecom.contacts import ContactClient
 
 logger = logging.getLogger(__name__)

@@ -26,10 +26,11 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import llama_cpp
 
-from apps.bots.engine.base import (
+from apps.inference.engine.base import (
     ChatRequest,
     Engine,
     EngineError,
@@ -37,15 +38,15 @@ from apps.bots.engine.base import (
     FinishReason,
     ModelSpec,
 )
-from apps.bots.engine.estimates import WaitEstimator
-from apps.bots.engine.llama import gpu_offload_supported
-from apps.bots.engine.prefix_cache import MIN_PREFIX_REUSE as MIN_PREFIX_REUSE
-from apps.bots.engine.prefix_cache import PrefixCache, chunk_size
-from apps.bots.engine.prefix_sharing import PrefixSharing
-from apps.bots.engine.prompts import ChatPrompts
-from apps.bots.engine.sampling import SamplerChain, SeedSequence
-from apps.bots.engine.sequence import BatchingGeneration, RunningSequence, SequenceState
-from apps.bots.engine.text import AnswerText
+from apps.inference.engine.estimates import WaitEstimator
+from apps.inference.engine.llama import gpu_offload_supported
+from apps.inference.engine.prefix_cache import MIN_PREFIX_REUSE as MIN_PREFIX_REUSE
+from apps.inference.engine.prefix_cache import PrefixCache, chunk_size
+from apps.inference.engine.prefix_sharing import PrefixSharing
+from apps.inference.engine.prompts import ChatPrompts
+from apps.inference.engine.sampling import SamplerChain, SeedSequence
+from apps.inference.engine.sequence import BatchingGeneration, RunningSequence, SequenceState
+from apps.inference.engine.text import AnswerText
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ class BatchingEngine(Engine):
                 f"({n_seq} sequences of {window}) for {spec.path}"
             )
         self._ctx = ctx
-        self._window = llama_cpp.llama_n_ctx_seq(ctx)
+        self._window: int = llama_cpp.llama_n_ctx_seq(ctx)
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._n_batch = llama_cpp.llama_n_batch(ctx)
         self._n_ubatch = llama_cpp.llama_n_ubatch(ctx)
@@ -361,7 +362,7 @@ class BatchingEngine(Engine):
             key=lambda sequence: sequence.seq_id,
         )
         if decoding:
-            self._decode(decoding, [(sequence, [sequence.pending]) for sequence in decoding])
+            self._decode(decoding, [(sequence, [sequence.next_token()]) for sequence in decoding])
         self._estimates.publish(self._running, time.monotonic() - started)
 
     def _active(self) -> list[RunningSequence]:
@@ -370,7 +371,7 @@ class BatchingEngine(Engine):
     def _admit(self, now: float) -> None:
         """Drop cancelled or expired queued requests, then fill free slots in FIFO order."""
         admitted: list[tuple[int, BatchingGeneration]] = []
-        dropped: list[tuple[BatchingGeneration, str]] = []
+        dropped: list[tuple[BatchingGeneration, FinishReason]] = []
         with self._cond:
             for generation in list(self._waiting):
                 if reason := generation._interruption(now):
@@ -441,6 +442,8 @@ class BatchingEngine(Engine):
         """Decode `work` in one llama_decode call, then sample where a prompt or token ends."""
         batch = self._batch
         assert batch is not None
+        # llama-cpp-python annotates `pos` as an array of arrays; it is one position per row.
+        positions = cast("ctypes.Array[ctypes.c_int32]", batch.pos)
         n = 0
         for sequence, tokens in work:
             ends_prompt = sequence.state is SequenceState.DECODING or (
@@ -449,7 +452,7 @@ class BatchingEngine(Engine):
             sequence.batch_row = -1
             for offset, token in enumerate(tokens):
                 batch.token[n] = token
-                batch.pos[n] = sequence.n_past + offset
+                positions[n] = sequence.n_past + offset
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = sequence.seq_id
                 wants_logits = ends_prompt and offset == len(tokens) - 1
@@ -472,6 +475,7 @@ class BatchingEngine(Engine):
         generation = sequence.generation
         if sequence.state is not SequenceState.DECODING:
             generation.prefilled_at = now
+        assert self._ctx is not None
         token = sequence.sampler.sample(self._ctx, sequence.batch_row)
         generation._stats.completion_tokens += 1
         reason = self._accept(sequence, token)

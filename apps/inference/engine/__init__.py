@@ -1,10 +1,10 @@
 """Local LLM inference around llama.cpp, free of Django so it can be reused and tested alone.
 
 Importing this package does not load libllama; `LlamaEngine` lives in
-`apps.bots.engine.llama` and is loaded by the registry on first use.
+`apps.inference.engine.llama` and is loaded by the registry on first use.
 """
 
-from apps.bots.engine.base import (
+from apps.inference.engine.base import (
     ChatRequest,
     Engine,
     EngineError,
@@ -15,13 +15,13 @@ from apps.bots.engine.base import (
     ModelSpec,
     SamplingParams,
 )
-from apps.bots.engine.registry import (
+from apps.inference.engine.registry import (
     close_all,
     get_engine,
     loaded_specs,
     register_engine_factory,
 )
-from apps.bots.engine.think import ThinkSplitter
+from apps.inference.engine.think import ThinkSplitter
 
 __all__ = [
     "ChatRequest",

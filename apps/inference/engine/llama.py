@@ -17,7 +17,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp import llama_chat_format
 
-from apps.bots.engine.base import (
+from apps.inference.engine.base import (
     ChatRequest,
     Engine,
     EngineError,
@@ -27,7 +27,7 @@ from apps.bots.engine.base import (
     GenerationStats,
     ModelSpec,
 )
-from apps.bots.engine.prompts import ChatPrompts
+from apps.inference.engine.prompts import ChatPrompts
 
 logger = logging.getLogger(__name__)
 

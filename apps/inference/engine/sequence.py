@@ -12,18 +12,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from apps.bots.engine.base import (
+from apps.inference.engine.base import (
     ChatRequest,
     EngineError,
     FinishReason,
     Generation,
     GenerationStats,
 )
-from apps.bots.engine.sampling import SamplerChain
-from apps.bots.engine.text import AnswerText
+from apps.inference.engine.sampling import SamplerChain
+from apps.inference.engine.text import AnswerText
 
 if TYPE_CHECKING:
-    from apps.bots.engine.batching import BatchingEngine
+    from apps.inference.engine.batching import BatchingEngine
 
 
 class End:
@@ -154,6 +154,11 @@ class RunningSequence:
     leader: RunningSequence | None = None  # a sequence whose prompt prefix this one waits to copy
     leader_tokens: int = 0  # how much of the leader's prefix it will copy
     state: SequenceState = SequenceState.PREFILLING
+
+    def next_token(self) -> int:
+        """The token a decoding sequence feeds in next: the one it sampled last step."""
+        assert self.pending is not None, "a decoding sequence has sampled a token"
+        return self.pending
 
     def prefilled(self) -> list[int]:
         """The prompt tokens in this sequence's KV cache: the part others may copy.

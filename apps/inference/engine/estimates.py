@@ -11,7 +11,7 @@ import math
 import threading
 from collections.abc import Iterable, Sequence
 
-from apps.bots.engine.sequence import BatchingGeneration, RunningSequence
+from apps.inference.engine.sequence import BatchingGeneration, RunningSequence
 
 # How fast the step-time and answer-length averages behind the estimate adapt.
 EWMA_WEIGHT = 0.2

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import llama_cpp
 
-from apps.bots.engine.prefix_cache import (
+from apps.inference.engine.prefix_cache import (
     MIN_PREFIX_REUSE,
     PrefixCache,
     common_prefix_length,
     reusable_length,
 )
-from apps.bots.engine.sequence import RunningSequence, SequenceState
+from apps.inference.engine.sequence import RunningSequence, SequenceState
 
 
 class PrefixSharing:

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.knowledge.services.directory import directory_sync
+from apps.directory.services import directory_sync
 from wecom.contacts import WeComApiError
 
 

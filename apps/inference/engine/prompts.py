@@ -14,7 +14,7 @@ import jinja2
 import llama_cpp
 from llama_cpp import llama_chat_format
 
-from apps.bots.engine.base import EngineError, ModelSpec
+from apps.inference.engine.base import EngineError, ModelSpec
 
 
 class ChatPrompts:
@@ -82,7 +82,8 @@ class ChatPrompts:
         if token == -1:
             return ""
         vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
-        return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8")
+        text: bytes = llama_cpp.llama_vocab_get_text(vocab, token)
+        return text.decode("utf-8")
 
     def format(self, messages: Sequence[dict[str, str]]) -> llama_chat_format.ChatFormatterResponse:
         try:
@@ -126,7 +127,8 @@ def _formatter_behind(handler: Any) -> llama_chat_format.ChatFormatter | None:
         return None
     for name, cell in zip(code.co_freevars, closure, strict=True):
         if name == "chat_formatter":
-            return cell.cell_contents
+            formatter: llama_chat_format.ChatFormatter = cell.cell_contents
+            return formatter
     return None
 
 

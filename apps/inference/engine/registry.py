@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from apps.bots.engine.base import Engine, ModelSpec
+from apps.inference.engine.base import Engine, ModelSpec
 
 EngineFactory = Callable[[ModelSpec], Engine]
 
@@ -20,10 +20,10 @@ def _default_engine(spec: ModelSpec) -> Engine:
     """The batching engine when the spec asks for several slots, else the single-stream one."""
     # Imported here so that importing the registry does not load libllama.
     if spec.slots > 1:
-        from apps.bots.engine.batching import BatchingEngine
+        from apps.inference.engine.batching import BatchingEngine
 
         return BatchingEngine(spec, slots=spec.slots, prefix_cache_size=spec.prefix_cache_size)
-    from apps.bots.engine.llama import LlamaEngine
+    from apps.inference.engine.llama import LlamaEngine
 
     return LlamaEngine(spec)
 

@@ -11,7 +11,7 @@ import random
 
 import llama_cpp
 
-from apps.bots.engine.base import SamplingParams
+from apps.inference.engine.base import SamplingParams
 
 # llama-cpp-python's default `last_n_tokens_size`: how far back the repeat penalty looks.
 PENALTY_LAST_N = 64
@@ -69,7 +69,7 @@ class SamplerChain:
     def sample(self, ctx: llama_cpp.llama_context_p, batch_index: int) -> int:
         """Sample from the logits of batch row `batch_index` and record the token in the chain."""
         assert self._chain is not None, "sampler chain used after close()"
-        return llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index)
+        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index))
 
     def close(self) -> None:
         if self._chain is not None:
