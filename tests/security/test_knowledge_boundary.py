@@ -29,7 +29,7 @@ from rest_framework.test import APIClient
 
 from apps.audit.models import AccessLog, OperatorAuditEntry
 from apps.bots.models import Conversation, Turn
-from apps.bots.services import _knowledge_hits
+from apps.bots.services.generate import _knowledge_hits
 from apps.knowledge.models import Chunk, Document, GroupChat, KnowledgeBase
 from apps.knowledge.parsing import DocumentParseError, parse_document
 from apps.knowledge.parsing.document import MAX_PARAGRAPHS

@@ -37,6 +37,7 @@ BATCH_SIZE = 500
 # comment), with its purged value.
 _TURN_PURGED = {
     "question": "",
+    "question_masked": "",
     "answer": "",
     "reasoning": "",
     "withheld_answer": "",
