@@ -287,9 +287,6 @@ RESPONSE_URL_VALID = timedelta(hours=1)
 class TurnQuerySet(models.QuerySet["Turn"]):
     """The selections of a turn's life: which turns a worker may take, which nobody answers."""
 
-    def open(self) -> TurnQuerySet:
-        return self.filter(status__in=Turn.OPEN)
-
     def claimable(self, *, now: datetime, lease: timedelta) -> TurnQuerySet:
         """Queued, or generating by a worker whose heartbeat lease ran out (it died)."""
         return self.filter(
