@@ -80,6 +80,7 @@ class _Answering:
     last_flush: float = 0.0
     last_heartbeat: float = 0.0
     first_token: bool = False
+    lost: bool = False  # the sweeper or another worker took the turn meanwhile
 
 
 def turn_generate(*, turn_id: int) -> None:
@@ -161,7 +162,8 @@ def _answer_generate(answering: _Answering) -> None:
                     break
             answering.splitter.feed(piece)
             if not _answer_progress(answering):
-                generation.cancel()  # the sweeper or another worker has the turn now
+                answering.lost = True
+                generation.cancel()
                 break
     if guard is not None and not guard.blocked:
         answering.splitter.feed(guard.finish())
@@ -173,6 +175,9 @@ def _answer_conclude(answering: _Answering) -> None:
     """The turn's end from what was generated: refused, failed, or answered with sources."""
     turn, guard, stats = answering.turn, answering.guard, answering.stats
     assert stats is not None
+    if answering.lost:
+        logger.info("turn %s was taken from this worker; its partial answer is dropped", turn.pk)
+        return
     turn.prompt_tokens = stats.prompt_tokens
     turn.completion_tokens = stats.completion_tokens
     if guard is not None:
