@@ -12,8 +12,8 @@ from django.core.management import call_command
 from apps.audit.models import Action, AuditPolicy, LedgerEntry, PolicyWordList, ReviewCase
 from apps.audit.models import SensitiveWordList as WordList
 from apps.bots.models import Turn
-from apps.bots.selectors import conversation_messages
-from apps.bots.services import _masker, bot_policies
+from apps.bots.selectors import bot_policies, conversation_messages
+from apps.bots.services.generate import _masker
 from tests.conftest import turn_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,7 +61,7 @@ def test_masked_question_is_what_the_model_sees(bot):
         question="我的手机13812345678能报销吗",
         received_at=timezone.now(),
     )
-    messages = conversation_messages(turn=turn, mask=_masker(bot_policies(bot)))
+    messages = conversation_messages(turn=turn, mask=_masker(bot_policies(bot=bot)))
     assert "13812345678" not in messages[-1]["content"]
     assert "手机" in messages[-1]["content"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
-from apps.bots import services
 from apps.bots.models import Conversation, Turn
+from apps.bots.services import deliver
 from apps.bots.streams import StreamState, stream_state_get, stream_state_set
 from wecom.messages import MAX_CONTENT_BYTES
 
@@ -36,7 +36,7 @@ def _long_answer() -> str:
 
 
 def test_short_answer_finishes_the_stream(turn, response_server):
-    services.turn_finish(turn=turn, reasoning="", answer="年假五天。")
+    deliver.turn_finish(turn=turn, reasoning="", answer="年假五天。")
     state = stream_state_get("s-1")
     assert state == StreamState(content="年假五天。", finish=True, deadline=state.deadline)
     assert response_server.posts("m-1") == []
@@ -47,7 +47,7 @@ def test_short_answer_finishes_the_stream(turn, response_server):
 def test_long_answer_is_split_at_a_boundary_and_continued_once(turn, response_server):
     answer = _long_answer()
     assert len(answer.encode()) > MAX_CONTENT_BYTES
-    services.turn_finish(turn=turn, reasoning="", answer=answer)
+    deliver.turn_finish(turn=turn, reasoning="", answer=answer)
     state = stream_state_get("s-1")
     assert state.finish is True
     assert len(state.content.encode()) <= MAX_CONTENT_BYTES
@@ -64,15 +64,15 @@ def test_long_answer_is_split_at_a_boundary_and_continued_once(turn, response_se
 
 
 def test_response_url_is_never_used_twice(turn, response_server):
-    services.turn_finish(turn=turn, reasoning="", answer=_long_answer())
+    deliver.turn_finish(turn=turn, reasoning="", answer=_long_answer())
     turn.refresh_from_db()
-    error = services._response_url_deliver(turn=turn, content="again")
+    error = deliver._response_url_deliver(turn=turn, content="again")
     assert error == "response_url already used"
     assert len(response_server.posts("m-1")) == 1
 
 
 def test_reasoning_goes_to_the_think_block_and_is_stored_apart(turn):
-    services.turn_finish(turn=turn, reasoning="先查制度", answer="五天。")
+    deliver.turn_finish(turn=turn, reasoning="先查制度", answer="五天。")
     assert stream_state_get("s-1").content == "<think>先查制度</think>五天。"
     turn.refresh_from_db()
     assert (turn.reasoning, turn.answer) == ("先查制度", "五天。")
@@ -81,12 +81,12 @@ def test_reasoning_goes_to_the_think_block_and_is_stored_apart(turn):
 def test_closed_stream_gets_the_whole_answer_through_response_url(turn, response_server):
     Turn.objects.filter(pk=turn.pk).update(stream_closed_at=timezone.now())
     turn.refresh_from_db()
-    services.turn_finish(turn=turn, reasoning="", answer="完整答案")
+    deliver.turn_finish(turn=turn, reasoning="", answer="完整答案")
     assert response_server.posts("m-1")[0]["markdown"]["content"] == "完整答案"
 
 
 def test_failure_apologises_and_records_the_error(turn):
-    services.turn_fail(turn=turn, error="EngineError: model file missing")
+    deliver.turn_fail(turn=turn, error="EngineError: model file missing")
     state = stream_state_get("s-1")
     assert state.finish is True and "抱歉" in state.content
     turn.refresh_from_db()
@@ -99,6 +99,6 @@ def test_sweep_fails_turns_nobody_answers(turn, settings):
     Turn.objects.filter(pk=turn.pk).update(
         status=Turn.Status.QUEUED, received_at=timezone.now() - timezone.timedelta(minutes=5)
     )
-    assert services.turns_sweep() == 1
+    assert deliver.turns_sweep() == 1
     turn.refresh_from_db()
     assert turn.status == Turn.Status.FAILED

@@ -49,7 +49,7 @@ def _warm_in_background() -> None:
     def warm() -> None:
         from django.db import connection
 
-        from apps.bots.services import engines_warm
+        from apps.bots.services.generate import engines_warm
 
         try:
             engines_warm()

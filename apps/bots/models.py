@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from typing import Any
+
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, transaction
+from django.db.models import F, Q
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from apps.core.fields import EncryptedTextField
@@ -166,8 +171,65 @@ class Conversation(models.Model):
         return f"{self.bot} · {self.userid} · {where}"
 
 
+# WeCom accepts a response_url for one hour after the message (101138).
+RESPONSE_URL_VALID = timedelta(hours=1)
+
+
+class TurnQuerySet(models.QuerySet["Turn"]):
+    """The selections of a turn's life: which turns a worker may take, which nobody answers."""
+
+    def claimable(self, *, now: datetime, lease: timedelta) -> TurnQuerySet:
+        """Queued, or generating by a worker whose heartbeat lease ran out (it died)."""
+        return self.filter(
+            Q(status=Turn.Status.QUEUED)
+            | Q(status=Turn.Status.GENERATING, heartbeat_at__lt=now - lease)
+            | Q(status=Turn.Status.GENERATING, heartbeat_at__isnull=True)
+        )
+
+    def stale(self, *, queued_before: datetime, heartbeat_before: datetime) -> TurnQuerySet:
+        """Turns no worker is going to finish: queued too long, or a silent worker."""
+        return self.filter(
+            Q(status=Turn.Status.QUEUED, received_at__lt=queued_before)
+            | Q(status=Turn.Status.GENERATING, heartbeat_at__lt=heartbeat_before)
+        )
+
+    def response_url_expired(self, *, now: datetime) -> TurnQuerySet:
+        return self.filter(received_at__lt=now - RESPONSE_URL_VALID).exclude(response_url="")
+
+    def response_url_forget(self) -> int:
+        """WeCom no longer accepts these; a stored one is only a capability waiting to leak."""
+        return self.update(response_url="")
+
+    def mark_queued(self, *, now: datetime) -> int:
+        """The first enqueue time only; a re-enqueue keeps it."""
+        return self.filter(queued_at__isnull=True).update(queued_at=now)
+
+    def close_stream(self, *, now: datetime) -> bool:
+        """Finish the WeCom stream once: whoever wins writes its last state, others lose."""
+        return bool(self.filter(stream_closed_at__isnull=True).update(stream_closed_at=now))
+
+    def feedback_record(self, *, kind: int, detail: dict[str, Any], now: datetime) -> int:
+        return self.update(feedback=kind, feedback_detail=detail, feedback_at=now)
+
+    def create_rejected(self, *, reason: str, answer: str, now: datetime, **fields: Any) -> Turn:
+        """A turn refused at admission is born in its end state: no half-made queued row."""
+        return self.create(
+            status=Turn.Status.REJECTED,
+            rejection_reason=reason,
+            answer=answer,
+            finished_at=now,
+            stream_closed_at=now,
+            **fields,
+        )
+
+
 class Turn(models.Model):
-    """One question and its answer; every turn ends answered, failed or rejected."""
+    """One question and its answer; every turn ends answered, failed or rejected.
+
+    The transitions are methods that each do one conditional UPDATE and say whether they
+    won: a worker, a redelivered task and the sweeper may race for the same turn, and the
+    database decides who gives it its one end. A winner's instance gets the written fields.
+    """
 
     class Status(models.TextChoices):
         QUEUED = "queued", _("queued")
@@ -177,6 +239,7 @@ class Turn(models.Model):
         REJECTED = "rejected", _("rejected")
 
     TERMINAL = (Status.ANSWERED, Status.FAILED, Status.REJECTED)
+    OPEN = (Status.QUEUED, Status.GENERATING)
 
     class Feedback(models.IntegerChoices):
         ACCURATE = 1, _("accurate")
@@ -191,6 +254,14 @@ class Turn(models.Model):
     stream_id = models.CharField(_("stream id"), max_length=64, unique=True)
     msgtype = models.CharField(_("message type"), max_length=20, default="text")
     question = models.TextField(_("question"))
+    question_masked = models.TextField(
+        _("question as the model sees it"),
+        blank=True,
+        help_text=_(
+            "The question after the compliance policies' masking, stored when it is "
+            "admitted; empty = the bot had no policy then."
+        ),
+    )
     answer = models.TextField(_("answer"), blank=True)
     reasoning = models.TextField(_("reasoning"), blank=True)
     withheld_answer = models.TextField(
@@ -227,6 +298,8 @@ class Turn(models.Model):
     feedback_detail = models.JSONField(_("feedback detail"), default=dict, blank=True)
     feedback_at = models.DateTimeField(_("feedback received"), null=True, blank=True)
 
+    objects = TurnQuerySet.as_manager()
+
     class Meta:
         verbose_name = _("turn")
         verbose_name_plural = _("turns")
@@ -245,3 +318,110 @@ class Turn(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    def _held(self) -> TurnQuerySet:
+        """This row while still open and still on the attempt this instance knows.
+
+        A worker whose lease another worker took over (its attempt is older) can no longer
+        change the turn, and neither can the sweeper once a worker claimed it again.
+        """
+        return Turn.objects.filter(pk=self.pk, status__in=self.OPEN, attempts=self.attempts)
+
+    def is_held(self) -> bool:
+        """Whether this instance may still end the turn (checked before delivering anything)."""
+        return self._held().exists()
+
+    def _won(self, updated: int, fields: dict[str, Any]) -> bool:
+        if updated:
+            for name, value in fields.items():
+                setattr(self, name, value)
+        return bool(updated)
+
+    def claim(self, *, lease: timedelta) -> bool:
+        """Take the turn for this worker: queued, or its last worker's lease ran out."""
+        now = timezone.now()
+        updated = (
+            Turn.objects.filter(pk=self.pk)
+            .claimable(now=now, lease=lease)
+            .update(status=self.Status.GENERATING, attempts=F("attempts") + 1, heartbeat_at=now)
+        )
+        if updated:
+            self.refresh_from_db(fields=["status", "attempts", "heartbeat_at"])
+        return bool(updated)
+
+    def heartbeat(self) -> bool:
+        """Renew the lease; False once the turn ended or another worker took it over."""
+        fields = {"heartbeat_at": timezone.now()}
+        return self._won(
+            self._held().filter(status=self.Status.GENERATING).update(**fields), fields
+        )
+
+    def first_token(self) -> bool:
+        fields = {"first_token_at": timezone.now()}
+        updated = self._held().filter(first_token_at__isnull=True).update(**fields)
+        return self._won(updated, fields)
+
+    def close_stream(self) -> bool:
+        """Win the right to write the stream's last state; a loser learns the stream is closed."""
+        now = timezone.now()
+        if Turn.objects.filter(pk=self.pk).close_stream(now=now):
+            self.stream_closed_at = now
+            return True
+        self.refresh_from_db(fields=["stream_closed_at"])
+        return False
+
+    def finish(self, *, answer: str, reasoning: str, error: str = "") -> bool:
+        """End the turn answered, with what the pipeline gathered on the instance.
+
+        Loses when the turn already ended (a late worker after the sweeper failed it).
+        """
+        fields = {
+            "status": self.Status.ANSWERED,
+            "answer": answer,
+            "reasoning": reasoning,
+            "withheld_answer": self.withheld_answer,
+            "filter_decisions": self.filter_decisions,
+            "sources": self.sources,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "finished_at": timezone.now(),
+            "error": error,
+        }
+        updated = self._held().filter(status=self.Status.GENERATING).update(**fields)
+        return self._won(updated, fields)
+
+    def fail(self, *, error: str) -> bool:
+        """End the turn failed; loses when it already ended or another attempt holds it."""
+        fields = {
+            "status": self.Status.FAILED,
+            "error": error[:4000],
+            "finished_at": timezone.now(),
+        }
+        return self._won(self._held().update(**fields), fields)
+
+    def response_url_take(self) -> tuple[str, str]:
+        """Claim the response_url once: `(url, "")`, or `("", why not)`.
+
+        The URL is a bearer capability, so the row forgets it as it is taken (or found
+        expired): it is used at most once and never lies around to be read later.
+        """
+        now = timezone.now()
+        with transaction.atomic():
+            row = (
+                Turn.objects.select_for_update()
+                .filter(pk=self.pk)
+                .values("response_url", "response_url_used_at", "received_at")
+                .first()
+            )
+            if row is None or row["response_url_used_at"] is not None:
+                return "", "response_url already used"
+            if not row["response_url"]:
+                return "", "answer longer than the stream allows, and WeCom gave no response_url"
+            mine = Turn.objects.filter(pk=self.pk)
+            if row["received_at"] < now - RESPONSE_URL_VALID:
+                mine.response_url_forget()
+                self.response_url = ""
+                return "", "response_url expired (WeCom accepts it for one hour)"
+            mine.update(response_url="", response_url_used_at=now)
+        self.response_url, self.response_url_used_at = "", now
+        return row["response_url"], ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from apps.audit.models import AuditPolicy
 from apps.bots.models import Bot, Turn
 from apps.directory.models import DirectoryUser
 
@@ -21,12 +22,17 @@ def bot_user_allowed(*, bot: Bot, userid: str) -> bool:
     ).exists()
 
 
+def bot_policies(*, bot: Bot) -> list[AuditPolicy]:
+    return list(bot.audit_policies.filter(enabled=True).order_by("pk"))
+
+
 def conversation_messages(
     *, turn: Turn, mask: Callable[[str], str] | None = None
 ) -> tuple[dict[str, str], ...]:
     """System prompt, the user's last N answered turns in this chat, then the question.
 
-    `mask` rewrites employees' questions (compliance masking) before the model sees them.
+    A question's masked form is stored when it is admitted; `mask` rewrites the questions
+    stored without one (asked while the bot had no policy) before the model sees them.
     """
     mask = mask or (lambda text: text)
     bot = turn.bot
@@ -42,10 +48,10 @@ def conversation_messages(
             )
             .exclude(pk=turn.pk)
             .order_by("-received_at")
-            .values_list("question", "answer")[: bot.context_turns]
+            .values_list("question", "question_masked", "answer")[: bot.context_turns]
         )
-        for question, answer in reversed(list(previous)):
-            messages.append({"role": "user", "content": mask(question)})
+        for question, masked, answer in reversed(list(previous)):
+            messages.append({"role": "user", "content": masked or mask(question)})
             messages.append({"role": "assistant", "content": answer})
-    messages.append({"role": "user", "content": mask(turn.question)})
+    messages.append({"role": "user", "content": turn.question_masked or mask(turn.question)})
     return tuple(messages)

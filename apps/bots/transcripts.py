@@ -22,6 +22,7 @@ from apps.bots.models import Bot, Conversation, Turn
 # comment), with its purged value.
 _TURN_PURGED: dict[str, Any] = {
     "question": "",
+    "question_masked": "",
     "answer": "",
     "reasoning": "",
     "withheld_answer": "",

@@ -17,8 +17,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.bots import services
 from apps.bots.models import Bot
+from apps.bots.services import receive
 from apps.core.fields import is_undecryptable
 from wecom.crypto import SignatureError, WeComCrypto, WeComCryptoError
 from wecom.messages import MalformedMessage, parse_callback
@@ -126,13 +126,13 @@ def _receive(
     if bot.aibotid and message.aibotid and message.aibotid != bot.aibotid:
         logger.warning("bot %s: callback for aibotid %r refused", bot.slug, message.aibotid)
         return _bad_request()
-    if not services.callback_nonce_remember(
+    if not receive.callback_nonce_remember(
         bot=bot, timestamp=params["timestamp"], nonce=params["nonce"], msgid=message.msgid
     ):
         logger.warning("bot %s: callback reusing a (timestamp, nonce) pair refused", bot.slug)
         return _plain(403, "forbidden")
     try:
-        payload = services.callback_handle(bot=bot, callback=message, received_at=received_at)
+        payload = receive.callback_handle(bot=bot, callback=message, received_at=received_at)
     except Exception:
         # WeCom retries a failed delivery, and the msgid dedup makes the retry safe.
         logger.exception("bot %s: callback could not be handled", bot.slug)

@@ -29,7 +29,7 @@ from rest_framework.test import APIClient
 
 from apps.audit.models import AccessLog, OperatorAuditEntry
 from apps.bots.models import Conversation, Turn
-from apps.bots.services import _knowledge_hits
+from apps.bots.services.generate import _knowledge_hits
 from apps.directory.models import GroupChat
 from apps.directory.selectors import Readers, chat_readers
 from apps.directory.services import directory_user_save

@@ -15,8 +15,8 @@ import pytest
 
 from apps.audit.models import Action, AuditPolicy, PolicyWordList, RegexRule, ReviewCase
 from apps.audit.models import SensitiveWordList as WordList
-from apps.bots import services
 from apps.bots.models import Turn
+from apps.bots.services import generate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,7 +37,7 @@ def _answer(bot, sim, userid: str) -> tuple[Turn, dict]:
     """Ask once, generate in this process (the worker's code path), read the final stream."""
     ack = sim.decrypt_reply(sim.post_message(sim.text_message(QUESTION, userid=userid)))
     turn = Turn.objects.get(bot=bot, conversation__userid=userid)
-    services.turn_generate(turn_id=turn.pk)
+    generate.turn_generate(turn_id=turn.pk)
     turn.refresh_from_db()
     refresh = sim.stream_refresh_message(ack["stream"]["id"], userid=userid)
     return turn, sim.decrypt_reply(sim.post_message(refresh))["stream"]

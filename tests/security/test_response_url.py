@@ -22,8 +22,8 @@ from django.utils import timezone
 
 from apps.audit.models import AuditPolicy
 from apps.audit.services.retention import retention_purge
-from apps.bots import services
 from apps.bots.models import Conversation, Turn
+from apps.bots.services import deliver
 from apps.bots.streams import StreamState, stream_state_set
 from wecom import outbound
 
@@ -52,7 +52,7 @@ def _turn(bot, url: str, *, minutes_old: float = 0, msgid: str = "m-1") -> Turn:
 
 
 def _finish(turn: Turn) -> Turn:
-    services.turn_finish(turn=turn, reasoning="", answer="完整答案")
+    deliver.turn_finish(turn=turn, reasoning="", answer="完整答案")
     turn.refresh_from_db()
     return turn
 
@@ -235,7 +235,7 @@ def test_sweep_forgets_response_urls_past_their_hour(bot, response_server):
     old = _turn(bot, response_server.url_for("m-1"), minutes_old=61)
     fresh = _turn(bot, response_server.url_for("m-2"), msgid="m-2")
     Turn.objects.filter(pk__in=[old.pk, fresh.pk]).update(status=Turn.Status.ANSWERED)
-    services.turns_sweep()
+    deliver.turns_sweep()
     old.refresh_from_db()
     fresh.refresh_from_db()
     assert old.response_url == ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -99,8 +99,33 @@ class EngineLoad:
 class Generation(ABC):
     """A submitted request whose text is pulled by iterating it, and which any thread may cancel."""
 
-    # 1 for the next request to get a slot, N for the Nth in line, 0 once it runs (or ended).
-    queue_position: int = 0
+    _queue_position: int = 0
+    _queue_listener: Callable[[int], None] | None = None
+
+    @property
+    def queue_position(self) -> int:
+        """1 for the next request to get a slot, N for the Nth in line, 0 once it runs (or ended).
+
+        The engine's scheduler sets it; a watcher hears each change.
+        """
+        return self._queue_position
+
+    @queue_position.setter
+    def queue_position(self, position: int) -> None:
+        if position == self._queue_position:
+            return
+        self._queue_position = position
+        listener = self._queue_listener
+        if listener is not None:
+            listener(position)
+
+    def queue_watch(self, listener: Callable[[int], None] | None) -> None:
+        """Hear each new queue position as the scheduler assigns it, instead of polling.
+
+        The listener runs on the engine's scheduler thread, under its lock: it must only
+        hand the number over (set an event), never block or call back into the engine.
+        """
+        self._queue_listener = listener
 
     @abstractmethod
     def __iter__(self) -> Iterator[str]:

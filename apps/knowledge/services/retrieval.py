@@ -81,13 +81,19 @@ class Hit:
 
 
 def knowledge_retrieve(
-    *, bot_kb_ids: Iterable[int], readers: Readers, query: str, top_k: int = 5
+    *,
+    bot_kb_ids: Iterable[int],
+    readers: Readers,
+    query: str,
+    top_k: int = 5,
+    knowledge_bases: Sequence[KnowledgeBase] | None = None,
 ) -> list[Hit]:
     """The best `top_k` passages for `query` that every one of `readers` may read.
 
     Who reads is always explicit (see `selectors.Readers`), so no caller gets the
     unfiltered view by leaving something out. A knowledge base whose embedding model cannot
-    be loaded is still searched lexically; the problem is logged.
+    be loaded is still searched lexically; the problem is logged. A caller that already
+    holds the knowledge bases (with their embedding profiles) passes them to save a query.
     """
     kb_ids = list(dict.fromkeys(bot_kb_ids))
     query = query.strip()
@@ -96,7 +102,13 @@ def knowledge_retrieve(
     candidates = max(_MIN_CANDIDATES, top_k * 4)
     searchable = selectors.chunks_searchable(kb_ids=kb_ids, readers=readers)
     lists = [
-        *_dense_lists(searchable, kb_ids=kb_ids, query=query, candidates=candidates),
+        *_dense_lists(
+            searchable,
+            kb_ids=kb_ids,
+            query=query,
+            candidates=candidates,
+            knowledge_bases=knowledge_bases,
+        ),
         *_lexical_lists(searchable, query=query, candidates=candidates),
     ]
     if not lists:
@@ -111,11 +123,22 @@ def knowledge_retrieve(
 
 
 def _dense_lists(
-    searchable: QuerySet[Chunk], *, kb_ids: list[int], query: str, candidates: int
+    searchable: QuerySet[Chunk],
+    *,
+    kb_ids: list[int],
+    query: str,
+    candidates: int,
+    knowledge_bases: Sequence[KnowledgeBase] | None,
 ) -> list[QuerySet]:
     """One nearest-neighbour list per embedding model the knowledge bases use."""
+    if knowledge_bases is None:
+        knowledge_bases = list(
+            KnowledgeBase.objects.filter(pk__in=kb_ids).select_related("embedding_profile")
+        )
     by_spec: dict[EmbeddingSpec, list[int]] = defaultdict(list)
-    for kb in KnowledgeBase.objects.filter(pk__in=kb_ids).select_related("embedding_profile"):
+    for kb in knowledge_bases:
+        if kb.pk not in kb_ids:
+            continue
         by_spec[embedding_spec_for(kb.embedding_profile)].append(kb.pk)
     lists = []
     for number, (spec, spec_kb_ids) in enumerate(by_spec.items()):

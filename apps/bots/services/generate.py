@@ -1,0 +1,389 @@
+"""Answering a turn in the worker: claim it, ground it in the knowledge bases, stream the model.
+
+Runs in the Celery worker, never in a request. The turn's end (finish or fail) is left to
+`deliver`; this stage only produces the text and keeps the stream and the lease alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils.translation import gettext as _
+
+from apps.audit.models import AuditPolicy
+from apps.audit.services.policy import PolicyStreamGuard, policy_evaluate, policy_stream_guard
+from apps.audit.services.review import review_cases_open_for_turn
+from apps.bots import selectors
+from apps.bots.models import Conversation, Turn
+from apps.bots.services.deliver import turn_fail, turn_finish
+from apps.bots.services.stream import reply_language, stream_close_for_deadline
+from apps.bots.streams import StreamFlusher, deadline_from, now_epoch
+from apps.directory.selectors import chat_readers
+from apps.inference.engine.base import ChatRequest, Engine, EngineError, Generation, GenerationStats
+from apps.inference.engine.think import ThinkSplitter
+from apps.inference.model_load import profile_engine
+from apps.inference.models import ModelProfile
+from apps.knowledge.models import KnowledgeBase
+from apps.knowledge.services.retrieval import (
+    Hit,
+    knowledge_retrieve,
+    prompt_with_passages,
+    sources_footer,
+)
+from wecom.display import wecom_stream_content
+
+logger = logging.getLogger(__name__)
+
+
+def turn_claim(*, turn_id: int) -> Turn | None:
+    """Take the turn for this worker, or None when it is finished or another worker is alive.
+
+    The heartbeat lease lets a redelivered task (its worker process died) take over a
+    turn, while a duplicate delivery never generates the same answer twice at once.
+    """
+    lease = timedelta(seconds=settings.TURN_LEASE_SECONDS)
+    deadline = time.monotonic() + settings.TURN_LEASE_SECONDS + 5
+    turn = (
+        Turn.objects.select_related("bot__model_profile", "conversation").filter(pk=turn_id).first()
+    )
+    while turn is not None and not turn.is_terminal:
+        if turn.claim(lease=lease):
+            return turn
+        if time.monotonic() > deadline:
+            logger.info("turn %s is being answered by another worker", turn_id)
+            return None
+        time.sleep(0.5)
+        turn.refresh_from_db(fields=["status", "attempts", "heartbeat_at"])
+    return None
+
+
+@dataclass
+class _Answering:
+    """One attempt at a turn: what the decode loop gathers for the turn's end."""
+
+    turn: Turn
+    policies: list[AuditPolicy]
+    knowledge_bases: list[KnowledgeBase]
+    flusher: StreamFlusher
+    deadline: float
+    guard: PolicyStreamGuard | None = None
+    splitter: ThinkSplitter = field(default_factory=ThinkSplitter)
+    raw: list[str] = field(default_factory=list)
+    hits: list[Hit] | None = None
+    stats: GenerationStats | None = None
+    last_flush: float = 0.0
+    last_heartbeat: float = 0.0
+    first_token: bool = False
+    lost: bool = False  # the sweeper or another worker took the turn meanwhile
+
+
+def turn_generate(*, turn_id: int) -> None:
+    """Stream the model's answer into Redis, then finish the stream (or use response_url)."""
+    turn = turn_claim(turn_id=turn_id)
+    if turn is None:
+        return
+    if turn.attempts > settings.TURN_MAX_ATTEMPTS:
+        turn_fail(turn=turn, error=f"gave up after {turn.attempts - 1} attempts")
+        return
+    policies = selectors.bot_policies(bot=turn.bot)
+    deadline = deadline_from(turn.received_at.timestamp())
+    answering = _Answering(
+        turn=turn,
+        policies=policies,
+        # Fetched once per turn: retrieval, grounding and sources all use this list.
+        knowledge_bases=list(turn.bot.knowledge_bases.select_related("embedding_profile")),
+        guard=policy_stream_guard(policies=policies) if policies else None,
+        deadline=deadline,
+        flusher=StreamFlusher(
+            turn_id=turn.pk,
+            stream_id=turn.stream_id,
+            deadline=deadline,
+            interval=settings.WECOM_STREAM_FLUSH_SECONDS,
+        ),
+    )
+    try:
+        _answer_generate(answering)
+    except EngineError as exc:
+        error = str(exc)
+    except Exception as exc:
+        logger.exception("turn %s failed while generating", turn.pk)
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        error = ""
+    finally:
+        answering.flusher.close_stream()
+        answering.flusher.stop()
+    if error:
+        turn_fail(turn=turn, error=error)
+        return
+    _answer_conclude(answering)
+
+
+def _answer_generate(answering: _Answering) -> None:
+    turn, guard = answering.turn, answering.guard
+    engine = profile_engine(profile=turn.bot.model_profile)
+    messages = selectors.conversation_messages(turn=turn, mask=_masker(answering.policies))
+    question = messages[-1]["content"]
+    answering.hits = _knowledge_hits(
+        turn=turn, question=question, knowledge_bases=answering.knowledge_bases
+    )
+    if answering.hits is not None:
+        grounded = _grounded(
+            turn, messages, answering.hits, knowledge_bases=answering.knowledge_bases
+        )
+        messages = (*messages[:-1], {"role": "user", "content": grounded})
+    request = ChatRequest(
+        messages=messages,
+        sampling=turn.bot.sampling(),
+        deadline=time.monotonic() + settings.TURN_GENERATION_TIMEOUT_SECONDS,
+    )
+    generation = engine.submit(request)
+    with _QueueNotice(
+        generation=generation,
+        engine=engine,
+        threshold=turn.bot.queue_notice_seconds,
+        flusher=answering.flusher,
+    ) as notice:
+        for piece in generation:
+            notice.stop()
+            answering.raw.append(piece)
+            if guard is not None:
+                # Only text no block/mask rule can still match reaches WeCom: a blocked
+                # word is never streamed out and then retracted.
+                piece = guard.feed(piece)
+                if guard.blocked:
+                    generation.cancel()
+                    break
+            answering.splitter.feed(piece)
+            if not _answer_progress(answering):
+                answering.lost = True
+                generation.cancel()
+                break
+    if guard is not None and not guard.blocked:
+        answering.splitter.feed(guard.finish())
+    answering.splitter.finish()
+    answering.stats = generation.stats
+
+
+def _answer_conclude(answering: _Answering) -> None:
+    """The turn's end from what was generated: refused, failed, or answered with sources."""
+    turn, guard, stats = answering.turn, answering.guard, answering.stats
+    assert stats is not None
+    if answering.lost:
+        logger.info("turn %s was taken from this worker; its partial answer is dropped", turn.pk)
+        return
+    turn.prompt_tokens = stats.prompt_tokens
+    turn.completion_tokens = stats.completion_tokens
+    if guard is not None:
+        _guard_record(turn=turn, guard=guard, policies=answering.policies)
+        if guard.blocked:
+            turn.withheld_answer = "".join(answering.raw)
+            turn_finish(turn=turn, reasoning="", answer=guard.refusal_message)
+            return
+    if stats.finish_reason in {"error", "cancelled"}:
+        turn_fail(turn=turn, error=f"generation ended: {stats.finish_reason}")
+        return
+    answer = answering.splitter.answer
+    if answering.hits:
+        turn.sources = [_source_record(hit) for hit in answering.hits]
+        with reply_language():
+            answer = f"{answer.rstrip()}\n\n{sources_footer(hits=answering.hits)}"
+    turn_finish(turn=turn, reasoning=answering.splitter.reasoning, answer=answer)
+
+
+def _guard_record(*, turn: Turn, guard: PolicyStreamGuard, policies: list[AuditPolicy]) -> None:
+    """The answer's policy decision goes on the turn and, when flagged, to review."""
+    if guard.decision is None:
+        guard.finish()  # blocked mid-stream: evaluate the whole text for the record
+    decision = guard.decision
+    assert decision is not None
+    if decision.matches:
+        turn.filter_decisions = [
+            *turn.filter_decisions,
+            {"subject": "answer", **decision.as_record()},
+        ]
+    if decision.needs_review:
+        review_cases_open_for_turn(turn=turn, decision=decision, policies=policies)
+
+
+def _answer_progress(answering: _Answering) -> bool:
+    """Stamp the first token, renew the lease, flush the stream; False once the turn is lost."""
+    turn, now = answering.turn, time.monotonic()
+    if not answering.first_token:
+        answering.first_token = True
+        turn.first_token()
+    if now - answering.last_heartbeat >= 2.0:
+        answering.last_heartbeat = now
+        if not turn.heartbeat():
+            return False
+    if now - answering.last_flush < settings.WECOM_STREAM_FLUSH_SECONDS / 2:
+        return True
+    answering.last_flush = now
+    splitter = answering.splitter
+    content = wecom_stream_content(
+        splitter.reasoning, splitter.answer, thinking_done=not splitter.in_think
+    )
+    if turn.stream_closed_at is None and now_epoch() > answering.deadline:
+        answering.flusher.close_stream()
+        stream_close_for_deadline(turn=turn, content=content, deadline=answering.deadline)
+    answering.flusher.update(content)
+    return True
+
+
+class _QueueNotice:
+    """Tells a waiting employee their place in line while every model slot is busy.
+
+    Runs beside the decode loop, which blocks until the first token. The engine pushes
+    each new queue position (`Generation.queue_watch`); when the expected wait (waited so
+    far plus the engine's estimate) passes the bot's threshold, the stream shows "queued,
+    position N". Between changes the thread sleeps, waking only when the threshold would
+    pass. `stop()` on the first token joins the thread, so the notice can never overwrite
+    the answer.
+    """
+
+    # Only when a slot looked free: the scheduler admits at its next step and pushes 0.
+    SLOT_FREE_RECHECK_SECONDS = 2.0
+
+    def __init__(
+        self, *, generation: Generation, engine: Engine, threshold: float, flusher: StreamFlusher
+    ) -> None:
+        self._generation = generation
+        self._engine = engine
+        self._threshold = threshold
+        self._flusher = flusher
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _QueueNotice:
+        self._generation.queue_watch(lambda _position: self._wake.set())
+        if self._generation.queue_position > 0:
+            self._thread = threading.Thread(target=self._run, name="queue-notice", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._generation.queue_watch(None)
+        if self._thread is not None:
+            self._stopped.set()
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        shown = 0
+        while True:
+            self._wake.clear()  # before the checks: a push or stop after this wakes the wait
+            if self._stopped.is_set():
+                return
+            position = self._generation.queue_position
+            if position <= 0:
+                return
+            timeout: float | None = None  # until the engine pushes the next position
+            load = self._engine.load()
+            if load.running < load.slots:
+                timeout = self.SLOT_FREE_RECHECK_SECONDS
+            elif position != shown:
+                expected = time.monotonic() - started + load.estimated_wait_seconds
+                if expected > self._threshold:
+                    shown = position
+                    self._show(position)
+                else:
+                    timeout = self._threshold - expected + 0.05
+            self._wake.wait(timeout)
+
+    def _show(self, position: int) -> None:
+        with reply_language():
+            self._flusher.update(
+                _(
+                    "All answer slots are busy: you are number %(position)s in the "
+                    "queue. Your answer starts as soon as a slot frees up."
+                )
+                % {"position": position}
+            )
+
+
+def _knowledge_hits(
+    *, turn: Turn, question: str, knowledge_bases: Sequence[KnowledgeBase] | None = None
+) -> list[Hit] | None:
+    """Passages all readers of the answer may read, or None when the bot has no knowledge base.
+
+    The permission filter runs inside the search query, so a restricted passage never
+    reaches the prompt of someone not allowed to read it.
+    """
+    if knowledge_bases is None:
+        knowledge_bases = list(turn.bot.knowledge_bases.select_related("embedding_profile"))
+    if not knowledge_bases:
+        return None
+    conversation = turn.conversation
+    return knowledge_retrieve(
+        bot_kb_ids=[kb.pk for kb in knowledge_bases],
+        knowledge_bases=knowledge_bases,
+        # In a group every member reads the answer: passages must be open to all of them.
+        readers=chat_readers(
+            userid=conversation.userid,
+            chat_id=conversation.chat_id,
+            group=conversation.chat_type == Conversation.ChatType.GROUP,
+        ),
+        query=question,
+        top_k=turn.bot.retrieval_top_k,
+    )
+
+
+def _grounded(
+    turn: Turn,
+    messages: tuple[dict[str, str], ...],
+    hits: list[Hit],
+    *,
+    knowledge_bases: Sequence[KnowledgeBase],
+) -> str:
+    only_sources = turn.bot.answer_only_from_sources or any(
+        kb.answer_only_from_sources for kb in knowledge_bases
+    )
+    with reply_language():
+        return prompt_with_passages(
+            question=messages[-1]["content"], hits=hits, answer_only_from_sources=only_sources
+        )
+
+
+def _source_record(hit: Hit) -> dict[str, Any]:
+    return {
+        "chunk": hit.chunk_id,
+        "document": hit.document_id,
+        "document_version": hit.document_version,
+        "file": hit.document,
+        "title": hit.title,
+        "heading": hit.heading,
+        "knowledge_base": hit.knowledge_base,
+        "score": hit.score,
+    }
+
+
+def _masker(policies: list[AuditPolicy]) -> Callable[[str], str] | None:
+    """What the model sees of questions stored without a masked form (asked before a policy)."""
+    if not policies:
+        return None
+    return lambda text: policy_evaluate(policies=policies, text=text).masked_text
+
+
+def engines_warm() -> int:
+    """Load the models of enabled bots, so the first question after a restart is not slow."""
+    loaded = 0
+    for profile in ModelProfile.objects.filter(bots__enabled=True).distinct():
+        try:
+            profile_engine(profile=profile)
+            loaded += 1
+        except EngineError as exc:
+            logger.error("model profile %s cannot be loaded: %s", profile.name, exc)
+    return loaded

@@ -1,0 +1,114 @@
+"""What WeCom's stream refreshes see: the content so far from Redis, closed before WeCom gives up.
+
+A refresh never waits for the model: the worker writes the stream state, the callback
+view only reads it, and closes a stream whose worker cannot make WeCom's deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+
+from apps.bots.models import Bot, Turn
+from apps.bots.streams import (
+    StreamState,
+    now_epoch,
+    stream_owner_get,
+    stream_state_get,
+    stream_state_set,
+)
+from wecom.display import wecom_stream_content
+from wecom.messages import MAX_CONTENT_BYTES, StreamRefresh, split_at_boundary, stream_reply
+
+logger = logging.getLogger(__name__)
+
+
+def reply_language() -> translation.override:
+    """Replies to employees are in the deployment's WeCom language, whoever triggered them."""
+    return translation.override(settings.WECOM_REPLY_LANGUAGE)
+
+
+def stream_refresh(*, bot: Bot, refresh: StreamRefresh) -> dict:
+    """Whole content so far from Redis; closes a stream whose worker cannot make the deadline.
+
+    Only the bot that opened a stream reads it: a refresh naming another bot's stream id
+    gets the same answer as an unknown one.
+    """
+    owner = stream_owner_get(refresh.stream_id)
+    if owner is None:  # opened before owners were stored, or long gone: ask the database
+        owned = Turn.objects.filter(bot=bot, stream_id=refresh.stream_id).exists()
+    else:
+        owned = owner == bot.pk
+    if not owned:
+        logger.warning("bot %s: refresh for a stream it did not open refused", bot.slug)
+        return _stream_unavailable(refresh.stream_id)
+    state = stream_state_get(refresh.stream_id)
+    if state is None:
+        turn = Turn.objects.filter(bot=bot, stream_id=refresh.stream_id).first()
+        if turn is None:
+            return _stream_unavailable(refresh.stream_id)
+        return stream_refresh_payload(turn)
+    if not state.finish and state.deadline and now_epoch() > state.deadline + 5:
+        state = _stream_close_late(bot=bot, stream_id=refresh.stream_id, state=state)
+    return _stream_payload(refresh.stream_id, content=state.content, finish=state.finish)
+
+
+def _stream_unavailable(stream_id: str) -> dict:
+    with reply_language():
+        return stream_reply(
+            stream_id=stream_id, content=_("This answer is no longer available."), finish=True
+        )
+
+
+def _stream_payload(stream_id: str, *, content: str, finish: bool) -> dict:
+    """A stream reply; the finished one carries the stream id as WeCom's feedback id."""
+    return stream_reply(
+        stream_id=stream_id,
+        content=content,
+        finish=finish,
+        feedback_id=stream_id if finish else None,
+    )
+
+
+def stream_refresh_payload(turn: Turn) -> dict:
+    state = stream_state_get(turn.stream_id)
+    if state is not None:
+        return _stream_payload(turn.stream_id, content=state.content, finish=state.finish)
+    if turn.is_terminal:
+        content = wecom_stream_content(turn.reasoning, turn.answer, thinking_done=True)
+        content, _rest = split_at_boundary(content, MAX_CONTENT_BYTES)
+        return _stream_payload(turn.stream_id, content=content, finish=True)
+    return _stream_payload(turn.stream_id, content="", finish=False)
+
+
+def _stream_close_late(*, bot: Bot, stream_id: str, state: StreamState) -> StreamState:
+    """The worker is stuck or queued past WeCom's window: finish the bubble, answer later."""
+    closed = Turn.objects.filter(bot=bot, stream_id=stream_id).close_stream(now=timezone.now())
+    if not closed:
+        return stream_state_get(stream_id) or state
+    with reply_language():
+        note = _("(This is taking longer than usual; the full answer will follow.)")
+    state = StreamState(
+        content=with_note(state.content, note), finish=True, deadline=state.deadline
+    )
+    stream_state_set(stream_id, state)
+    return state
+
+
+def stream_close_for_deadline(*, turn: Turn, content: str, deadline: float) -> None:
+    """A long answer cannot finish before WeCom stops refreshing: end the bubble with a note."""
+    if turn.close_stream():
+        with reply_language():
+            note = _("(This answer is long; the complete answer will follow in a new message.)")
+        stream_state_set(
+            turn.stream_id,
+            StreamState(content=with_note(content, note), finish=True, deadline=deadline),
+        )
+
+
+def with_note(content: str, note: str) -> str:
+    head, _rest = split_at_boundary(content, MAX_CONTENT_BYTES - len(note.encode()) - 4)
+    return f"{head}\n\n{note}" if head.strip() else note
