@@ -455,7 +455,10 @@ def run_ingestion(pdf_pages: int, doc_sections: int, seed: int) -> dict[str, Any
 
     rng = random.Random(seed)
     kb_delete(INGEST_KB)
-    _embedder()  # load the model before timing
+    _embedder()  # load the model and jieba's dictionary (once per worker) before timing
+    from apps.knowledge.segment import segment_for_search
+
+    segment_for_search("加载词典")
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as folder:
@@ -552,6 +555,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="quality part: comma-separated embedders (use-multilingual-v3, gguf = the default "
         "GGUF model, slow on CPU); default %(default)s",
     )
+    parser.add_argument(
+        "--headings",
+        choices=("both", "yes", "no"),
+        default="both",
+        help="quality part: index with the heading path embedded, without, or both",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
@@ -562,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if "quality" in parts:
-            report["quality"] = run_quality(args.embedders.split(","), kb_delete)
+            headings = {"both": (True, False), "yes": (True,), "no": (False,)}[args.headings]
+            report["quality"] = run_quality(args.embedders.split(","), kb_delete, headings)
         if "ingestion" in parts:
             report["ingestion"] = run_ingestion(args.pdf_pages, args.doc_sections, args.seed)
         if "latency" in parts:

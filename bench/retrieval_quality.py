@@ -144,6 +144,20 @@ def _ingest(slug: str, embedder: str, embed_headings: bool) -> dict[str, Any]:
     }
 
 
+def _configured_fusion() -> str:
+    """The `FUSIONS` entry that the current settings select (the product's defaults)."""
+    from django.conf import settings
+
+    for name, method, dense_weight, lexical_weight in FUSIONS:
+        if (method, dense_weight, lexical_weight) == (
+            settings.KNOWLEDGE_FUSION,
+            settings.KNOWLEDGE_FUSION_DENSE_WEIGHT,
+            settings.KNOWLEDGE_FUSION_LEXICAL_WEIGHT,
+        ):
+            return name
+    return FUSIONS[0][0]
+
+
 def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str, Any]:
     """Index the set with this embedder and heading setting, then score every mode."""
     from apps.knowledge.services import retrieval
@@ -179,6 +193,10 @@ def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str
                 scored[mode].append((question, _score(question, hits)))
     finally:
         kb_delete(slug)
+    misses = {
+        mode: [q["id"] for q, score in scored[mode] if q["documents"] and not score["passage"]]
+        for mode in ("dense", "lexical", _configured_fusion())
+    }
     halves: dict[str, dict[str, Any]] = {}
     for half in ("tune", "report", "all"):
         halves[half] = {
@@ -194,15 +212,18 @@ def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str
             group: round(statistics.fmean(values), 3) for group, values in best_similarity.items()
         },
         "halves": halves,
+        "passage_misses": misses,
     }
 
 
-def run_quality(embedders: Sequence[str], kb_delete: Any) -> dict[str, Any]:
+def run_quality(
+    embedders: Sequence[str], kb_delete: Any, headings: Sequence[bool] = (True, False)
+) -> dict[str, Any]:
     questions = questions_load()
     variants = [
         run_variant(embedder, embed_headings, kb_delete)
         for embedder in embedders
-        for embed_headings in (True, False)
+        for embed_headings in headings
     ]
     # The defaults are chosen on the tune half only: passage R@5, then MRR.
     best = max(
@@ -250,6 +271,8 @@ def print_quality(quality: dict[str, Any]) -> None:
             f"· candidate search {variant['search_ms_mean']} ms · best dense similarity "
             f"{variant['best_dense_similarity']}"
         )
+        for mode, ids in variant["passage_misses"].items():
+            print(f"   passage misses, {mode}: {' '.join(ids) or '-'}")
         for half in ("tune", "report"):
             print(f"-- {half} half: doc R@5 / passage R@5 / MRR; by kind passage R@5")
             print(f"{'mode':<12} {'n':>3} {'doc':>6} {'passage':>8} {'MRR':>6}  {kinds}")

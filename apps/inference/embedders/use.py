@@ -26,7 +26,7 @@ _MAX_TOKENS = 2048
 class UseSpec:
     """How to run the bundled encoder; frozen and hashable because it is the cache key."""
 
-    threads: int | None = None
+    threads: int | None = 1  # BLAS threads (threadpoolctl); None = OpenBLAS's default
     cache_size: int = 4096
 
     @property
@@ -49,8 +49,11 @@ class UseEmbedder:
             ) from exc
         self.spec = spec
         self._lock = threading.Lock()
-        self._use = USE(threads=spec.threads or 1)
+        self._use = USE(threads=spec.threads)
         self._cache = VectorCache(spec.cache_size)
+        # The weights and the pure-Python tokenizer load lazily (about 2 s); load them now,
+        # with the model, rather than inside the first document's or question's time.
+        self._raw(["warm-up"])
 
     @property
     def model_key(self) -> str:

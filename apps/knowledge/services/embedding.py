@@ -81,14 +81,18 @@ def serving_spec_for(kb: KnowledgeBase) -> EmbedderSpec | None:
     """The embedder whose vectors dense search reads for `kb` (and embeds questions with).
 
     The configured one, except while a change re-indexes: then the pinned model's. A pinned
-    GGUF model is known by its path only (context size and offload take the defaults);
-    None if the key names nothing this version can load.
+    GGUF model is the knowledge base's profile when the key matches it, else known by its
+    path only (context size and offload take the defaults); None if the key names nothing
+    this version can load.
     """
     configured = embedder_spec_for(kb)
     if not kb.embedding_model or kb.embedding_model == configured.model_key:
         return configured
     if kb.embedding_model == USE_MODEL_KEY:
         return bundled_spec()
+    profile_spec = embedding_spec_for(kb.embedding_profile)
+    if kb.embedding_model == profile_spec.model_key:
+        return profile_spec
     spec = spec_from_model_key(kb.embedding_model)
     if spec is None:
         return None

@@ -38,13 +38,16 @@ def knowledge_base_embedder_change(
     """Configure `kb`'s embedder; True when that changes its vectors and a re-embed is queued.
 
     The vectors serving now are pinned first, so questions keep being answered from them
-    until the background run swaps in the new ones.
+    until the background run swaps in the new ones. `profile` is the GGUF model (None = the
+    default one) and is only changed for the GGUF embedder; switching to the bundled
+    encoder keeps it, so the pinned GGUF model keeps its settings (offload) meanwhile.
     """
     with transaction.atomic():
         locked = KnowledgeBase.objects.select_for_update().get(pk=kb.pk)
         serving = locked.embedding_model or embedder_spec_for(locked).model_key
         locked.embedder = embedder
-        locked.embedding_profile = profile
+        if embedder == KnowledgeBase.Embedders.GGUF:
+            locked.embedding_profile = profile
         target = embedder_spec_for(locked).model_key
         locked.embedding_model = "" if target == serving else serving
         locked.save(update_fields=["embedder", "embedding_profile", "embedding_model"])
