@@ -80,6 +80,7 @@ def test_a_new_knowledge_base_uses_the_bundled_encoder_and_answers_across_langua
     assert hits[0].heading_path[-1] == "年假"
 
 
+@pytest.mark.slow  # loads the GGUF model and embeds with two models (several seconds)
 @pytest.mark.django_db
 def test_changing_the_embedder_reembeds_while_the_old_vectors_keep_answering(
     tmp_path: Path, model_profile, monkeypatch, django_capture_on_commit_callbacks

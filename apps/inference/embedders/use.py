@@ -8,6 +8,10 @@ find a Chinese passage. Measured against the llama.cpp path in `bench/retrieval.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +38,23 @@ class UseSpec:
         return USE_MODEL_KEY
 
 
+def _libc_preload() -> None:
+    """Hand threadpoolctl the already loaded glibc so it need not look for it.
+
+    It finds libc with `ctypes.util.find_library("c")`, which runs `ldconfig -p` in a child
+    process: a fork from a web or worker process for nothing. On other C libraries (musl)
+    this does nothing and threadpoolctl searches as usual.
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return
+    libraries = ThreadpoolController._system_libraries
+    if "libc" not in libraries and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            libraries["libc"] = ctypes.CDLL("libc.so.6", mode=os.RTLD_NOLOAD)
+
+
 class UseEmbedder:
     """The numpy forward pass behind a lock: its scratch buffers are not shared safely."""
 
@@ -49,6 +70,7 @@ class UseEmbedder:
             ) from exc
         self.spec = spec
         self._lock = threading.Lock()
+        _libc_preload()
         self._use = USE(threads=spec.threads)
         self._cache = VectorCache(spec.cache_size)
         # The weights and the pure-Python tokenizer load lazily (about 2 s); load them now,
