@@ -208,8 +208,11 @@ def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str
         "embed_headings": embed_headings,
         "ingestion": ingestion,
         "search_ms_mean": round(statistics.fmean(query_seconds) * 1000, 1),
+        # mean, lowest and highest best-passage similarity: where a relevance threshold
+        # could separate questions the corpus answers from those it does not
         "best_dense_similarity": {
-            group: round(statistics.fmean(values), 3) for group, values in best_similarity.items()
+            group: [round(f(values), 3) for f in (statistics.fmean, min, max)]
+            for group, values in best_similarity.items()
         },
         "halves": halves,
         "passage_misses": misses,
@@ -269,6 +272,7 @@ def print_quality(quality: dict[str, Any]) -> None:
             f"{'yes' if variant['embed_headings'] else 'no'} · {ingestion['passages']} passages "
             f"indexed in {ingestion['seconds']} s ({ingestion['passages_per_s']}/s via kb_ingest) "
             f"· candidate search {variant['search_ms_mean']} ms · best dense similarity "
+            "(mean, min, max) "
             f"{variant['best_dense_similarity']}"
         )
         for mode, ids in variant["passage_misses"].items():
