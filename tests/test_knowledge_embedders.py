@@ -201,3 +201,14 @@ def test_existing_knowledge_bases_keep_their_gguf_model_through_the_upgrade(
     assert embedder_spec_for(kb) == embedding_spec_for(model_profile)
     assert KnowledgeBase.objects.create(name="New", slug="new").embedder == "use-multilingual-v3"
     assert os.path.basename(embedder_spec_for(kb).model_key).endswith("#mean-centred-v1")
+
+
+def test_the_reembed_runs_on_the_ingest_queue_with_the_ingest_time_limits() -> None:
+    from django.conf import settings
+
+    from apps.knowledge.tasks import document_ingest, knowledge_base_reembed
+    from wecom_ai import queues
+
+    assert knowledge_base_reembed.queue == queues.INGEST
+    assert knowledge_base_reembed.soft_time_limit == settings.KNOWLEDGE_INGEST_TIME_LIMIT_SECONDS
+    assert knowledge_base_reembed.time_limit == document_ingest.time_limit
