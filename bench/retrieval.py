@@ -46,6 +46,7 @@ from typing import Any
 if __package__ in {None, ""}:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.retrieval_quality import print_quality, run_quality
 from bench.stack import (
     BASE_DIR,
     BENCH_DATABASE,
@@ -59,7 +60,6 @@ from wecom_ai import embedded
 
 SYNTH_KB = "bench-retrieval-synthetic"
 INGEST_KB = "bench-retrieval-ingest"
-QUALITY_KB = "bench-retrieval-quality"
 EMPLOYEE = "bench-retrieval-employee"
 EMPLOYEE_DEPARTMENT = "IT"
 # (file name, audience departments): the employee (IT) may read two of the four.
@@ -128,122 +128,6 @@ def _sentence_pool(rng: random.Random, size: int) -> list[str]:
     return sorted(pool)
 
 
-# --- quality set --------------------------------------------------------------------------------
-
-# file name -> (document title, [(heading, passage)]); each heading is one section, one chunk.
-QUALITY_DOCS: dict[str, tuple[str, list[tuple[str, str]]]] = {
-    "leave-policy.md": (
-        "假期与考勤制度",
-        [
-            (
-                "年假",
-                "员工入职满一年后享有5天带薪年假，满十年为10天。年假需在OA系统提前三个工作日申请，经直属主管审批后生效，当年未休完的年假可顺延至次年3月31日。",
-            ),
-            (
-                "病假",
-                "员工因病无法上班，应当天上午10点前通知主管，并在返岗后三天内补交医院出具的病假证明。病假期间按基本工资的80%发放。",
-            ),
-            (
-                "陪产假与育儿假",
-                "男性员工在配偶生育时可享受15天陪产假；子女三周岁前，父母每年各有10天育儿假，需提供出生证明。",
-            ),
-            (
-                "考勤与补卡",
-                "公司实行弹性工作制，核心工作时间为上午10点到下午4点。忘记打卡的员工每月最多可在企业微信提交3次补卡申请。",
-            ),
-        ],
-    ),
-    "expense-reimbursement.md": (
-        "费用报销规定",
-        [
-            (
-                "差旅报销",
-                "出差产生的机票、火车票和酒店费用须在返回后15天内通过费控系统报销，并上传发票和行程单。一线城市酒店标准为每晚600元。",
-            ),
-            (
-                "餐补与交通",
-                "因工作加班到晚上9点以后，可报销不超过50元的晚餐费用和打车回家的交通费，需在备注中写明加班事由。",
-            ),
-            (
-                "发票要求",
-                "报销所用发票抬头必须为公司全称并填写纳税人识别号，电子发票须上传PDF原件，金额超过5000元的报销需部门总监审批。",
-            ),
-            (
-                "借款与还款",
-                "预计费用较大时可申请备用金借款，借款须在项目结束后30天内凭票冲销，逾期未还将从工资中扣除。",
-            ),
-        ],
-    ),
-    "it-support.md": (
-        "IT 服务指南",
-        [
-            (
-                "密码重置",
-                "域账号密码每90天必须修改一次。忘记密码时可在自助服务门户通过手机验证码重置，或致电IT服务台分机8000。",
-            ),
-            (
-                "VPN 远程访问",
-                "在家办公需先安装公司VPN客户端，使用域账号登录并完成双因素认证，之后才能访问内网系统和代码仓库。",
-            ),
-            (
-                "电脑申领与维修",
-                "新员工的笔记本电脑由IT部门在入职当天发放。电脑出现故障时在服务台提交工单，一般两个工作日内修复或提供备用机。",
-            ),
-            (
-                "打印机",
-                "每层楼的茶水间旁都有一台彩色打印机，首次使用需在打印门户绑定工卡，刷卡后才会打印文件。",
-            ),
-        ],
-    ),
-    "office-services.md": (
-        "行政与安全",
-        [
-            (
-                "员工食堂",
-                "员工食堂位于B座二楼，午餐供应时间为11:30至13:30，晚餐为17:30至19:00。就餐使用工卡支付，公司每月补贴400元餐费。",
-            ),
-            (
-                "门禁卡",
-                "工卡兼作门禁卡，遗失后须立即在行政系统挂失并到前台补办，补办收取工本费20元。访客需由员工在前台登记后领取临时卡。",
-            ),
-            (
-                "信息安全",
-                "禁止将客户数据复制到个人U盘或上传到外部网盘。发现钓鱼邮件时不要点击链接，应转发给安全团队邮箱security@example.com。",
-            ),
-            (
-                "会议室预订",
-                "会议室通过企业微信日程预订，单次最长4小时。预订后15分钟内无人签到，系统会自动释放会议室。",
-            ),
-        ],
-    ),
-}
-
-# (question, file name, heading of the passage that answers it, kind)
-QUALITY_QUESTIONS: tuple[tuple[str, str, str, str], ...] = (
-    ("年假需要提前几天申请？", "leave-policy.md", "年假", "keyword"),
-    ("今年没休完的年假能留到明年吗", "leave-policy.md", "年假", "keyword"),
-    ("生病请假要交什么证明", "leave-policy.md", "病假", "keyword"),
-    ("老婆生孩子我能休几天", "leave-policy.md", "陪产假与育儿假", "paraphrase"),
-    ("忘记打卡了怎么办", "leave-policy.md", "考勤与补卡", "paraphrase"),
-    ("出差回来多久之内要报销", "expense-reimbursement.md", "差旅报销", "keyword"),
-    ("加班很晚回家打车钱公司给报吗", "expense-reimbursement.md", "餐补与交通", "paraphrase"),
-    ("发票抬头有什么要求", "expense-reimbursement.md", "发票要求", "keyword"),
-    ("可以先向公司借钱垫付费用吗", "expense-reimbursement.md", "借款与还款", "paraphrase"),
-    ("电脑登录密码忘了", "it-support.md", "密码重置", "paraphrase"),
-    ("在家怎么连公司内网", "it-support.md", "VPN 远程访问", "paraphrase"),
-    ("笔记本坏了找谁修", "it-support.md", "电脑申领与维修", "paraphrase"),
-    ("打印机第一次怎么用", "it-support.md", "打印机", "keyword"),
-    ("食堂几点开饭", "office-services.md", "员工食堂", "paraphrase"),
-    ("工卡丢了怎么补办", "office-services.md", "门禁卡", "keyword"),
-    ("收到可疑邮件应该怎么处理", "office-services.md", "信息安全", "paraphrase"),
-    ("会议室怎么预订", "office-services.md", "会议室预订", "keyword"),
-    ("每个月餐费补贴多少", "office-services.md", "员工食堂", "keyword"),
-    ("How do I reset my password?", "it-support.md", "密码重置", "english"),
-    ("How many days of annual leave do I get?", "leave-policy.md", "年假", "english"),
-    ("Where is the staff canteen?", "office-services.md", "员工食堂", "english"),
-)
-
-
 # --- setup -------------------------------------------------------------------------------------
 
 
@@ -293,9 +177,11 @@ def kb_delete(slug: str) -> None:
 
 
 def _embedder() -> Any:
-    from apps.knowledge.services.embedding import embedding_spec_for, get_embedder
+    from apps.knowledge.models import KnowledgeBase
+    from apps.knowledge.services.embedding import embedder_spec_for, get_embedder
 
-    return get_embedder(embedding_spec_for(None))
+    # What a new knowledge base (the synthetic and ingestion ones) embeds with.
+    return get_embedder(embedder_spec_for(KnowledgeBase()))
 
 
 def _percentile(values: Sequence[float], fraction: float) -> float:
@@ -379,7 +265,7 @@ def _load_chunks(
     from apps.knowledge.segment import segment_for_search
 
     embedder = _embedder()
-    dims, model_key = embedder.dimensions, embedder.spec.model_key
+    dims, model_key = embedder.dimensions, embedder.model_key
     segmented = [segment_for_search(sentence) for sentence in pool]
     connection.ensure_connection()
     conn = connection.connection
@@ -429,7 +315,7 @@ def _load_chunks(
 
 
 def _timed_searches(kb_id: int, *, userid: str | None, queries: int) -> dict[str, Any]:
-    from apps.directory.selectors import Readers
+    from apps.knowledge.selectors import Readers
     from apps.knowledge.services.retrieval import knowledge_retrieve
 
     times, hits = [], 0
@@ -570,7 +456,10 @@ def run_ingestion(pdf_pages: int, doc_sections: int, seed: int) -> dict[str, Any
 
     rng = random.Random(seed)
     kb_delete(INGEST_KB)
-    _embedder()  # load the model before timing
+    _embedder()  # load the model and jieba's dictionary (once per worker) before timing
+    from apps.knowledge.segment import segment_for_search
+
+    segment_for_search("加载词典")
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as folder:
@@ -615,120 +504,12 @@ def run_ingestion(pdf_pages: int, doc_sections: int, seed: int) -> dict[str, Any
     }
 
 
-# --- quality -----------------------------------------------------------------------------------
-
-
-def _single_mode(kb_id: int, query: str, mode: str) -> list[Any]:
-    """One of knowledge_retrieve's candidate lists alone, ranked by the same `_fuse`."""
-    from django.db import connection, transaction
-
-    from apps.knowledge import selectors
-    from apps.knowledge.services import retrieval
-
-    candidates = max(retrieval._MIN_CANDIDATES, TOP_K * 4)
-    searchable = selectors.chunks_searchable(kb_ids=[kb_id], readers=selectors.Readers.everything())
-    if mode == "lexical":
-        lists = retrieval._lexical_lists(searchable, query=query, candidates=candidates)
-    else:
-        lists = retrieval._dense_lists(
-            searchable, kb_ids=[kb_id], query=query, candidates=candidates
-        )
-    if not lists:
-        return []
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(40, candidates))])
-        rows = list(lists[0])
-    return retrieval._fuse(rows, top_k=TOP_K)
-
-
-def run_quality() -> dict[str, Any]:
-    from django.core.management import call_command
-
-    from apps.directory.selectors import Readers
-    from apps.knowledge.models import KnowledgeBase
-    from apps.knowledge.services.retrieval import knowledge_retrieve
-
-    kb_delete(QUALITY_KB)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as folder:
-            paths = []
-            for name, (title, passages) in QUALITY_DOCS.items():
-                body = [f"# {title}", ""]
-                for heading, passage in passages:
-                    body += [f"## {heading}", "", passage, ""]
-                path = Path(folder, name)
-                path.write_text("\n".join(body), encoding="utf-8")
-                paths.append(str(path))
-            _quietly(call_command, "kb_ingest", QUALITY_KB, *paths)
-        kb = KnowledgeBase.objects.get(slug=QUALITY_KB)
-        modes = {
-            "hybrid": lambda q: knowledge_retrieve(
-                bot_kb_ids=[kb.pk], readers=Readers.everything(), query=q, top_k=TOP_K
-            ),
-            "lexical": lambda q: _single_mode(kb.pk, q, "lexical"),
-            "vector": lambda q: _single_mode(kb.pk, q, "vector"),
-        }
-        results: dict[str, dict[str, Any]] = {}
-        misses: dict[str, list[str]] = {}
-        for mode, search in modes.items():
-            found_by_kind: dict[str, list[int]] = {}
-            ranks = []
-            for question, filename, heading, kind in QUALITY_QUESTIONS:
-                hits = search(question)
-                rank = next(
-                    (
-                        i
-                        for i, hit in enumerate(hits, start=1)
-                        if hit.document == filename and hit.heading_path[-1:] == (heading,)
-                    ),
-                    None,
-                )
-                found_by_kind.setdefault(kind, []).append(1 if rank else 0)
-                ranks.append(rank)
-                if rank is None:
-                    misses.setdefault(mode, []).append(question)
-            flat = [hit for values in found_by_kind.values() for hit in values]
-            results[mode] = {
-                "recall_at_5": round(sum(flat) / len(flat), 3),
-                "mrr": round(sum(1 / r for r in ranks if r) / len(ranks), 3),
-                "by_kind": {
-                    kind: f"{sum(values)}/{len(values)}" for kind, values in found_by_kind.items()
-                },
-            }
-    finally:
-        kb_delete(QUALITY_KB)
-    return {
-        "passages": sum(len(p) for _t, p in QUALITY_DOCS.values()),
-        "documents": len(QUALITY_DOCS),
-        "questions": len(QUALITY_QUESTIONS),
-        "modes": results,
-        "misses": misses,
-        "note": (
-            "a hit counts when a top-5 passage is the labelled one (same file and heading); "
-            "lexical/vector = knowledge_retrieve's _lexical_lists/_dense_lists alone, ranked "
-            "by its _fuse; the embedder is the default SmolLM2-135M, a weak embedding model"
-        ),
-    }
-
-
 # --- output ------------------------------------------------------------------------------------
 
 
 def print_tables(report: dict[str, Any]) -> None:
     if "quality" in report:
-        quality = report["quality"]
-        print(
-            f"\nRetrieval quality: {quality['questions']} questions over "
-            f"{quality['passages']} passages in {quality['documents']} documents"
-        )
-        print(f"{'mode':<8} {'recall@5':>9} {'MRR':>6}  by kind (found/asked)")
-        for mode, row in quality["modes"].items():
-            kinds = ", ".join(f"{k} {v}" for k, v in row["by_kind"].items())
-            print(f"{mode:<8} {row['recall_at_5']:>9.3f} {row['mrr']:>6.3f}  {kinds}")
-        for mode, questions in quality["misses"].items():
-            print(f"  {mode} missed: {' | '.join(questions)}")
-        print(f"  {quality['note']}")
+        print_quality(report["quality"])
     if "ingestion" in report:
         ingestion = report["ingestion"]
         print("\nIngestion through kb_ingest (real parsing, chunking, embeddings)")
@@ -769,6 +550,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", choices=("latency", "ingestion", "quality"), action="append", help="repeatable"
     )
+    parser.add_argument(
+        "--embedders",
+        default="use-multilingual-v3",
+        help="quality part: comma-separated embedders (use-multilingual-v3, gguf = the default "
+        "GGUF model, slow on CPU); default %(default)s",
+    )
+    parser.add_argument(
+        "--headings",
+        choices=("both", "yes", "no"),
+        default="both",
+        help="quality part: index with the heading path embedded, without, or both",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
@@ -779,7 +572,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if "quality" in parts:
-            report["quality"] = run_quality()
+            headings = {"both": (True, False), "yes": (True,), "no": (False,)}[args.headings]
+            report["quality"] = run_quality(args.embedders.split(","), kb_delete, headings)
         if "ingestion" in parts:
             report["ingestion"] = run_ingestion(args.pdf_pages, args.doc_sections, args.seed)
         if "latency" in parts:

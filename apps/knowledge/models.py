@@ -57,9 +57,30 @@ def document_upload_to(instance: Document, filename: str) -> str:
 class KnowledgeBase(models.Model):
     """A collection of documents that bots answer from, visible to an audience of employees."""
 
+    class Embedders(models.TextChoices):
+        BUNDLED = "use-multilingual-v3", _("bundled multilingual sentence encoder")
+        GGUF = "gguf", _("llama.cpp GGUF model (embedding model below)")
+
     name = models.CharField(_("name"), max_length=100)
     slug = models.SlugField(_("slug"), max_length=50, unique=True)
     description = models.TextField(_("description"), blank=True)
+    embedder = models.CharField(
+        _("embedder"),
+        max_length=40,
+        choices=Embedders.choices,
+        default=Embedders.BUNDLED,
+        help_text=_(
+            "What turns passages and questions into vectors. The bundled encoder works on "
+            "any machine and across Chinese and English; changing it re-indexes every "
+            "document in the background while the old vectors keep serving."
+        ),
+    )
+    # Set while a changed embedder re-indexes: the model key of the vectors that keep
+    # serving until the swap; empty = the configured embedder's vectors serve.
+    embedding_model = models.CharField(max_length=600, blank=True, default="", editable=False)
+    embedding_dimensions = models.PositiveSmallIntegerField(
+        _("vector dimensions"), null=True, blank=True, editable=False
+    )
     embedding_profile = models.ForeignKey(
         ModelProfile,
         on_delete=models.PROTECT,

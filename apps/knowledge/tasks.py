@@ -8,7 +8,7 @@ import resource
 from celery import shared_task
 from django.conf import settings
 
-from apps.knowledge.services import ingest
+from apps.knowledge.services import ingest, reembed
 from wecom_ai import queues
 
 logger = logging.getLogger(__name__)
@@ -55,3 +55,17 @@ def document_ingest(document_id: int) -> None:
     except (ValueError, OSError):
         logger.warning("could not set the ingest memory limit", exc_info=True)
     ingest.document_ingest(document_id=document_id)
+
+
+@shared_task(
+    queue=queues.INGEST,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    soft_time_limit=settings.KNOWLEDGE_INGEST_TIME_LIMIT_SECONDS,
+    time_limit=settings.KNOWLEDGE_INGEST_TIME_LIMIT_SECONDS + _HARD_LIMIT_GRACE_SECONDS,
+)
+def knowledge_base_reembed(kb_id: int) -> None:
+    # A run that dies leaves the old vectors serving and its copies unswapped; the next
+    # change (or a redelivery) starts over from the pinned model.
+    reembed.knowledge_base_reembed(kb_id=kb_id)

@@ -36,8 +36,8 @@ from apps.knowledge.parsing import DocumentParseError, parse_document
 from apps.knowledge.segment import segment_for_search
 from apps.knowledge.services.embedding import (
     EmbeddingError,
+    embedder_spec_for,
     embedding_index_ensure,
-    embedding_spec_for,
     get_embedder,
 )
 
@@ -269,7 +269,7 @@ def _run_build(run: _Run, reporter: _ProgressReporter) -> None:
             path, filename=run.original_filename, max_bytes=settings.KNOWLEDGE_MAX_UPLOAD_BYTES
         )
     reporter.report("chunking", _CHUNKING, force=True)
-    embedder = get_embedder(embedding_spec_for(run.kb.embedding_profile))
+    embedder = get_embedder(embedder_spec_for(run.kb))
     chunk_size = min(run.kb.chunk_size, embedder.max_tokens - _CONTEXT_MARGIN)
     chunks = chunk_sections(
         parsed.sections,
@@ -286,12 +286,12 @@ def _run_build(run: _Run, reporter: _ProgressReporter) -> None:
             f"{settings.KNOWLEDGE_MAX_CHUNKS:,} allowed. Split it into smaller documents.",
         )
     embedding_index_ensure(dimensions=embedder.dimensions)
-    model_key = embedder.spec.model_key
+    model_key = embedder.model_key
     batch_size = settings.KNOWLEDGE_EMBEDDING_BATCH
     reporter.report("embedding", _EMBEDDING, force=True)
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start : start + batch_size]
-        vectors = embedder.embed([passage_text(c.heading_path, c.text) for c in batch])
+        vectors = embedder.embed([embedded_text(c.heading_path, c.text) for c in batch])
         _check_latest(run)
         Chunk.objects.bulk_create(
             Chunk(
@@ -313,6 +313,18 @@ def _run_build(run: _Run, reporter: _ProgressReporter) -> None:
         done = start + len(batch)
         reporter.report("embedding", _EMBEDDING + (_EMBEDDED - _EMBEDDING) * done // len(chunks))
     _run_finish(run, reporter, chunk_count=len(chunks), pages=parsed.pages, title=parsed.title)
+    # Record the width the knowledge base serves, unless a re-index pins older vectors.
+    KnowledgeBase.objects.filter(pk=run.kb.pk, embedding_model="").exclude(
+        embedding_dimensions=embedder.dimensions
+    ).update(embedding_dimensions=embedder.dimensions)
+
+
+def embedded_text(heading_path: Iterable[str], text: str) -> str:
+    """What is embedded for a chunk: with its headings unless `KNOWLEDGE_EMBED_HEADINGS` is off
+    (the bench measures both)."""
+    if settings.KNOWLEDGE_EMBED_HEADINGS:
+        return passage_text(heading_path, text)
+    return text
 
 
 def passage_text(heading_path: Iterable[str], text: str) -> str:

@@ -1,7 +1,10 @@
 """Hybrid search over knowledge bases, and the prompt pieces that cite what it found.
 
 Dense (pgvector HNSW, cosine) and lexical (`ts_rank` over the jieba-segmented `simple`
-tsvector) candidate lists are fused by reciprocal rank fusion. Both lists come from one
+tsvector) candidate lists are fused by weighted reciprocal rank fusion or by weighted
+normalised scores (`KNOWLEDGE_FUSION*` settings, defaults measured by `bench/retrieval.py`
+on its tune half: lexical noise outvotes the vectors when the question's language differs
+from the passage's, so equal weights are not a given). Both lists come from one
 SQL statement (a UNION ALL), so they share one snapshot: a document's version flip can
 never land between them. The permission filter is part of that statement too
 (`selectors.chunks_searchable`).
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass
 from functools import reduce
 from typing import Any
 
+from django.conf import settings
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connection, transaction
 from django.db.models import F, QuerySet, Value
@@ -29,15 +33,14 @@ from apps.knowledge import selectors
 from apps.knowledge.models import Chunk, KnowledgeBase
 from apps.knowledge.segment import query_terms
 from apps.knowledge.services.embedding import (
+    EmbedderSpec,
     EmbeddingError,
-    EmbeddingSpec,
-    embedding_spec_for,
     get_embedder,
+    serving_spec_for,
 )
 
 logger = logging.getLogger(__name__)
 
-RRF_K = 60
 # Candidates each list contributes to the fusion, at least; more for a larger top_k.
 _MIN_CANDIDATES = 20
 _LEXICAL = "lexical"
@@ -67,7 +70,7 @@ class Hit:
     text: str
     document_version: int
     page: int | None
-    score: float  # reciprocal-rank-fusion score: higher is better
+    score: float  # the fusion's score: higher is better
 
     @property
     def heading(self) -> str:
@@ -128,25 +131,29 @@ def _dense_lists(
     kb_ids: list[int],
     query: str,
     candidates: int,
-    knowledge_bases: Sequence[KnowledgeBase] | None,
+    knowledge_bases: Sequence[KnowledgeBase] | None = None,
 ) -> list[QuerySet]:
-    """One nearest-neighbour list per embedding model the knowledge bases use."""
+    """One nearest-neighbour list per embedding model the knowledge bases serve from."""
     if knowledge_bases is None:
         knowledge_bases = list(
             KnowledgeBase.objects.filter(pk__in=kb_ids).select_related("embedding_profile")
         )
-    by_spec: dict[EmbeddingSpec, list[int]] = defaultdict(list)
+    by_spec: dict[EmbedderSpec, list[int]] = defaultdict(list)
     for kb in knowledge_bases:
         if kb.pk not in kb_ids:
             continue
-        by_spec[embedding_spec_for(kb.embedding_profile)].append(kb.pk)
+        spec = serving_spec_for(kb)
+        if spec is None:
+            logger.warning("dense search skipped for %s: unknown model %s", kb, kb.embedding_model)
+            continue
+        by_spec[spec].append(kb.pk)
     lists = []
     for number, (spec, spec_kb_ids) in enumerate(by_spec.items()):
         try:
             embedder = get_embedder(spec)
             vector = embedder.embed([query])[0]
         except EmbeddingError:
-            logger.warning("dense search skipped for %s", spec.path, exc_info=True)
+            logger.warning("dense search skipped for %s", spec.model_key, exc_info=True)
             continue
         # Cast to the fixed dimension so that the partial HNSW index for it applies.
         as_fixed = Cast("embedding", VectorField(dimensions=embedder.dimensions))
@@ -180,25 +187,52 @@ def _lexical_lists(searchable: QuerySet[Chunk], *, query: str, candidates: int) 
     ]
 
 
-def _fuse(rows: Sequence[dict[str, Any]], *, top_k: int) -> list[Hit]:
-    """Reciprocal rank fusion: each list adds 1 / (RRF_K + rank) to the passages it found.
+def _fuse(
+    rows: Sequence[dict[str, Any]],
+    *,
+    top_k: int,
+    method: str | None = None,
+    dense_weight: float | None = None,
+    lexical_weight: float | None = None,
+    rrf_k: int | None = None,
+) -> list[Hit]:
+    """Fuse the candidate lists into the best `top_k` (arguments default to the settings).
 
-    Two passages that swap places in two lists tie exactly; the one the vectors rank higher
-    wins, since a shared common word says less than closeness in meaning.
+    "rrf": each list adds weight / (k + rank) to the passages it found. "score": each
+    list's scores are min-max normalised to 0..1 (cosine similarity, `ts_rank`) and added
+    with the weights, so a list's margin counts, not only its order. Ties go to the
+    passage the vectors rank higher, since a shared common word says less than closeness
+    in meaning.
     """
+    method = method or settings.KNOWLEDGE_FUSION
+    weights = {
+        "dense": settings.KNOWLEDGE_FUSION_DENSE_WEIGHT if dense_weight is None else dense_weight,
+        _LEXICAL: (
+            settings.KNOWLEDGE_FUSION_LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
+        ),
+    }
+    k = settings.KNOWLEDGE_RRF_K if rrf_k is None else rrf_k
     per_list: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         per_list[row["method"]].append(row)
     scores: dict[int, float] = defaultdict(float)
     dense_rank: dict[int, int] = {}
     by_id: dict[int, dict[str, Any]] = {}
-    for method, ranked in per_list.items():
+    for list_method, ranked in per_list.items():
         ranked.sort(key=lambda row: (row["closeness"], row["id"]))
+        weight = weights[_LEXICAL if list_method == _LEXICAL else "dense"]
+        closest, farthest = ranked[0]["closeness"], ranked[-1]["closeness"]
+        spread = farthest - closest
         for rank, row in enumerate(ranked, start=1):
             chunk_id = row["id"]
-            scores[chunk_id] += 1.0 / (RRF_K + rank)
+            if method == "score":
+                # closeness: cosine distance or -ts_rank, lower is better
+                share = 1.0 if spread <= 0 else (farthest - row["closeness"]) / spread
+                scores[chunk_id] += weight * share
+            else:
+                scores[chunk_id] += weight / (k + rank)
             by_id[chunk_id] = row
-            if method != _LEXICAL:
+            if list_method != _LEXICAL:
                 dense_rank[chunk_id] = min(rank, dense_rank.get(chunk_id, rank))
     best = sorted(
         scores,

@@ -1,0 +1,296 @@
+"""Retrieval quality on the labelled set in bench/data/retrieval, per embedder and mode.
+
+Each variant (embedder x heading path embedded or not) indexes the 32 documents into a
+knowledge base of its own through `manage.py kb_ingest` (real parsing, chunking, batched
+embeddings, writes; the passages/s of that run is reported too), then asks every question
+once and ranks the two candidate lists of `knowledge_retrieve` (same SQL, same HNSW
+settings) in every mode: dense alone, lexical alone, and fused by each fusion setting in
+`FUSIONS`. Printed per half (`tune`, `report`) and per question kind:
+
+- doc R@5: every labelled document is among the top-5 passages' documents;
+- passage R@5: every labelled answer string appears in one of the top-5 passages;
+- MRR: 1 / rank of the first passage holding an answer string (0 when none does).
+
+No-answer questions are not in the recall figures; for them the best dense similarity is
+reported next to the answerable questions' (the relevance threshold comes later).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parent / "data" / "retrieval"
+TOP_K = 5
+KB_PREFIX = "bench-retrieval-quality"
+KINDS = ("paraphrase", "number-date", "cross-lingual", "two-passage")
+# (name, method, dense weight, lexical weight); "rrf-1:1" is the historical default.
+FUSIONS: tuple[tuple[str, str, float, float], ...] = (
+    ("rrf-1:1", "rrf", 1.0, 1.0),
+    ("rrf-1:0.5", "rrf", 1.0, 0.5),
+    ("rrf-1:0.3", "rrf", 1.0, 0.3),
+    ("rrf-1:0.1", "rrf", 1.0, 0.1),
+    ("score-1:1", "score", 1.0, 1.0),
+    ("score-1:0.5", "score", 1.0, 0.5),
+    ("score-1:0.3", "score", 1.0, 0.3),
+    ("score-1:0.1", "score", 1.0, 0.1),
+)
+
+
+def questions_load() -> list[dict[str, Any]]:
+    """The labelled questions; fails when an answer string is not in its documents."""
+    rows = [
+        json.loads(line)
+        for line in (DATA / "questions.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    for row in rows:
+        text = "".join(
+            (DATA / "docs" / name).read_text(encoding="utf-8") for name in row["documents"]
+        )
+        for answer in row["answers"]:
+            if answer not in text:
+                raise ValueError(f"{row['id']}: {answer!r} is not in {row['documents']}")
+    return rows
+
+
+def _candidates(kb_id: int, query: str) -> dict[str, list[dict[str, Any]]]:
+    """knowledge_retrieve's dense and lexical candidate rows for `query`, list by list."""
+    from django.db import connection, transaction
+
+    from apps.knowledge import selectors
+    from apps.knowledge.services import retrieval
+
+    candidates = max(retrieval._MIN_CANDIDATES, TOP_K * 4)
+    searchable = selectors.chunks_searchable(kb_ids=[kb_id], readers=selectors.Readers.everything())
+    lists = {
+        "dense": retrieval._dense_lists(
+            searchable, kb_ids=[kb_id], query=query, candidates=candidates
+        ),
+        "lexical": retrieval._lexical_lists(searchable, query=query, candidates=candidates),
+    }
+    rows: dict[str, list[dict[str, Any]]] = {}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(40, candidates))])
+        for name, querysets in lists.items():
+            rows[name] = [row for queryset in querysets for row in queryset]
+    return rows
+
+
+def _score(question: dict[str, Any], hits: Sequence[Any]) -> dict[str, float]:
+    documents = {hit.document for hit in hits}
+    texts = [hit.text for hit in hits]
+    doc_hit = all(name in documents for name in question["documents"])
+    passage_hit = all(any(answer in text for text in texts) for answer in question["answers"])
+    rank = next(
+        (i for i, text in enumerate(texts, 1) if any(a in text for a in question["answers"])),
+        None,
+    )
+    return {"doc": float(doc_hit), "passage": float(passage_hit), "mrr": 1 / rank if rank else 0.0}
+
+
+def _summary(scored: list[tuple[dict[str, Any], dict[str, float]]]) -> dict[str, Any]:
+    def mean(items: list[dict[str, float]], key: str) -> float:
+        return round(statistics.fmean(item[key] for item in items), 3) if items else 0.0
+
+    answerable = [s for q, s in scored if q["kind"] != "no-answer"]
+    out: dict[str, Any] = {
+        "n": len(answerable),
+        "doc_r5": mean(answerable, "doc"),
+        "passage_r5": mean(answerable, "passage"),
+        "mrr": mean(answerable, "mrr"),
+        "by_kind": {},
+    }
+    for kind in KINDS:
+        items = [s for q, s in scored if q["kind"] == kind]
+        out["by_kind"][kind] = {
+            "n": len(items),
+            "doc_r5": mean(items, "doc"),
+            "passage_r5": mean(items, "passage"),
+            "mrr": mean(items, "mrr"),
+        }
+    return out
+
+
+def _ingest(slug: str, embedder: str, embed_headings: bool) -> dict[str, Any]:
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    from apps.knowledge.models import Document, KnowledgeBase
+    from apps.knowledge.services.embedding import embedder_spec_for, get_embedder
+
+    kb = KnowledgeBase.objects.create(name=slug, slug=slug, embedder=embedder)
+    get_embedder(embedder_spec_for(kb))  # loading the model is not part of the rate
+    with override_settings(KNOWLEDGE_EMBED_HEADINGS=embed_headings):
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            call_command("kb_ingest", slug, str(DATA / "docs"))
+        seconds = time.perf_counter() - started
+    chunks = sum(Document.objects.filter(kb=kb).values_list("chunk_count", flat=True))
+    return {
+        "kb_id": kb.pk,
+        "documents": Document.objects.filter(kb=kb).count(),
+        "passages": chunks,
+        "seconds": round(seconds, 2),
+        "passages_per_s": round(chunks / seconds, 1),
+    }
+
+
+def _configured_fusion() -> str:
+    """The `FUSIONS` entry that the current settings select (the product's defaults)."""
+    from django.conf import settings
+
+    for name, method, dense_weight, lexical_weight in FUSIONS:
+        if (method, dense_weight, lexical_weight) == (
+            settings.KNOWLEDGE_FUSION,
+            settings.KNOWLEDGE_FUSION_DENSE_WEIGHT,
+            settings.KNOWLEDGE_FUSION_LEXICAL_WEIGHT,
+        ):
+            return name
+    return FUSIONS[0][0]
+
+
+def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str, Any]:
+    """Index the set with this embedder and heading setting, then score every mode."""
+    from apps.knowledge.services import retrieval
+
+    slug = f"{KB_PREFIX}-{'gguf' if embedder == 'gguf' else 'use'}-{int(embed_headings)}"
+    questions = questions_load()
+    kb_delete(slug)
+    try:
+        ingestion = _ingest(slug, embedder, embed_headings)
+        scored: dict[str, list[tuple[dict[str, Any], dict[str, float]]]] = defaultdict(list)
+        best_similarity: dict[str, list[float]] = defaultdict(list)
+        query_seconds = []
+        for question in questions:
+            started = time.perf_counter()
+            rows = _candidates(ingestion["kb_id"], question["question"])
+            query_seconds.append(time.perf_counter() - started)
+            if rows["dense"]:
+                group = "no-answer" if question["kind"] == "no-answer" else "answerable"
+                best_similarity[group].append(1 - min(r["closeness"] for r in rows["dense"]))
+            modes = {
+                "dense": retrieval._fuse(rows["dense"], top_k=TOP_K, method="rrf"),
+                "lexical": retrieval._fuse(rows["lexical"], top_k=TOP_K, method="rrf"),
+            }
+            for name, method, dense_weight, lexical_weight in FUSIONS:
+                modes[name] = retrieval._fuse(
+                    rows["dense"] + rows["lexical"],
+                    top_k=TOP_K,
+                    method=method,
+                    dense_weight=dense_weight,
+                    lexical_weight=lexical_weight,
+                )
+            for mode, hits in modes.items():
+                scored[mode].append((question, _score(question, hits)))
+    finally:
+        kb_delete(slug)
+    misses = {
+        mode: [q["id"] for q, score in scored[mode] if q["documents"] and not score["passage"]]
+        for mode in ("dense", "lexical", _configured_fusion())
+    }
+    halves: dict[str, dict[str, Any]] = {}
+    for half in ("tune", "report", "all"):
+        halves[half] = {
+            mode: _summary([(q, s) for q, s in items if half == "all" or q["split"] == half])
+            for mode, items in scored.items()
+        }
+    return {
+        "embedder": embedder,
+        "embed_headings": embed_headings,
+        "ingestion": ingestion,
+        "search_ms_mean": round(statistics.fmean(query_seconds) * 1000, 1),
+        # mean, lowest and highest best-passage similarity: where a relevance threshold
+        # could separate questions the corpus answers from those it does not
+        "best_dense_similarity": {
+            group: [round(f(values), 3) for f in (statistics.fmean, min, max)]
+            for group, values in best_similarity.items()
+        },
+        "halves": halves,
+        "passage_misses": misses,
+    }
+
+
+def run_quality(
+    embedders: Sequence[str], kb_delete: Any, headings: Sequence[bool] = (True, False)
+) -> dict[str, Any]:
+    questions = questions_load()
+    variants = [
+        run_variant(embedder, embed_headings, kb_delete)
+        for embedder in embedders
+        for embed_headings in headings
+    ]
+    # The defaults are chosen on the tune half only: passage R@5, then MRR.
+    best = max(
+        (
+            tune[mode]["passage_r5"],
+            tune[mode]["mrr"],
+            variant["embedder"],
+            variant["embed_headings"],
+            mode,
+        )
+        for variant in variants
+        for tune in [variant["halves"]["tune"]]
+        for mode in tune
+    )
+    return {
+        "documents": len(list((DATA / "docs").iterdir())),
+        "questions": len(questions),
+        "by_split": {
+            split: sum(1 for q in questions if q["split"] == split) for split in ("tune", "report")
+        },
+        "variants": variants,
+        "best_on_tune": {
+            "embedder": best[2],
+            "embed_headings": best[3],
+            "mode": best[4],
+            "passage_r5": best[0],
+            "mrr": best[1],
+        },
+    }
+
+
+def print_quality(quality: dict[str, Any]) -> None:
+    print(
+        f"\nRetrieval quality: {quality['questions']} questions "
+        f"(tune {quality['by_split']['tune']}, report {quality['by_split']['report']}) "
+        f"over {quality['documents']} documents, top {TOP_K}"
+    )
+    kinds = "  ".join(f"{kind[:12]:>12}" for kind in KINDS)
+    for variant in quality["variants"]:
+        ingestion = variant["ingestion"]
+        print(
+            f"\n== embedder {variant['embedder']} · heading path embedded: "
+            f"{'yes' if variant['embed_headings'] else 'no'} · {ingestion['passages']} passages "
+            f"indexed in {ingestion['seconds']} s ({ingestion['passages_per_s']}/s via kb_ingest) "
+            f"· candidate search {variant['search_ms_mean']} ms · best dense similarity "
+            "(mean, min, max) "
+            f"{variant['best_dense_similarity']}"
+        )
+        for mode, ids in variant["passage_misses"].items():
+            print(f"   passage misses, {mode}: {' '.join(ids) or '-'}")
+        for half in ("tune", "report"):
+            print(f"-- {half} half: doc R@5 / passage R@5 / MRR; by kind passage R@5")
+            print(f"{'mode':<12} {'n':>3} {'doc':>6} {'passage':>8} {'MRR':>6}  {kinds}")
+            for mode, row in variant["halves"][half].items():
+                by_kind = "  ".join(
+                    f"{row['by_kind'][kind]['passage_r5']:>12.3f}" for kind in KINDS
+                )
+                print(
+                    f"{mode:<12} {row['n']:>3} {row['doc_r5']:>6.3f} {row['passage_r5']:>8.3f} "
+                    f"{row['mrr']:>6.3f}  {by_kind}"
+                )
+    best = quality["best_on_tune"]
+    print(
+        f"\nbest on the tune half: {best['embedder']}, heading path embedded "
+        f"{best['embed_headings']}, {best['mode']} (passage R@5 {best['passage_r5']}, "
+        f"MRR {best['mrr']})"
+    )
