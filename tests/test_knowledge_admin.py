@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.urls import reverse
 
+from apps.audit.models import OperatorAuditEntry
+from apps.inference.embedders import USE_MODEL_KEY
 from apps.knowledge.models import Document, KnowledgeBase
 from apps.knowledge.services.embedding import embedding_index_ensure, embedding_index_name
 
@@ -135,3 +138,41 @@ def test_another_embedding_dimension_gets_its_own_hnsw_index() -> None:
     assert "USING hnsw (((embedding)::vector(1024)) vector_cosine_ops)" in definition
     assert "WHERE (embedding_dimensions = 1024)" in definition
     assert not embedding_index_ensure(dimensions=4096)  # too wide for HNSW: exact scans
+
+
+def test_a_new_embedder_re_embeds_in_the_background_instead_of_re_indexing(
+    admin_client, finance_kb, model_profile, django_capture_on_commit_callbacks
+):
+    # Given a knowledge base on the bundled encoder with an indexed document
+    make_document(finance_kb, "a.md", status="ready")
+    data = {
+        "name": finance_kb.name,
+        "slug": finance_kb.slug,
+        "description": "",
+        "embedder": KnowledgeBase.Embedders.GGUF,
+        "embedding_profile": model_profile.pk,
+        "chunk_size": finance_kb.chunk_size,
+        "chunk_overlap": finance_kb.chunk_overlap,
+        "allowed_departments": "财务部",
+        "allowed_userids": "",
+        "allowed_tags": "",
+        "answer_only_from_sources": "unknown",
+    }
+    # When the admin switches it to a GGUF embedding model
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            reverse("admin:knowledge_knowledgebase_change", args=[finance_kb.pk]), data
+        )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    # Then the documents stay answerable, the bundled vectors are pinned until the swap,
+    # and one re-embed run (not a re-index per document) is queued
+    finance_kb.refresh_from_db()
+    assert (finance_kb.embedder, finance_kb.embedding_profile) == ("gguf", model_profile)
+    assert finance_kb.embedding_model == USE_MODEL_KEY
+    assert set(Document.objects.values_list("status", flat=True)) == {"ready"}
+    queued = redis.Redis.from_url(settings.CELERY_BROKER_URL).lrange("ingest", 0, -1)
+    assert [json.loads(m)["headers"]["task"] for m in queued] == [
+        "apps.knowledge.tasks.knowledge_base_reembed"
+    ]
+    entry = OperatorAuditEntry.objects.get(action="knowledge.knowledgebase.update")
+    assert entry.after["embedder"] == "gguf"

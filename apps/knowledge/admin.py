@@ -83,7 +83,7 @@ class GroupChatAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 @admin.register(KnowledgeBase)
 class KnowledgeBaseAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     form = KnowledgeBaseForm
-    list_display = ("name", "slug", "embedding_profile", "document_count", "audience")
+    list_display = ("name", "slug", "embedder", "embedding_profile", "document_count", "audience")
     list_select_related = ("embedding_profile",)
     search_fields = ("name", "slug", "description")
     prepopulated_fields = {"slug": ("name",)}
@@ -94,9 +94,12 @@ class KnowledgeBaseAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         (
             _("Indexing"),
             {
-                "fields": ("embedding_profile", "chunk_size", "chunk_overlap"),
+                "fields": ("embedder", "embedding_profile", "chunk_size", "chunk_overlap"),
                 "description": _(
-                    "Saving a change here re-indexes every document of the knowledge base."
+                    "A new chunk size or overlap re-indexes every document of the knowledge "
+                    "base. A new embedder (or GGUF embedding model) re-embeds the passages in "
+                    "the background; the current vectors keep answering until the new ones "
+                    "are swapped in."
                 ),
             },
         ),

@@ -22,6 +22,7 @@ class KnowledgeBaseForm(forms.ModelForm):
             "name",
             "slug",
             "description",
+            "embedder",
             "embedding_profile",
             "chunk_size",
             "chunk_overlap",
@@ -39,6 +40,14 @@ class KnowledgeBaseForm(forms.ModelForm):
                 params={"path": profile.gguf_path},
             )
         return profile
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A form that does not send the embedder (an older client, a script) keeps it.
+        self.fields["embedder"].required = False
+
+    def clean_embedder(self) -> str:
+        return self.cleaned_data.get("embedder") or self.instance.embedder
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -26,12 +26,13 @@ from apps.directory.models import DirectoryUser
 from apps.directory.services import directory_user_save
 from apps.knowledge.models import Document, KnowledgeBase
 from apps.knowledge.services.ingest import UploadResult, document_file_replace, document_reindex
+from apps.knowledge.services.reembed import knowledge_base_embedder_change
 
 DIRECTORY_USER_ACTION = "knowledge.directoryuser"
 KNOWLEDGE_BASE_ACTION = "knowledge.knowledgebase"
 DOCUMENT_ACTION = "knowledge.document"
 # Changing these changes every chunk of the knowledge base, so saving them re-indexes.
-REINDEX_FIELDS = ("embedding_profile_id", "chunk_size", "chunk_overlap")
+REINDEX_FIELDS = ("chunk_size", "chunk_overlap")
 
 
 def knowledge_base_save(
@@ -43,18 +44,42 @@ def knowledge_base_save(
 ) -> int:
     """Save a knowledge base with its entry; how many documents it queued for re-indexing.
 
-    A changed embedding model or chunking makes the stored chunks stale, so every document
-    is indexed again (the old chunks stay searchable until each run finishes).
+    A changed chunking makes the stored chunks stale, so every document is indexed again
+    (the old chunks stay searchable until each run finishes). A changed embedder only
+    changes the vectors: the chunks are re-embedded in the background and swapped in at
+    once, the current vectors answering until then.
     """
     with operator_audited(
         actor=actor, action_prefix=KNOWLEDGE_BASE_ACTION, obj=kb, request_id=request_id
     ) as before:
+        embedder = _embedder_change(before, kb)
+        if embedder is not None:
+            # Saved as it was; the change goes through the re-embed, which pins the vectors
+            # serving now before the knowledge base says it uses the new embedder.
+            kb.embedder, kb.embedding_profile_id = (
+                before["embedder"],
+                before["embedding_profile_id"],
+            )
         kb.save()
         if related is not None:
             related()
+        if embedder is not None:
+            knowledge_base_embedder_change(kb=kb, embedder=embedder[0], profile=embedder[1])
         if before is None or all(before.get(f) == getattr(kb, f) for f in REINDEX_FIELDS):
             return 0
         return document_reindex(documents=kb.documents.all())
+
+
+def _embedder_change(before: dict[str, Any] | None, kb: KnowledgeBase) -> tuple[str, Any] | None:
+    """The (embedder, GGUF profile) `kb` now asks for, when that changes its vectors."""
+    if before is None:
+        return None
+    gguf = kb.embedder == KnowledgeBase.Embedders.GGUF
+    if before["embedder"] == kb.embedder and (
+        not gguf or before["embedding_profile_id"] == kb.embedding_profile_id
+    ):
+        return None
+    return kb.embedder, kb.embedding_profile
 
 
 def knowledge_base_delete(*, kb: KnowledgeBase, actor: Any, request_id: str = "") -> None:
