@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,14 +22,24 @@ class RateLimits:
     per_hour: int = 1000
     minute_seconds: float = 60.0
     hour_seconds: float = 3600.0
+    # Added to each window on the sending side: WeCom counts when a frame arrives, and a
+    # frame delayed on the way must not make an earlier one seem to fall inside its window.
+    safety_seconds: float = 1.0
 
     def windows(self) -> tuple[tuple[int, float], ...]:
-        return ((self.per_minute, self.minute_seconds), (self.per_hour, self.hour_seconds))
+        return (
+            (self.per_minute, self.minute_seconds + self.safety_seconds),
+            (self.per_hour, self.hour_seconds + self.safety_seconds),
+        )
+
+    def exact(self) -> RateLimits:
+        """The same limits without the safety margin, as the receiving side counts them."""
+        return replace(self, safety_seconds=0.0)
 
     @property
     def min_update_interval(self) -> float:
         """Spacing that spreads the minute's budget evenly instead of spending it in a burst."""
-        return self.minute_seconds / self.per_minute
+        return (self.minute_seconds + self.safety_seconds) / self.per_minute
 
 
 class RateBudget:
