@@ -328,3 +328,20 @@ def test_malformed_frames_are_reported_and_the_connection_keeps_serving() -> Non
             await _stopped(client, task)
 
     run(scenario())
+
+
+def test_pings_keep_the_connection_and_unanswered_pings_reconnect() -> None:
+    async def scenario() -> None:
+        async with LongConnSimulator(bots={BOT: SECRET}) as sim:
+            client = _client(sim, ping_interval=0.05, ack_timeout=0.1)
+            task = await _started(client)
+            await sim.wait_until(lambda: sim.pings >= 3)
+            assert client.state.subscribes == 1
+
+            sim.answer_pings = False
+            await sim.wait_until(lambda: sim.successful_subscribes(BOT) == 2)
+            assert "pings unanswered" in (client.state.last_error or "")
+            sim.answer_pings = True
+            await _stopped(client, task)
+
+    run(scenario())

@@ -143,6 +143,8 @@ class LongConnSimulator:
         self.kicked: list[str] = []
         self.malformed = 0
         self.pings = 0
+        # False plays a connection that died silently: pings go unanswered.
+        self.answer_pings = True
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -405,6 +407,9 @@ class LongConnSimulator:
             return  # the bot acking something: nothing to do
         if item.cmd == CMD_PING:
             self.pings += 1
+            await self._notify()
+            if not self.answer_pings:
+                return
             errcode, errmsg = ERRCODE_OK, "ok"
         else:
             errcode, errmsg = self._check(bot_id, item)
