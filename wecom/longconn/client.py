@@ -261,18 +261,16 @@ class LongConnClient:
 
     def _resolve(self, ack: Ack) -> None:
         waiters = self._pending.get(ack.req_id)
-        while waiters:
-            _, future = waiters.popleft()
-            if not waiters:
-                del self._pending[ack.req_id]
-            # A cancelled waiter timed out earlier: this late ack is its, not the next one's.
-            if not future.cancelled():
-                future.set_result(ack)
-                return
-            if ack.req_id not in self._pending:
-                return
-            waiters = self._pending[ack.req_id]
-        logger.debug("bot %s: ack for unknown req_id %s", self.bot_id, ack.req_id)
+        if not waiters:
+            logger.debug("bot %s: ack for unknown req_id %s", self.bot_id, ack.req_id)
+            return
+        _, future = waiters.popleft()
+        if not waiters:
+            del self._pending[ack.req_id]
+        # A cancelled waiter timed out (or its caller went away): this late ack is its own,
+        # and must not be handed to the next command that reused the req_id.
+        if not future.done():
+            future.set_result(ack)
 
     async def _ping(self, ws: ClientConnection) -> None:
         missed = 0
@@ -304,9 +302,9 @@ class LongConnClient:
             future.cancel()
             raise NotConnected("the connection closed") from None
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.ack_timeout)
+            # On a timeout wait_for cancels the future, which stays queued as a tombstone.
+            return await asyncio.wait_for(future, self.ack_timeout)
         except TimeoutError:
-            future.cancel()
             raise AckTimeout(f"no ack for {cmd} within {self.ack_timeout}s") from None
 
     async def request(self, cmd: str, body: dict[str, Any], *, req_id: str | None = None) -> Ack:

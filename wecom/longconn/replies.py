@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 
 from wecom.longconn.frames import ERRCODE_RATE_LIMITED, Ack
-from wecom.longconn.state import AckError
+from wecom.longconn.state import AckError, AckTimeout, NotConnected
 from wecom.longconn.throttle import RateBudget
 from wecom.messages import markdown_payload, stream_reply, text_reply
 
@@ -124,9 +124,11 @@ class StreamReply:
             self.pending = None
             try:
                 await self._send(content, finish=False)
-            except AckError as exc:
+            except (AckError, AckTimeout, NotConnected) as exc:
                 # An intermediate frame lost is harmless: the next one carries the whole text.
-                logger.warning("stream %s update refused: %s", self.stream_id, exc)
+                logger.warning("stream %s update not delivered: %s", self.stream_id, exc)
+                self.pending = content
+                return False
             return True
 
     async def finish(self, content: str) -> Ack:
@@ -134,8 +136,8 @@ class StreamReply:
         async with self._lock:
             self.pending = None
             for attempt in range(FINAL_FRAME_RETRIES + 1):
-                wait = self._budget.wait_seconds(reserve=0)
-                if wait > 0:
+                # Re-checked after each wait: another stream may have taken the slot meanwhile.
+                while (wait := self._budget.wait_seconds(reserve=0)) > 0:
                     await self._sleep(wait)
                 try:
                     ack = await self._send(content, finish=True)
