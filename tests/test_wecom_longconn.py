@@ -177,7 +177,7 @@ def test_a_second_subscriber_kicks_the_first_which_stops_without_fighting() -> N
 def test_long_answer_through_the_throttle_stays_inside_the_rate_limit_and_ends() -> None:
     # The windows are scaled down so the test runs in seconds; the counting is the same.
     limits = RateLimits(
-        per_minute=30, per_hour=60, minute_seconds=1.0, hour_seconds=60.0, safety_seconds=0.05
+        per_minute=30, per_hour=40, minute_seconds=1.0, hour_seconds=60.0, safety_seconds=0.25
     )
     tokens = [f"词{i} " for i in range(2000)]
 
@@ -211,7 +211,7 @@ def test_long_answer_through_the_throttle_stays_inside_the_rate_limit_and_ends()
 
 def test_final_frames_wait_for_budget_when_streams_and_pushes_share_a_conversation() -> None:
     limits = RateLimits(
-        per_minute=4, per_hour=100, minute_seconds=0.6, hour_seconds=60.0, safety_seconds=0.05
+        per_minute=4, per_hour=100, minute_seconds=0.6, hour_seconds=60.0, safety_seconds=0.2
     )
 
     async def scenario() -> None:
