@@ -94,6 +94,29 @@ def generate_token() -> str:
     return "".join(secrets.choice(_ALNUM) for _ in range(TOKEN_LENGTH))
 
 
+def aes_cbc_encrypt(key: bytes, data: bytes) -> bytes:
+    """AES-256-CBC with iv = key[:16] and 32-byte PKCS#7, WeCom's scheme for envelopes and media."""
+    if len(key) != AES_KEY_BYTES:
+        raise ValueError(f"the AES key must be {AES_KEY_BYTES} bytes")
+    padder = padding.PKCS7(PAD_BLOCK_BYTES * 8).padder()
+    padded = padder.update(data) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(key[:16])).encryptor()
+    return encryptor.update(padded) + encryptor.finalize()
+
+
+def aes_cbc_decrypt(key: bytes, data: bytes) -> bytes:
+    """Undo `aes_cbc_encrypt`; every failure (key, block size, padding) is one WeComCryptoError."""
+    if len(key) != AES_KEY_BYTES or not data or len(data) % PAD_BLOCK_BYTES:
+        raise WeComCryptoError()
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(key[:16])).decryptor()
+    padded = decryptor.update(data) + decryptor.finalize()
+    unpadder = padding.PKCS7(PAD_BLOCK_BYTES * 8).unpadder()
+    try:
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError:
+        raise WeComCryptoError() from None
+
+
 class WeComCrypto:
     """Signs, verifies, encrypts and decrypts WeCom callback payloads for one bot or app."""
 
@@ -146,15 +169,7 @@ class WeComCrypto:
 
     def _decrypt_padded(self, ciphertext: bytes) -> bytes:
         """AES-CBC decrypt and strip strict 32-byte PKCS#7 padding, or raise WeComCryptoError."""
-        if not ciphertext or len(ciphertext) % PAD_BLOCK_BYTES:
-            raise WeComCryptoError()
-        decryptor = self._cipher().decryptor()
-        padded = decryptor.update(ciphertext) + decryptor.finalize()
-        unpadder = padding.PKCS7(PAD_BLOCK_BYTES * 8).unpadder()
-        try:
-            return unpadder.update(padded) + unpadder.finalize()
-        except ValueError:
-            raise WeComCryptoError() from None
+        return aes_cbc_decrypt(self._key, ciphertext)
 
     def decrypt(self, encrypt: str) -> bytes:
         """Return the message inside a base64 envelope; every failure is one WeComCryptoError.
