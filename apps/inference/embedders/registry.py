@@ -7,40 +7,20 @@ own on first use and keeps the inherited objects referenced so their finalizers 
 from __future__ import annotations
 
 import atexit
-import os
-import threading
 
+from apps.core.process_cache import ProcessCache
 from apps.inference.embedders.base import Embedder
 from apps.inference.embedders.llama import EmbeddingSpec, LlamaEmbedder
 from apps.inference.embedders.use import UseEmbedder, UseSpec
 
 EmbedderSpec = EmbeddingSpec | UseSpec
 
-_state_lock = threading.Lock()
-_embedders: dict[EmbedderSpec, Embedder] = {}
-_load_locks: dict[EmbedderSpec, threading.Lock] = {}
-_owner_pid = os.getpid()
-_inherited: list[Embedder] = []
+_embedders: ProcessCache[EmbedderSpec, Embedder] = ProcessCache()
 
 
 def get_embedder(spec: EmbedderSpec) -> Embedder:
     """This process's embedder for `spec`, loaded once even when threads race for it."""
-    with _state_lock:
-        _adopt_process()
-        embedder = _embedders.get(spec)
-        if embedder is not None:
-            return embedder
-        load_lock = _load_locks.setdefault(spec, threading.Lock())
-    with load_lock:
-        with _state_lock:
-            _adopt_process()
-            embedder = _embedders.get(spec)
-        if embedder is not None:
-            return embedder
-        embedder = _load(spec)
-        with _state_lock:
-            _embedders[spec] = embedder
-        return embedder
+    return _embedders.get(spec, _load)
 
 
 def _load(spec: EmbedderSpec) -> Embedder:
@@ -51,30 +31,9 @@ def _load(spec: EmbedderSpec) -> Embedder:
 
 def embedders_close() -> None:
     """Free every embedding model this process loaded (worker shutdown, tests)."""
-    with _state_lock:
-        _adopt_process()
-        embedders = list(_embedders.values())
-        _embedders.clear()
-        _load_locks.clear()
-    for embedder in embedders:
+    for embedder in _embedders.clear():
         embedder.close()
 
 
-def _adopt_process() -> None:
-    global _owner_pid
-    if os.getpid() != _owner_pid:
-        _inherited.extend(_embedders.values())
-        _embedders.clear()
-        _load_locks.clear()
-        _owner_pid = os.getpid()
-
-
-def _reset_after_fork() -> None:
-    global _state_lock
-    _state_lock = threading.Lock()
-    _adopt_process()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 # Free models before interpreter teardown, when llama.cpp's finalizers can no longer run.
 atexit.register(embedders_close)
