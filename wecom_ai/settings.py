@@ -172,8 +172,14 @@ REDIS_HAS_PASSWORD = bool(urlsplit(REDIS_URL).password)
 # Set by the embedded wrapper when REDIS_URL is its own server (tests check its set-up).
 EMBEDDED_REDIS = env.bool("WECOM_AI_EMBEDDED_REDIS", default=False)
 # Databases used inside the Redis server; the test run shifts them so it never touches
-# the data of a `make run` on the same machine.
-REDIS_DB_BASE = env.int("REDIS_DB_BASE", default=8 if DJANGO_ENV == "test" else 0)
+# the data of a `make run` on the same machine. Each pytest-xdist worker (`make test-fast`
+# runs two; PYTEST_XDIST_WORKER=gwN) takes four of its own, since every test flushes them:
+# gw0 8–11, gw1 16–19, gw2 20–23, … (12–15 are the benchmarks').
+_xdist_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_DB_BASE = env.int(
+    "REDIS_DB_BASE",
+    default=(8 if _xdist_worker == 0 else 12 + 4 * _xdist_worker) if DJANGO_ENV == "test" else 0,
+)
 
 
 def _positive_int(name: str, default: int) -> int:
