@@ -131,3 +131,23 @@ def test_manage_py_in_production_never_starts_the_embedded_servers(tmp_path: Pat
     assert result.returncode != 0
     assert "DATABASE_URL is not set" in result.stderr
     assert not data.exists()
+
+
+@pytest.mark.parametrize(("worker", "base"), [(None, 8), ("gw0", 8), ("gw1", 16), ("gw2", 20)])
+def test_each_xdist_worker_flushes_only_redis_databases_of_its_own(
+    tmp_path: Path, worker: str | None, base: int
+) -> None:
+    env = _environment(tmp_path / "data", DJANGO_ENV="test", PYTEST_XDIST_WORKER=worker or "")
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import wecom_ai.settings as s; print(s.REDIS_DB_BASE)"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    # Four databases each, clear of development's 0–3 and the benchmarks' 12–15
+    assert int(result.stdout) == base
