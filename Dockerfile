@@ -72,7 +72,7 @@ RUN django-admin compilemessages
 
 # Production settings refuse to import without secrets, and only production writes the
 # static manifest, so collectstatic gets throwaway values here (never stored in the image).
-# DATABASE_URL / REDIS_URL keep settings from starting the embedded servers; nothing connects.
+# Settings require DATABASE_URL / REDIS_URL but only read them: nothing connects.
 ENV STATIC_ROOT=/app/staticfiles
 RUN DJANGO_ENV=production \
     SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(64))')" \

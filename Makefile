@@ -31,13 +31,16 @@ test: bootstrap
 	DJANGO_ENV=test $(PY) -m wecom_ai.embedded with sh -c '\
 		$(PY) manage.py makemigrations --check --dry-run && $(PY) -m pytest $(PYTEST_ARGS)'
 
-# The tests that start no process and no live server (not marked `slow`).
+# The tests that start no process and no live server (not marked `slow`), on FAST_WORKERS
+# pytest-xdist workers (each its own test database and Redis databases), a module per worker.
+FAST_WORKERS ?= 2
 test-fast: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
-	DJANGO_ENV=test $(PY) -m wecom_ai.embedded with $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	DJANGO_ENV=test $(PY) -m wecom_ai.embedded with $(PY) -m pytest -m "not slow" \
+		-n $(FAST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check --fix .

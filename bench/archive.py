@@ -90,6 +90,8 @@ def text_make(size_bytes: int, *, words: list[str], seed: int) -> str:
 
 def _database_prepare() -> None:
     """Point this process at the bench database (created and migrated like bench.stack)."""
+    # Settings only read the environment: the development secrets come from here too.
+    os.environ.update(embedded.development_secrets(os.environ))
     cluster_url = os.environ.get("DATABASE_URL") or embedded.postgres_url(embedded.OWNER_ROLE)
     redis_url = (os.environ.get("REDIS_URL") or embedded.redis_url()).rstrip("/")
     if redis_url.rsplit("/", 1)[-1].isdigit():

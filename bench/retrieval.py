@@ -133,6 +133,8 @@ def _sentence_pool(rng: random.Random, size: int) -> list[str]:
 
 def django_on_bench_database() -> dict[str, str]:
     """bench/stack.py's database part: create and migrate `wecom_ai_bench`, set up Django."""
+    # Settings only read the environment: the development secrets come from here too.
+    os.environ.update(embedded.development_secrets(os.environ))
     cluster_url = os.environ.get("DATABASE_URL") or embedded.postgres_url(embedded.OWNER_ROLE)
     redis_url = (os.environ.get("REDIS_URL") or embedded.redis_url()).rstrip("/")
     if redis_url.rsplit("/", 1)[-1].isdigit():

@@ -172,6 +172,8 @@ class BenchStack:
         self._stop()
 
     def _start(self) -> None:
+        # Settings only read the environment: the development secrets come from here too.
+        os.environ.update(embedded.development_secrets(os.environ))
         cluster_url = os.environ.get("DATABASE_URL") or embedded.postgres_url(embedded.OWNER_ROLE)
         redis_url = (os.environ.get("REDIS_URL") or embedded.redis_url()).rstrip("/")
         if redis_url.rsplit("/", 1)[-1].isdigit():

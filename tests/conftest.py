@@ -20,6 +20,13 @@ from django.conf import settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# llama.cpp's CPU backend runs on OpenMP, whose threads spin while they wait. Next to a
+# second pytest-xdist worker (or anything else on a small machine) the spinning threads
+# take the cores that the thread they wait for needs: a 1 s generation took 15 to 50 s on
+# 2 cores. Waiting threads sleep instead; read by libgomp when llama.cpp first loads (no
+# test module imports it before this conftest), and inherited by the workers tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 # (user, password) of the tables' owner while the tests connect as the app role; see
 # `django_db_setup` below. None when the run has no separate app role.
@@ -79,6 +86,19 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
         _OWNER_CREDENTIALS = None
         with django_db_blocker.unblock():
             _connect_as(*owner)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _password_hashing_in_one_round() -> Iterator[None]:
+    """Users made and logged in by in-process tests hash with one PBKDF2 round.
+
+    Django's million rounds cost 0.25 s of CPU per hash, and the suite makes and checks a
+    few hundred passwords; worker processes started by tests keep the real hasher.
+    """
+    from django.test.utils import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["tests.hashers.OneRoundPBKDF2PasswordHasher"]):
+        yield
 
 
 def _owner_flush() -> None:

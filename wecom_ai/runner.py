@@ -156,8 +156,7 @@ def environments(base: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
         env.setdefault("DATABASE_OWNER_URL", embedded.postgres_url(embedded.OWNER_ROLE))
         # Settings see a DATABASE_URL now; tell `migrate` whom to grant the app's privileges.
         env.setdefault("DATABASE_APP_ROLE", embedded.APP_ROLE)
-    if "REDIS_URL" not in env:
-        env["REDIS_URL"] = embedded.redis_url()
+    env = embedded.environment(env)  # Redis unless REDIS_URL is set; development secrets
     owner_url = env.pop("DATABASE_OWNER_URL", None)
     return env | {"DATABASE_URL": owner_url or env["DATABASE_URL"]}, env
 

@@ -3,12 +3,16 @@
 `DJANGO_ENV` is `development` (default), `test` or `production`. Production refuses to
 start on missing secrets or insecure values; see `_production_problems`. Runtime
 configuration that admins change (bots, models, policies) lives in the database.
+
+Importing this module starts no process and writes no file. On a development machine the
+embedded servers' URLs and the generated development secrets come from
+`wecom_ai.embedded.environment`, which `python -m wecom_ai.embedded with CMD`, `manage.py`
+and the runner (`make run`) put into the environment first.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -18,10 +22,10 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from wecom_ai import embedded
-
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = embedded.data_dir()
+# Local state (embedded servers, default model, media, development secrets); created by
+# `wecom_ai.embedded`, not here.
+DATA_DIR = Path(os.environ.get("WECOM_AI_DATA", BASE_DIR / "var")).expanduser().resolve()
 
 env = environ.Env()
 
@@ -47,26 +51,27 @@ def _secret(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
-def _local_secret(file_name: str, make: callable) -> str:
-    """Development only: a secret generated once and kept under the data directory."""
-    path = DATA_DIR / file_name
-    if not path.exists():
-        path.write_text(make())
-        path.chmod(0o600)
-    return path.read_text().strip()
+def _required(name: str, *, secret: bool = False) -> str:
+    """A variable development and tests get from the embedded wrapper; production from you.
+
+    A missing secret in production is left empty here: `_production_problems` reports all
+    of them together.
+    """
+    value = _secret(name) if secret else os.environ.get(name, "")
+    if value or (secret and PRODUCTION):
+        return value or ""
+    raise ImproperlyConfigured(
+        f"{name} is not set: run via `python -m wecom_ai.embedded with …` (`manage.py` and "
+        f"`make run` do it themselves), which starts the embedded PostgreSQL and Redis and "
+        f"generates development secrets, or set {name}"
+    )
 
 
-SECRET_KEY = _secret("SECRET_KEY")
-if not SECRET_KEY and not PRODUCTION:
-    from django.core.management.utils import get_random_secret_key
-
-    SECRET_KEY = _local_secret("secret_key", get_random_secret_key)
+SECRET_KEY = _required("SECRET_KEY", secret=True)
 
 # Keys for secrets stored in the database (bot tokens, AES keys, archive secrets), newest
 # first. Add a new key at the front to rotate; `manage.py secrets_rotate` re-encrypts.
-_field_keys = _secret("FIELD_ENCRYPTION_KEYS")
-if not _field_keys and not PRODUCTION:
-    _field_keys = _local_secret("field_encryption_key", lambda: Fernet.generate_key().decode())
+_field_keys = _required("FIELD_ENCRYPTION_KEYS", secret=True)
 FIELD_ENCRYPTION_KEYS = [key.strip() for key in (_field_keys or "").split(",") if key.strip()]
 
 DEBUG = env.bool("DEBUG", default=DJANGO_ENV == "development")
@@ -138,18 +143,10 @@ TEMPLATES = [
 # its privileges (`DATABASE_APP_ROLE`, see apps/audit/db_roles.py). The embedded server has
 # both roles; the test run creates its database as the owner, then connects as the app role
 # (tests/conftest.py).
-EMBEDDED_DATABASE = "DATABASE_URL" not in os.environ
-if EMBEDDED_DATABASE:
-    _embedded_role = env.str(
-        "WECOM_AI_DB_ROLE",
-        default=embedded.OWNER_ROLE if DJANGO_ENV == "test" else embedded.APP_ROLE,
-    )
-    DATABASES = {"default": env.db_url_config(embedded.postgres_url(_embedded_role))}
-else:
-    DATABASES = {"default": env.db("DATABASE_URL")}
-DATABASE_APP_ROLE = env.str(
-    "DATABASE_APP_ROLE", default=embedded.APP_ROLE if EMBEDDED_DATABASE else ""
-)
+DATABASES = {"default": env.db_url_config(_required("DATABASE_URL"))}
+# Set by the embedded wrapper: the app role's password is in the data directory (tests).
+EMBEDDED_DATABASE = env.bool("WECOM_AI_EMBEDDED_DATABASE", default=False)
+DATABASE_APP_ROLE = env.str("DATABASE_APP_ROLE", default="")
 # A Unix-socket URL (`?host=/path`, what the embedded server gives) lands in OPTIONS.
 if not DATABASES["default"].get("HOST") and "host" in DATABASES["default"].get("OPTIONS", {}):
     DATABASES["default"]["HOST"] = DATABASES["default"]["OPTIONS"].pop("host")
@@ -160,8 +157,7 @@ DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str(
 )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env.str("REDIS_URL", default="") or embedded.redis_url()
-REDIS_URL = REDIS_URL.rstrip("/")
+REDIS_URL = _required("REDIS_URL").rstrip("/")
 if REDIS_URL.rsplit("/", 1)[-1].isdigit():
     REDIS_URL = REDIS_URL.rsplit("/", 1)[0]
 # Redis must require a password (whoever can write to it steers every process that reads
@@ -175,9 +171,17 @@ if _redis_password:
         _netloc = f"{_user}:{quote(_redis_password, safe='')}@{_host}"
         REDIS_URL = urlunsplit(_redis_parts._replace(netloc=_netloc))
 REDIS_HAS_PASSWORD = bool(urlsplit(REDIS_URL).password)
+# Set by the embedded wrapper when REDIS_URL is its own server (tests check its set-up).
+EMBEDDED_REDIS = env.bool("WECOM_AI_EMBEDDED_REDIS", default=False)
 # Databases used inside the Redis server; the test run shifts them so it never touches
-# the data of a `make run` on the same machine.
-REDIS_DB_BASE = env.int("REDIS_DB_BASE", default=8 if DJANGO_ENV == "test" else 0)
+# the data of a `make run` on the same machine. Each pytest-xdist worker (`make test-fast`
+# runs two; PYTEST_XDIST_WORKER=gwN) takes four of its own, since every test flushes them:
+# gw0 8–11, gw1 16–19, gw2 20–23, … (12–15 are the benchmarks').
+_xdist_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_DB_BASE = env.int(
+    "REDIS_DB_BASE",
+    default=(8 if _xdist_worker == 0 else 12 + 4 * _xdist_worker) if DJANGO_ENV == "test" else 0,
+)
 
 
 def _positive_int(name: str, default: int) -> int:
@@ -246,9 +250,7 @@ AUDIT_CONTENT_HASH_KEY = _secret("AUDIT_CONTENT_HASH_KEY")
 # this key, and each daily checkpoint is also appended to AUDIT_LEDGER_ANCHOR_FILE (put it on
 # WORM storage or ship it off the host). The app's database role cannot change either, so a
 # chain rewritten with full database access no longer verifies. Required in production.
-AUDIT_LEDGER_KEY = _secret("AUDIT_LEDGER_KEY")
-if not AUDIT_LEDGER_KEY and not PRODUCTION:
-    AUDIT_LEDGER_KEY = _local_secret("ledger_key", lambda: secrets.token_urlsafe(48))
+AUDIT_LEDGER_KEY = _required("AUDIT_LEDGER_KEY", secret=True)
 AUDIT_LEDGER_ANCHOR_FILE = env.str(
     "AUDIT_LEDGER_ANCHOR_FILE", default=str(DATA_DIR / "ledger-anchors.jsonl")
 )
@@ -348,7 +350,6 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = env.str("STATIC_ROOT", default=str(DATA_DIR / "static"))
-Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 MEDIA_ROOT = env.str("MEDIA_ROOT", default=str(DATA_DIR / "media"))
 MEDIA_URL = "media/"
 STORAGES = {
