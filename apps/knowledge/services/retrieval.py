@@ -68,6 +68,8 @@ class Hit:
     document_version: int
     page: int | None
     score: float  # reciprocal-rank-fusion score: higher is better
+    # Which candidate lists found it ("dense", "lexical"): the admin's retrieval test shows it.
+    methods: tuple[str, ...] = ()
 
     @property
     def heading(self) -> str:
@@ -76,6 +78,7 @@ class Hit:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["heading_path"] = list(self.heading_path)
+        data["methods"] = list(self.methods)
         data["heading"] = self.heading
         return data
 
@@ -169,12 +172,14 @@ def _fuse(rows: Sequence[dict[str, Any]], *, top_k: int) -> list[Hit]:
     scores: dict[int, float] = defaultdict(float)
     dense_rank: dict[int, int] = {}
     by_id: dict[int, dict[str, Any]] = {}
+    found_by: dict[int, set[str]] = defaultdict(set)
     for method, ranked in per_list.items():
         ranked.sort(key=lambda row: (row["closeness"], row["id"]))
         for rank, row in enumerate(ranked, start=1):
             chunk_id = row["id"]
             scores[chunk_id] += 1.0 / (RRF_K + rank)
             by_id[chunk_id] = row
+            found_by[chunk_id].add(_LEXICAL if method == _LEXICAL else "dense")
             if method != _LEXICAL:
                 dense_rank[chunk_id] = min(rank, dense_rank.get(chunk_id, rank))
     best = sorted(
@@ -185,10 +190,13 @@ def _fuse(rows: Sequence[dict[str, Any]], *, top_k: int) -> list[Hit]:
             chunk_id,
         ),
     )[:top_k]
-    return [_hit(by_id[chunk_id], scores[chunk_id]) for chunk_id in best]
+    return [
+        _hit(by_id[chunk_id], scores[chunk_id], methods=tuple(sorted(found_by[chunk_id])))
+        for chunk_id in best
+    ]
 
 
-def _hit(row: dict[str, Any], score: float) -> Hit:
+def _hit(row: dict[str, Any], score: float, *, methods: tuple[str, ...] = ()) -> Hit:
     return Hit(
         chunk_id=row["id"],
         document_id=row["document_id"],
@@ -200,6 +208,7 @@ def _hit(row: dict[str, Any], score: float) -> Hit:
         document_version=row["document_version"],
         page=row["page"],
         score=round(score, 6),
+        methods=methods,
     )
 
 
