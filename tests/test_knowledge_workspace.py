@@ -121,6 +121,9 @@ def test_the_page_lists_documents_and_offers_the_upload_and_the_retrieval_test(
     assert 'name="files" id="kb-files" multiple accept=".csv,.docx,' in page
     assert 'id="kb-retrieval"' in page
     assert "knowledge/kb_workspace.js" in page
+    # the script refuses a file over the limit before sending it, with the server's words
+    assert f'data-max-bytes="{settings.KNOWLEDGE_MAX_UPLOAD_BYTES}"' in page
+    assert 'data-too-large="over the 50.0\xa0MB upload limit"' in page
 
 
 def test_an_officer_sees_documents_and_uploads_but_no_retrieval_test(kb, indexed):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -17,6 +18,7 @@ from django.core.paginator import Paginator
 from django.db import DataError, IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import formats, timezone
@@ -97,6 +99,9 @@ def workspace_context(request: HttpRequest, kb: KnowledgeBase) -> dict[str, Any]
         and user.has_perm("knowledge.change_document"),
         "may_search": may_search_all,
         "accept": UPLOAD_ACCEPT,
+        "max_bytes": settings.KNOWLEDGE_MAX_UPLOAD_BYTES,
+        "too_large": _("over the %(limit)s upload limit")
+        % {"limit": filesizeformat(settings.KNOWLEDGE_MAX_UPLOAD_BYTES)},
         "upload_url": reverse("admin:knowledge_knowledgebase_upload", args=[kb.pk]),
         "progress_url": reverse("admin:knowledge_knowledgebase_progress", args=[kb.pk]),
         "retrieval_url": reverse("admin:knowledge_knowledgebase_retrieval", args=[kb.pk]),

@@ -99,6 +99,11 @@
       }
 
       function uploadOne(file) {
+        // Refused here too: the server would refuse the body only after it was sent.
+        if (file.size > Number(box.dataset.maxBytes)) {
+          note(file.name + ": " + box.dataset.tooLarge, false);
+          return Promise.resolve();
+        }
         const body = new FormData();
         body.append("csrfmiddlewaretoken", token);
         body.append("files", file, file.name);
@@ -109,6 +114,7 @@
           headers: { Accept: "application/json", "X-CSRFToken": token },
         })
           .then(function (response) {
+            if (response.status === 413) return { error: box.dataset.tooLarge };
             return response.json().catch(function () {
               return null;
             });
