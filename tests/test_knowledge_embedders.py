@@ -179,20 +179,13 @@ def test_existing_knowledge_bases_keep_their_gguf_model_through_the_upgrade(
     with as_database_owner():
         executor = MigrationExecutor(connection)
         executor.migrate(before)
-        old = MigrationExecutor(connection).loader.project_state(before).apps
-        OldKB = old.get_model("knowledge", "KnowledgeBase")
-        OldDocument = old.get_model("knowledge", "Document")
-        OldChunk = old.get_model("knowledge", "Chunk")
-        kb = OldKB.objects.create(name="Old", slug="old", embedding_profile_id=model_profile.pk)
-        document = OldDocument.objects.create(
-            kb=kb, file="x.md", original_filename="x.md", generation=1, active_generation=1
-        )
-        OldChunk.objects.create(
-            document=document, document_version=1, generation=1, position=0, text="年假",
-            search_text="年假", token_count=1, embedding=[0.1] * 576,
-            embedding_dimensions=576, embedding_model="old#mean-centred-v1",
-        )  # fmt: skip
-        MigrationExecutor(connection).migrate(after)
+    try:
+        _rows_before_the_upgrade_then_migrate(before, after, model_profile)
+    finally:
+        # Later migrations too, so the tests after this one find the current schema.
+        with as_database_owner():
+            executor = MigrationExecutor(connection)
+            executor.migrate(executor.loader.graph.leaf_nodes())
 
     kb = KnowledgeBase.objects.get(slug="old")
     assert kb.embedder == KnowledgeBase.Embedders.GGUF
@@ -212,3 +205,21 @@ def test_the_reembed_runs_on_the_ingest_queue_with_the_ingest_time_limits() -> N
     assert knowledge_base_reembed.queue == queues.INGEST
     assert knowledge_base_reembed.soft_time_limit == settings.KNOWLEDGE_INGEST_TIME_LIMIT_SECONDS
     assert knowledge_base_reembed.time_limit == document_ingest.time_limit
+
+
+def _rows_before_the_upgrade_then_migrate(before: list, after: list, model_profile) -> None:
+    with as_database_owner():
+        old = MigrationExecutor(connection).loader.project_state(before).apps
+        OldKB = old.get_model("knowledge", "KnowledgeBase")
+        OldDocument = old.get_model("knowledge", "Document")
+        OldChunk = old.get_model("knowledge", "Chunk")
+        kb = OldKB.objects.create(name="Old", slug="old", embedding_profile_id=model_profile.pk)
+        document = OldDocument.objects.create(
+            kb=kb, file="x.md", original_filename="x.md", generation=1, active_generation=1
+        )
+        OldChunk.objects.create(
+            document=document, document_version=1, generation=1, position=0, text="年假",
+            search_text="年假", token_count=1, embedding=[0.1] * 576,
+            embedding_dimensions=576, embedding_model="old#mean-centred-v1",
+        )  # fmt: skip
+        MigrationExecutor(connection).migrate(after)

@@ -4,8 +4,10 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.urls import path
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -14,6 +16,7 @@ from apps.audit.admin.mixins import OperatorAuditAdminMixin, request_id_of
 from apps.core.admin import ReadOnlyAdminMixin
 from apps.directory.forms import GroupChatForm
 from apps.directory.models import DirectoryUser, GroupChat
+from apps.knowledge import admin_workspace
 from apps.knowledge.forms import DocumentForm, KnowledgeBaseForm
 from apps.knowledge.models import Chunk, Document, KnowledgeBase
 from apps.knowledge.services.config import (
@@ -118,8 +121,46 @@ class KnowledgeBaseAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         (_("History"), {"fields": ("created_at", "updated_at")}),
     )
 
+    class Media:
+        css = {"all": ("knowledge/kb_workspace.css",)}
+        js = ("knowledge/kb_workspace.js",)
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[KnowledgeBase]:
         return super().get_queryset(request).annotate(document_total=Count("documents"))
+
+    def get_urls(self) -> list[Any]:
+        def view(function: Any, suffix: str) -> Any:
+            def bound(request: HttpRequest, object_id: str) -> HttpResponse:
+                return function(self, request, object_id)
+
+            return path(
+                f"<path:object_id>/{suffix}/",
+                self.admin_site.admin_view(bound),
+                name=f"knowledge_knowledgebase_{suffix}",
+            )
+
+        return [
+            view(admin_workspace.documents_upload_view, "upload"),
+            view(admin_workspace.documents_progress_view, "progress"),
+            view(admin_workspace.retrieval_test_view, "retrieval"),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The documents, uploads and retrieval test of the knowledge base, under its form."""
+        kb = self.get_object(request, unquote(object_id))
+        if kb is not None and self.has_view_permission(request, kb):
+            extra_context = {
+                **(extra_context or {}),
+                "kb_workspace": admin_workspace.workspace_context(request, kb),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description=_("documents"), ordering="document_total")
     def document_count(self, obj: KnowledgeBase) -> int:
@@ -193,6 +234,19 @@ class DocumentAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 
     class Media:
         js = ("knowledge/document_live.js",)
+
+    def get_urls(self) -> list[Any]:
+        def passages(request: HttpRequest, object_id: str) -> HttpResponse:
+            return admin_workspace.passages_view(self, request, object_id)
+
+        return [
+            path(
+                "<path:object_id>/passages/",
+                self.admin_site.admin_view(passages),
+                name="knowledge_document_passages",
+            ),
+            *super().get_urls(),
+        ]
 
     def get_fieldsets(self, request: HttpRequest, obj: Document | None = None) -> Any:
         fieldsets: list[tuple[Any, dict[str, Any]]] = [
@@ -312,8 +366,16 @@ class DocumentAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 class ChunkAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only: passages are what ingestion made of a document, for checking retrieval."""
 
-    list_display = ("document", "document_version", "position", "heading", "token_count", "page")
-    list_filter = ("document__kb",)
+    list_display = (
+        "document",
+        "document_version",
+        "position",
+        "heading",
+        "token_count",
+        "page",
+        "enabled",
+    )
+    list_filter = ("document__kb", "enabled")
     list_select_related = ("document",)
     search_fields = ("text", "document__title", "document__original_filename")
     fields = (
@@ -326,6 +388,7 @@ class ChunkAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "token_count",
         "text",
         "embedding_model",
+        "enabled",
     )
     readonly_fields = fields
     show_full_result_count = False

@@ -11,8 +11,33 @@ from django.core.files.uploadedfile import UploadedFile
 from django.template.defaultfilters import filesizeformat
 from django.utils.translation import gettext_lazy as _
 
+from apps.directory.models import DirectoryUser
 from apps.knowledge.models import Document, KnowledgeBase
 from apps.knowledge.parsing import SUPPORTED_EXTENSIONS
+
+# The file picker's filter: what the parsers read.
+UPLOAD_ACCEPT = ",".join(f".{extension}" for extension in sorted(SUPPORTED_EXTENSIONS))
+
+
+def upload_check(upload: UploadedFile) -> None:
+    """Refuse a file over the size limit or of a type no parser reads, before storing it."""
+    limit = settings.KNOWLEDGE_MAX_UPLOAD_BYTES
+    if upload.size is not None and upload.size > limit:
+        raise forms.ValidationError(
+            _("The file is %(size)s, over the %(limit)s upload limit."),
+            params={"size": filesizeformat(upload.size), "limit": filesizeformat(limit)},
+            code="too_large",
+        )
+    extension = Path(upload.name or "").suffix.lower().lstrip(".")
+    if extension not in SUPPORTED_EXTENSIONS:
+        raise forms.ValidationError(
+            _("%(name)s cannot be indexed: supported types are %(types)s."),
+            params={
+                "name": upload.name,
+                "types": ", ".join(f".{e}" for e in sorted(SUPPORTED_EXTENSIONS)),
+            },
+            code="unsupported",
+        )
 
 
 class KnowledgeBaseForm(forms.ModelForm):
@@ -93,23 +118,7 @@ class DocumentForm(forms.ModelForm):
         upload = self.cleaned_data.get("upload")
         if upload is None:
             return None
-        limit = settings.KNOWLEDGE_MAX_UPLOAD_BYTES
-        if upload.size > limit:
-            raise forms.ValidationError(
-                _("The file is %(size)s, over the %(limit)s upload limit."),
-                params={"size": filesizeformat(upload.size), "limit": filesizeformat(limit)},
-                code="too_large",
-            )
-        extension = Path(upload.name).suffix.lower().lstrip(".")
-        if extension not in SUPPORTED_EXTENSIONS:
-            raise forms.ValidationError(
-                _("%(name)s cannot be indexed: supported types are %(types)s."),
-                params={
-                    "name": upload.name,
-                    "types": ", ".join(f".{e}" for e in sorted(SUPPORTED_EXTENSIONS)),
-                },
-                code="unsupported",
-            )
+        upload_check(upload)
         return upload
 
     def clean(self) -> dict[str, Any]:
@@ -132,3 +141,32 @@ class DocumentForm(forms.ModelForm):
 
     def instance_kb(self) -> KnowledgeBase | None:
         return self.instance.kb if self.instance.kb_id else None
+
+
+class RetrievalTestForm(forms.Form):
+    """The knowledge base page's retrieval test: a question, as everyone or as one employee."""
+
+    question = forms.CharField(label=_("question"), max_length=2000, strip=True)
+    userid = forms.CharField(
+        label=_("as directory user"),
+        max_length=64,
+        required=False,
+        strip=True,
+        help_text=_("Empty = all audiences; a WeCom userid = only what this employee may read."),
+    )
+    reason = forms.CharField(
+        label=_("reason"),
+        max_length=1000,
+        required=False,
+        strip=True,
+        help_text=_("Recorded in the access log with the question."),
+    )
+    top_k = forms.IntegerField(
+        label=_("hits"), min_value=1, max_value=50, initial=5, required=False
+    )
+
+    def clean_userid(self) -> str:
+        userid = self.cleaned_data.get("userid") or ""
+        if userid and not DirectoryUser.objects.filter(userid=userid).exists():
+            raise forms.ValidationError(_("No directory user has this userid."))
+        return userid

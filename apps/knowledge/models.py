@@ -150,6 +150,14 @@ class Document(models.Model):
         READY = "ready", _("ready")
         FAILED = "failed", _("failed")
 
+    class Stage(models.TextChoices):
+        """Where a running ingestion is; empty while none runs."""
+
+        NONE = "", _("not running")
+        PARSING = "parsing", _("parsing")
+        CHUNKING = "chunking", _("chunking")
+        EMBEDDING = "embedding", _("embedding")
+
     kb = models.ForeignKey(
         KnowledgeBase,
         on_delete=models.CASCADE,
@@ -192,6 +200,12 @@ class Document(models.Model):
     progress = models.PositiveSmallIntegerField(
         _("progress"), default=0, validators=[MaxValueValidator(100)]
     )
+    # What the running ingestion does, and how many of the stage's items it has done.
+    stage = models.CharField(
+        _("stage"), max_length=12, choices=Stage.choices, default=Stage.NONE, blank=True
+    )
+    stage_done = models.PositiveIntegerField(_("done in stage"), default=0)
+    stage_total = models.PositiveIntegerField(_("total in stage"), default=0)
     error_code = models.CharField(_("error code"), max_length=30, blank=True)
     error_message = models.TextField(_("error"), blank=True)
     sha256 = models.CharField(_("SHA-256"), max_length=64, blank=True)
@@ -221,6 +235,16 @@ class Document(models.Model):
     @property
     def has_own_audience(self) -> bool:
         return bool(self.allowed_departments or self.allowed_userids or self.allowed_tags)
+
+    @property
+    def stage_text(self) -> str:
+        """The stage as admins read it: "embedding 3 of 10" while passages are embedded."""
+        if self.stage == self.Stage.EMBEDDING and self.stage_total:
+            return _("embedding %(done)d of %(total)d") % {
+                "done": self.stage_done,
+                "total": self.stage_total,
+            }
+        return str(self.get_stage_display()) if self.stage else ""
 
 
 class Chunk(models.Model):
@@ -257,6 +281,11 @@ class Chunk(models.Model):
     embedding_dimensions = models.PositiveSmallIntegerField()
     # Which model (and vector recipe) made `embedding`; dense search skips other models'.
     embedding_model = models.CharField(max_length=600)
+    enabled = models.BooleanField(
+        _("enabled"),
+        default=True,
+        help_text=_("Disabled passages are never found by searches or used for answers."),
+    )
 
     class Meta:
         verbose_name = _("passage")
@@ -269,3 +298,9 @@ class Chunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.document} #{self.position} (v{self.document_version})"
+
+    def enabled_set(self, enabled: bool) -> bool:
+        """Enable or disable in one conditional UPDATE; True if this call changed it."""
+        changed = Chunk.objects.filter(pk=self.pk).exclude(enabled=enabled).update(enabled=enabled)
+        self.enabled = enabled
+        return bool(changed)

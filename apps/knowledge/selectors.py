@@ -45,15 +45,18 @@ def readers_visible_q(*, readers: Readers, prefix: str = "") -> Q:
 
 
 def chunks_searchable(*, kb_ids: Iterable[int], readers: Readers) -> QuerySet[Chunk]:
-    """The active chunks of unexpired documents in these knowledge bases the readers may read.
+    """The active, enabled chunks of unexpired documents in these knowledge bases the readers
+    may read.
 
     Only a document's active generation counts, so a re-index or a new version in progress
-    never shows twice; the flip that changes it is atomic (see services.ingest).
+    never shows twice; the flip that changes it is atomic (see services.ingest). A passage
+    an admin disabled is left out of both the dense and the lexical list.
     """
     today = timezone.localdate()
     return Chunk.objects.filter(
         document__kb_id__in=list(kb_ids),
         generation=F("document__active_generation"),
+        enabled=True,
     ).filter(
         Q(document__expires_on__isnull=True) | Q(document__expires_on__gte=today),
         readers_visible_q(readers=readers, prefix="document__"),

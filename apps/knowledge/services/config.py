@@ -24,13 +24,14 @@ from apps.audit.services.operator_audit import (
 )
 from apps.directory.models import DirectoryUser
 from apps.directory.services import directory_user_save
-from apps.knowledge.models import Document, KnowledgeBase
+from apps.knowledge.models import Chunk, Document, KnowledgeBase
 from apps.knowledge.services.ingest import UploadResult, document_file_replace, document_reindex
 from apps.knowledge.services.reembed import knowledge_base_embedder_change
 
 DIRECTORY_USER_ACTION = "knowledge.directoryuser"
 KNOWLEDGE_BASE_ACTION = "knowledge.knowledgebase"
 DOCUMENT_ACTION = "knowledge.document"
+PASSAGE_ACTION = "knowledge.passage"
 # Changing these changes every chunk of the knowledge base, so saving them re-indexes.
 REINDEX_FIELDS = ("chunk_size", "chunk_overlap")
 
@@ -193,6 +194,26 @@ def documents_reindex(*, documents: Iterable[Document], actor: Any, request_id: 
                 request_id=request_id,
             )
         return document_reindex(documents=documents)
+
+
+def passage_enable_set(*, chunk: Chunk, enabled: bool, actor: Any, request_id: str = "") -> bool:
+    """Let searches find a passage again, or hide it from them; True if it changed.
+
+    Hiding a passage changes what every bot may answer, so it is an operator change. A
+    re-index makes new passages, all enabled: the setting belongs to this ingestion run.
+    """
+    with transaction.atomic():
+        if not chunk.enabled_set(enabled):
+            return False
+        operator_audit_record(
+            actor=actor,
+            action=f"{PASSAGE_ACTION}.{'enable' if enabled else 'disable'}",
+            obj=chunk,
+            before={"enabled": not enabled},
+            after={"enabled": enabled},
+            request_id=request_id,
+        )
+    return True
 
 
 def directory_user_set(

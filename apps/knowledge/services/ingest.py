@@ -51,6 +51,7 @@ _PARSING, _CHUNKING, _EMBEDDING, _EMBEDDED = 2, 8, 10, 95
 INGESTION_FIELDS = (
     "status", "progress", "error_code", "error_message", "generation", "active_generation",
     "active_version", "chunk_count", "pages", "sha256", "size_bytes", "file",
+    "stage", "stage_done", "stage_total",
 )  # fmt: skip
 # Tokens kept free under the embedding model's context for the tokens llama.cpp adds.
 _CONTEXT_MARGIN = 8
@@ -110,6 +111,7 @@ def document_file_replace(
             document.sha256, document.size_bytes = sha256, size
         document.status = Document.Status.PENDING
         document.progress = 0
+        document.stage, document.stage_done, document.stage_total = Document.Stage.NONE, 0, 0
         document.error_code = document.error_message = ""
         document.save()
         if enqueue:
@@ -123,7 +125,13 @@ def document_reindex(*, documents: Iterable[Document]) -> int:
     ids = [document.pk for document in documents]
     with transaction.atomic():
         Document.objects.filter(pk__in=ids).update(
-            status=Document.Status.PENDING, progress=0, error_code="", error_message=""
+            status=Document.Status.PENDING,
+            progress=0,
+            stage=Document.Stage.NONE,
+            stage_done=0,
+            stage_total=0,
+            error_code="",
+            error_message="",
         )
         for document_id in ids:
             transaction.on_commit(
@@ -186,7 +194,7 @@ def document_ingest(
         return None
     reporter = _ProgressReporter(run, on_progress)
     try:
-        reporter.report("parsing", _PARSING, force=True)
+        reporter.report(Document.Stage.PARSING, _PARSING, force=True)
         _run_build(run, reporter)
     except _Superseded:
         _run_abandon(run)
@@ -268,7 +276,7 @@ def _run_build(run: _Run, reporter: _ProgressReporter) -> None:
         parsed = parse_document(
             path, filename=run.original_filename, max_bytes=settings.KNOWLEDGE_MAX_UPLOAD_BYTES
         )
-    reporter.report("chunking", _CHUNKING, force=True)
+    reporter.report(Document.Stage.CHUNKING, _CHUNKING, force=True)
     embedder = get_embedder(embedder_spec_for(run.kb))
     chunk_size = min(run.kb.chunk_size, embedder.max_tokens - _CONTEXT_MARGIN)
     chunks = chunk_sections(
@@ -288,7 +296,7 @@ def _run_build(run: _Run, reporter: _ProgressReporter) -> None:
     embedding_index_ensure(dimensions=embedder.dimensions)
     model_key = embedder.model_key
     batch_size = settings.KNOWLEDGE_EMBEDDING_BATCH
-    reporter.report("embedding", _EMBEDDING, force=True)
+    reporter.report(Document.Stage.EMBEDDING, _EMBEDDING, total=len(chunks), force=True)
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start : start + batch_size]
         vectors = embedder.embed([embedded_text(c.heading_path, c.text) for c in batch])
@@ -311,7 +319,12 @@ def _run_build(run: _Run, reporter: _ProgressReporter) -> None:
             for chunk, vector in zip(batch, vectors, strict=True)
         )
         done = start + len(batch)
-        reporter.report("embedding", _EMBEDDING + (_EMBEDDED - _EMBEDDING) * done // len(chunks))
+        reporter.report(
+            Document.Stage.EMBEDDING,
+            _EMBEDDING + (_EMBEDDED - _EMBEDDING) * done // len(chunks),
+            done=done,
+            total=len(chunks),
+        )
     _run_finish(run, reporter, chunk_count=len(chunks), pages=parsed.pages, title=parsed.title)
     # Record the width the knowledge base serves, unless a re-index pins older vectors.
     KnowledgeBase.objects.filter(pk=run.kb.pk, embedding_model="").exclude(
@@ -351,6 +364,7 @@ def _run_finish(
         document.active_version = run.version
         document.status = Document.Status.READY
         document.progress = 100
+        document.stage, document.stage_done, document.stage_total = Document.Stage.NONE, 0, 0
         document.chunk_count = chunk_count
         document.pages = pages
         document.title = document.title or title
@@ -373,6 +387,9 @@ def _run_fail(run: _Run, reporter: _ProgressReporter, *, code: str, message: str
         updated = Document.objects.filter(pk=run.document_id, generation=run.generation).update(
             status=Document.Status.FAILED,
             progress=0,
+            stage=Document.Stage.NONE,
+            stage_done=0,
+            stage_total=0,
             error_code=code,
             error_message=message,
         )
@@ -412,13 +429,17 @@ class _ProgressReporter:
         self.interval = settings.KNOWLEDGE_PROGRESS_INTERVAL_SECONDS
         self._last = 0.0
 
-    def report(self, stage: str, progress: int, *, force: bool = False) -> None:
+    def report(
+        self, stage: str, progress: int, *, done: int = 0, total: int = 0, force: bool = False
+    ) -> None:
+        """Record where the run is (stage, n of m) on the document, for the admin to poll."""
+        stage = str(stage)  # the plain value: the event travels through msgpack
         now = time.monotonic()
         if not force and now - self._last < self.interval:
             return
         self._last = now
         Document.objects.filter(pk=self.run.document_id, generation=self.run.generation).update(
-            progress=progress
+            progress=progress, stage=stage, stage_done=done, stage_total=total
         )
         document = Document(
             pk=self.run.document_id,

@@ -71,6 +71,8 @@ class Hit:
     document_version: int
     page: int | None
     score: float  # the fusion's score: higher is better
+    # Which candidate lists found it ("dense", "lexical"): the admin's retrieval test shows it.
+    methods: tuple[str, ...] = ()
 
     @property
     def heading(self) -> str:
@@ -79,6 +81,7 @@ class Hit:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["heading_path"] = list(self.heading_path)
+        data["methods"] = list(self.methods)
         data["heading"] = self.heading
         return data
 
@@ -218,6 +221,7 @@ def _fuse(
     scores: dict[int, float] = defaultdict(float)
     dense_rank: dict[int, int] = {}
     by_id: dict[int, dict[str, Any]] = {}
+    found_by: dict[int, set[str]] = defaultdict(set)
     for list_method, ranked in per_list.items():
         ranked.sort(key=lambda row: (row["closeness"], row["id"]))
         weight = weights[_LEXICAL if list_method == _LEXICAL else "dense"]
@@ -232,6 +236,7 @@ def _fuse(
             else:
                 scores[chunk_id] += weight / (k + rank)
             by_id[chunk_id] = row
+            found_by[chunk_id].add(_LEXICAL if list_method == _LEXICAL else "dense")
             if list_method != _LEXICAL:
                 dense_rank[chunk_id] = min(rank, dense_rank.get(chunk_id, rank))
     best = sorted(
@@ -242,10 +247,13 @@ def _fuse(
             chunk_id,
         ),
     )[:top_k]
-    return [_hit(by_id[chunk_id], scores[chunk_id]) for chunk_id in best]
+    return [
+        _hit(by_id[chunk_id], scores[chunk_id], methods=tuple(sorted(found_by[chunk_id])))
+        for chunk_id in best
+    ]
 
 
-def _hit(row: dict[str, Any], score: float) -> Hit:
+def _hit(row: dict[str, Any], score: float, *, methods: tuple[str, ...] = ()) -> Hit:
     return Hit(
         chunk_id=row["id"],
         document_id=row["document_id"],
@@ -257,6 +265,7 @@ def _hit(row: dict[str, Any], score: float) -> Hit:
         document_version=row["document_version"],
         page=row["page"],
         score=round(score, 6),
+        methods=methods,
     )
 
 
