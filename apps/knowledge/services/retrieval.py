@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -71,6 +72,9 @@ class Hit:
     document_version: int
     page: int | None
     score: float  # the fusion's score: higher is better
+    # Cosine similarity to the question when the vectors found it: unlike the fused score
+    # (relative to the other candidates), it says how close the passage is at all.
+    similarity: float | None = None
 
     @property
     def heading(self) -> str:
@@ -216,6 +220,7 @@ def _fuse(
     for row in rows:
         per_list[row["method"]].append(row)
     scores: dict[int, float] = defaultdict(float)
+    similarity: dict[int, float] = {}
     dense_rank: dict[int, int] = {}
     by_id: dict[int, dict[str, Any]] = {}
     for list_method, ranked in per_list.items():
@@ -234,6 +239,7 @@ def _fuse(
             by_id[chunk_id] = row
             if list_method != _LEXICAL:
                 dense_rank[chunk_id] = min(rank, dense_rank.get(chunk_id, rank))
+                similarity[chunk_id] = max(1.0 - row["closeness"], similarity.get(chunk_id, -1.0))
     best = sorted(
         scores,
         key=lambda chunk_id: (
@@ -242,10 +248,10 @@ def _fuse(
             chunk_id,
         ),
     )[:top_k]
-    return [_hit(by_id[chunk_id], scores[chunk_id]) for chunk_id in best]
+    return [_hit(by_id[chunk_id], scores[chunk_id], similarity.get(chunk_id)) for chunk_id in best]
 
 
-def _hit(row: dict[str, Any], score: float) -> Hit:
+def _hit(row: dict[str, Any], score: float, similarity: float | None = None) -> Hit:
     return Hit(
         chunk_id=row["id"],
         document_id=row["document_id"],
@@ -257,7 +263,32 @@ def _hit(row: dict[str, Any], score: float) -> Hit:
         document_version=row["document_version"],
         page=row["page"],
         score=round(score, 6),
+        similarity=None if similarity is None else round(similarity, 6),
     )
+
+
+def hits_relevance(
+    *, query: str, hits: Sequence[Hit], lexical_weight: float | None = None
+) -> float:
+    """How well the best passage matches the question: cosine similarity plus a share of
+    the question's search words found in the passage, the best over `hits` (0 for none).
+
+    Dense similarity alone does not separate questions the corpus answers from those it
+    does not (measured in `bench/retrieval.py`: the no-answer questions' best similarity
+    overlaps the answerable ones'); a passage that also contains the question's own words
+    is far likelier to answer it. The fused score cannot serve: it is relative to the
+    other candidates, so the best of a bad lot still scores high.
+    """
+    weight = (
+        settings.KNOWLEDGE_RELEVANCE_LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
+    )
+    terms = query_terms(query) if hits else []
+    best = 0.0
+    for hit in hits:
+        text = unicodedata.normalize("NFKC", f"{hit.heading} {hit.text}").lower()
+        overlap = sum(term in text for term in terms) / len(terms) if terms else 0.0
+        best = max(best, max(hit.similarity or 0.0, 0.0) + weight * overlap)
+    return round(best, 6)
 
 
 # --- prompt pieces for the answer path -----------------------------------------------------
