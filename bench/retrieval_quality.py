@@ -205,6 +205,7 @@ def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str
                 {
                     "split": question["split"],
                     "no_answer": question["kind"] == "no-answer",
+                    "found": bool(_score(question, configured)["passage"]),
                     "by_weight": {
                         weight: retrieval.hits_relevance(
                             query=question["question"], hits=configured, lexical_weight=weight
@@ -254,17 +255,23 @@ def _relevance_table(relevance: list[dict[str, Any]]) -> dict[str, Any]:
                 row[half] = {
                     "answerable": sum(1 for item in items if not item["no_answer"]),
                     "answerable_refused": sum(1 for item in refused if not item["no_answer"]),
+                    # of those, the ones whose answer was in the top 5 (the others the
+                    # model could not have answered from the passages anyway)
+                    "found_refused": sum(
+                        1 for item in refused if not item["no_answer"] and item["found"]
+                    ),
                     "no_answer": sum(1 for item in items if item["no_answer"]),
                     "no_answer_refused": sum(1 for item in refused if item["no_answer"]),
                 }
             rows.append(row)
-
-    def errors(row: dict[str, Any]) -> int:
-        tune = row["tune"]
-        return tune["answerable_refused"] + tune["no_answer"] - tune["no_answer_refused"]
-
-    best = min(rows, key=lambda row: (errors(row), row["threshold"], row["weight"]))
+    best = min(rows, key=lambda row: (relevance_errors(row), row["threshold"], row["weight"]))
     return {"rows": rows, "best_on_tune": best}
+
+
+def relevance_errors(row: dict[str, Any]) -> int:
+    """Tune-half mistakes of a threshold: answerable questions refused, no-answer ones not."""
+    tune = row["tune"]
+    return int(tune["answerable_refused"] + tune["no_answer"] - tune["no_answer_refused"])
 
 
 def run_quality(
@@ -352,7 +359,8 @@ def _print_relevance(variant: dict[str, Any]) -> None:
         f"\nRelevance threshold (answer only from sources), embedder {variant['embedder']}, "
         f"heading path embedded {'yes' if variant['embed_headings'] else 'no'}: relevance = "
         "cosine similarity + weight x share of the question's words in the passage; "
-        "wrongly refused answerable / correctly refused no-answer"
+        "wrongly refused answerable (of which the top 5 held the answer) / correctly "
+        "refused no-answer"
     )
     best = table["best_on_tune"]
     # Every threshold for the best weight, and each other weight's best row.
@@ -360,23 +368,16 @@ def _print_relevance(variant: dict[str, Any]) -> None:
     for weight in RELEVANCE_WEIGHTS:
         if weight != best["weight"]:
             rows = [row for row in table["rows"] if row["weight"] == weight]
-            shown.append(
-                min(
-                    rows,
-                    key=lambda row: (
-                        row["tune"]["answerable_refused"] - row["tune"]["no_answer_refused"],
-                        row["threshold"],
-                    ),
-                )
-            )
-    print(f"{'weight':>6} {'threshold':>9} {'tune':>14} {'report':>14}")
+            shown.append(min(rows, key=lambda row: (relevance_errors(row), row["threshold"])))
+    print(f"{'weight':>6} {'threshold':>9} {'tune':>19} {'report':>19}")
     for row in shown:
         cells = [
-            f"{row[half]['answerable_refused']:>3}/{row[half]['answerable']:<3} "
+            f"{row[half]['answerable_refused']:>3}/{row[half]['answerable']:<3}"
+            f"({row[half]['found_refused']:>2}) "
             f"{row[half]['no_answer_refused']:>2}/{row[half]['no_answer']:<2}"
             for half in ("tune", "report")
         ]
-        print(f"{row['weight']:>6} {row['threshold']:>9.2f} {cells[0]:>14} {cells[1]:>14}")
+        print(f"{row['weight']:>6} {row['threshold']:>9.2f} {cells[0]:>19} {cells[1]:>19}")
     print(
         f"best on the tune half: weight {best['weight']}, threshold {best['threshold']} "
         f"(tune {best['tune']}, report {best['report']})"

@@ -302,8 +302,11 @@ KNOWLEDGE_EMBED_HEADINGS = env.bool("KNOWLEDGE_EMBED_HEADINGS", default=True)
 # passage's relevance (cosine similarity + LEXICAL_WEIGHT x share of the question's search
 # words in it; `retrieval.hits_relevance`) reaches THRESHOLD. Measured on the tune half of
 # bench/data/retrieval (bench/retrieval.py --only quality, "relevance threshold" table).
-KNOWLEDGE_RELEVANCE_THRESHOLD = env.float("KNOWLEDGE_RELEVANCE_THRESHOLD", default=0.3)
-KNOWLEDGE_RELEVANCE_LEXICAL_WEIGHT = env.float("KNOWLEDGE_RELEVANCE_LEXICAL_WEIGHT", default=0.3)
+KNOWLEDGE_RELEVANCE_THRESHOLD = env.float("KNOWLEDGE_RELEVANCE_THRESHOLD", default=0.28)
+KNOWLEDGE_RELEVANCE_LEXICAL_WEIGHT = env.float("KNOWLEDGE_RELEVANCE_LEXICAL_WEIGHT", default=0.2)
+# Matching passages ranked by the lexical search at most (those with every search word
+# first): ranking reads each row, and a common word matches most of a large corpus.
+KNOWLEDGE_LEXICAL_RANK_LIMIT = _positive_int("KNOWLEDGE_LEXICAL_RANK_LIMIT", 300)
 
 # --- WeCom ---------------------------------------------------------------------------------
 WECOM_API_BASE = env.str("WECOM_API_BASE", default="https://qyapi.weixin.qq.com").rstrip("/")
