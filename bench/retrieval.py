@@ -4,14 +4,14 @@ Runs in this process on the bench database (`wecom_ai_bench`, created and migrat
 `bench/stack.py` does) without starting any server. Three parts:
 
 - **latency**: synthetic knowledge bases (3, with 8 documents of different audiences)
-  written straight into the chunk table (binary COPY), with Chinese/English HR/IT text from templates, `search_text` segmented by the
-  product's `segment_for_search` (per sentence, then joined) and *random unit vectors* of
-  the default model's dimension, tagged with its `embedding_model` key so the partial
-  HNSW index and the dense filter apply exactly as for real vectors. Searches go through
-  `knowledge_retrieve` (hybrid, all 3 knowledge bases) for an employee whose department
-  admits 3 of the 8 documents, and for the admin view; the question embeddings are real and cached, so the
-  figures are the database side of a search plus the fusion, not the embedding time
-  (reported separately).
+  written straight into the chunk table (binary COPY), with Chinese/English HR/IT text from
+  templates, `search_text` segmented by the product's `segment_for_search` (per sentence,
+  then joined) and *random unit vectors* of the default model's dimension, tagged with its
+  `embedding_model` key so the partial HNSW index and the dense filter apply exactly as for
+  real vectors. Searches go through `knowledge_retrieve` (hybrid, all 3 knowledge bases)
+  for an employee whose department admits 3 of the 8 documents, and for the admin view;
+  the question embeddings are real and cached, so the figures are the database side of a
+  search plus the fusion, not the embedding time (reported separately).
 - **ingestion**: a PDF (reportlab, STSong-Light), a DOCX and a Markdown file of Chinese text
   indexed by `manage.py kb_ingest` (real parsing, chunking, embeddings and writes).
 - **quality**: a small labelled set (below) indexed by `kb_ingest`; recall@5 for the hybrid
