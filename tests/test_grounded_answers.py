@@ -8,11 +8,14 @@ test uses the real model to show an answerable question is still answered by it.
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from django.core.management import call_command
+from django.urls import reverse
 from django.utils import timezone
 
+from apps.audit.models import OperatorAuditEntry
 from apps.bots.models import Conversation, Turn
 from apps.bots.services import generate
 from apps.bots.streams import StreamState, stream_state_get, stream_state_set
@@ -198,3 +201,35 @@ def test_an_answerable_question_is_answered_by_the_real_model(knowledge, make_bo
     assert turn.fixed_reply_reason == ""
     assert turn.completion_tokens > 0
     assert "handbook.md" in {source["file"] for source in turn.sources}
+
+
+def test_the_admin_sets_the_reply_and_filters_turns_by_why(admin_client, knowledge, modelless_bot):
+    modelless_bot.knowledge_bases.set(knowledge.values())
+    _ask(modelless_bot, OUTSIDE_THE_CORPUS)
+    _ask(modelless_bot, "刚入职一年能休几天年假", msgid="m-2")
+
+    turns = admin_client.get(
+        reverse("admin:bots_turn_changelist"), {"fixed_reply_reason": "no_relevant_source"}
+    )
+    assert turns.status_code == 200
+    assert [turn.msgid for turn in turns.context["cl"].result_list] == ["m-1"]
+
+    page = admin_client.get(reverse("admin:bots_bot_change", args=[modelless_bot.pk]))
+    form = page.context["adminform"].form
+    data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
+    data.update(
+        no_answer_reply="请联系人力资源部。",
+        knowledge_bases=[kb.pk for kb in knowledge.values()],
+        answer_only_from_sources="on",
+        enabled="on",
+        new_token="",
+        new_encoding_aes_key="",
+    )
+    for name in ("allowed_userids", "allowed_departments"):
+        data[name] = ""
+    response = admin_client.post(reverse("admin:bots_bot_change", args=[modelless_bot.pk]), data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    modelless_bot.refresh_from_db()
+    assert modelless_bot.no_answer_reply == "请联系人力资源部。"
+    entry = OperatorAuditEntry.objects.filter(action__startswith="bots.bot").latest("pk")
+    assert "请联系人力资源部。" in json.dumps(entry.after, ensure_ascii=False)
