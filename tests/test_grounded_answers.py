@@ -233,3 +233,21 @@ def test_the_admin_sets_the_reply_and_filters_turns_by_why(admin_client, knowled
     assert modelless_bot.no_answer_reply == "请联系人力资源部。"
     entry = OperatorAuditEntry.objects.filter(action__startswith="bots.bot").latest("pk")
     assert "请联系人力资源部。" in json.dumps(entry.after, ensure_ascii=False)
+
+
+def test_without_vectors_the_model_decides_under_the_prompt_rule(knowledge, modelless_bot):
+    """Passages found by their words alone (the embedding model failed): nothing to measure."""
+    modelless_bot.knowledge_bases.set(knowledge.values())
+    turn = Turn(bot=modelless_bot, question=OUTSIDE_THE_CORPUS)
+    words_only = Hit(
+        chunk_id=1, document_id=1, document="a.md", title="A", knowledge_base="kb",
+        heading_path=(), text="火星", document_version=1, page=None, score=1.0,
+    )  # fmt: skip
+    knowledge_bases = list(knowledge.values())
+
+    assert not generate._sources_do_not_answer(
+        turn=turn, question=OUTSIDE_THE_CORPUS, hits=[words_only], knowledge_bases=knowledge_bases
+    )
+    assert generate._sources_do_not_answer(
+        turn=turn, question=OUTSIDE_THE_CORPUS, hits=[], knowledge_bases=knowledge_bases
+    )

@@ -373,6 +373,10 @@ def _sources_do_not_answer(
         for kb in knowledge_bases
     ):
         return False
+    if hits and all(hit.similarity is None for hit in hits):
+        # The vectors were unavailable (the embedding model failed to load, logged by the
+        # search): relevance cannot be judged, so the prompt's own rule has to do.
+        return False
     relevance = hits_relevance(query=question, hits=hits)
     if relevance >= settings.KNOWLEDGE_RELEVANCE_THRESHOLD:
         return False
