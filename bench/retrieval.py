@@ -3,15 +3,15 @@
 Runs in this process on the bench database (`wecom_ai_bench`, created and migrated like
 `bench/stack.py` does) without starting any server. Three parts:
 
-- **latency**: a synthetic knowledge base written straight into the chunk table (binary
-  COPY), with Chinese/English HR/IT text from templates, `search_text` segmented by the
-  product's `segment_for_search` (per sentence, then joined) and *random unit vectors* of
-  the default model's dimension, tagged with its `embedding_model` key so the partial
-  HNSW index and the dense filter apply exactly as for real vectors. Searches go through
-  `knowledge_retrieve` (hybrid) for an employee whose department admits half of the
-  documents, and for the admin view; the question embeddings are real and cached, so the
-  figures are the database side of a search plus the fusion, not the embedding time
-  (reported separately).
+- **latency**: synthetic knowledge bases (3, with 8 documents of different audiences)
+  written straight into the chunk table (binary COPY), with Chinese/English HR/IT text from
+  templates, `search_text` segmented by the product's `segment_for_search` (per sentence,
+  then joined) and *random unit vectors* of the default model's dimension, tagged with its
+  `embedding_model` key so the partial HNSW index and the dense filter apply exactly as for
+  real vectors. Searches go through `knowledge_retrieve` (hybrid, all 3 knowledge bases)
+  for an employee whose department admits 3 of the 8 documents, and for the admin view;
+  the question embeddings are real and cached, so the figures are the database side of a
+  search plus the fusion, not the embedding time (reported separately).
 - **ingestion**: a PDF (reportlab, STSong-Light), a DOCX and a Markdown file of Chinese text
   indexed by `manage.py kb_ingest` (real parsing, chunking, embeddings and writes).
 - **quality**: a small labelled set (below) indexed by `kb_ingest`; recall@5 for the hybrid
@@ -62,12 +62,22 @@ SYNTH_KB = "bench-retrieval-synthetic"
 INGEST_KB = "bench-retrieval-ingest"
 EMPLOYEE = "bench-retrieval-employee"
 EMPLOYEE_DEPARTMENT = "IT"
-# (file name, audience departments): the employee (IT) may read two of the four.
-SYNTH_DOCUMENTS = (
-    ("synthetic-hr.md", ["HR"]),
-    ("synthetic-it.md", ["IT"]),
-    ("synthetic-all.md", []),
-    ("synthetic-finance.md", ["Finance"]),
+# (knowledge base suffix, its audience departments, its documents as (file name, the
+# document's own audience departments; empty = the knowledge base's)). The employee (IT)
+# may read 3 of the 8 documents: chunks are spread round robin over all of them.
+SYNTH_KBS: tuple[tuple[str, list[str], tuple[tuple[str, list[str]], ...]], ...] = (
+    (
+        "",
+        [],
+        (
+            ("synthetic-hr.md", ["HR"]),
+            ("synthetic-it.md", ["IT"]),
+            ("synthetic-all.md", []),
+            ("synthetic-finance.md", ["Finance"]),
+        ),
+    ),
+    ("-ops", ["IT", "Ops"], (("synthetic-ops.md", []), ("synthetic-ops-budget.md", ["Finance"]))),
+    ("-legal", ["Legal"], (("synthetic-contracts.md", []), ("synthetic-litigation.md", []))),
 )
 COPY_BATCH = 5000
 TOP_K = 5
@@ -200,30 +210,39 @@ def _quietly(func: Any, *args: Any, **kwargs: Any) -> Any:
 # --- latency -----------------------------------------------------------------------------------
 
 
-def _synthetic_kb() -> tuple[Any, list[int]]:
+def _synthetic_kbs() -> tuple[list[int], list[int]]:
+    """The synthetic knowledge bases and documents (empty): their ids, for loading chunks."""
     from apps.directory.models import DirectoryUser
     from apps.knowledge.models import Document, KnowledgeBase
 
-    kb = KnowledgeBase.objects.create(name=SYNTH_KB, slug=SYNTH_KB)
-    ids = []
-    for name, departments in SYNTH_DOCUMENTS:
-        document = Document.objects.create(
-            kb=kb,
-            file=f"bench-synthetic/{name}",
-            original_filename=name,
-            title=name,
-            generation=1,
-            active_generation=1,
-            active_version=1,
-            status=Document.Status.READY,
-            progress=100,
-            allowed_departments=departments,
-        )
-        ids.append(document.pk)
+    kb_ids, document_ids = [], []
+    for suffix, kb_departments, documents in SYNTH_KBS:
+        slug = SYNTH_KB + suffix
+        kb = KnowledgeBase.objects.create(name=slug, slug=slug, allowed_departments=kb_departments)
+        kb_ids.append(kb.pk)
+        for name, departments in documents:
+            document = Document.objects.create(
+                kb=kb,
+                file=f"bench-synthetic/{name}",
+                original_filename=name,
+                title=name,
+                generation=1,
+                active_generation=1,
+                active_version=1,
+                status=Document.Status.READY,
+                progress=100,
+                allowed_departments=departments,
+            )
+            document_ids.append(document.pk)
     DirectoryUser.objects.update_or_create(
         userid=EMPLOYEE, defaults={"name": EMPLOYEE, "departments": [EMPLOYEE_DEPARTMENT]}
     )
-    return kb, ids
+    return kb_ids, document_ids
+
+
+def _synthetic_kbs_delete() -> None:
+    for suffix, _departments, _documents in SYNTH_KBS:
+        kb_delete(SYNTH_KB + suffix)
 
 
 def _hnsw_indexes() -> list[tuple[str, str]]:
@@ -316,7 +335,7 @@ def _load_chunks(
         cursor.execute("ANALYZE knowledge_document")
 
 
-def _timed_searches(kb_id: int, *, userid: str | None, queries: int) -> dict[str, Any]:
+def _timed_searches(kb_ids: list[int], *, userid: str | None, queries: int) -> dict[str, Any]:
     from apps.knowledge.selectors import Readers
     from apps.knowledge.services.retrieval import knowledge_retrieve
 
@@ -325,7 +344,7 @@ def _timed_searches(kb_id: int, *, userid: str | None, queries: int) -> dict[str
         query = LATENCY_QUERIES[number % len(LATENCY_QUERIES)]
         started = time.perf_counter()
         readers = Readers.everything() if userid is None else Readers.employee(userid)
-        found = knowledge_retrieve(bot_kb_ids=[kb_id], readers=readers, query=query, top_k=TOP_K)
+        found = knowledge_retrieve(bot_kb_ids=kb_ids, readers=readers, query=query, top_k=TOP_K)
         times.append((time.perf_counter() - started) * 1000)
         hits += len(found)
     return {
@@ -345,8 +364,8 @@ def run_latency(sizes: list[int], queries: int, seed: int) -> dict[str, Any]:
     embed_ms = (time.perf_counter() - started) * 1000 / len(LATENCY_QUERIES)
     rng = random.Random(seed)
     pool = _sentence_pool(rng, 3000)
-    kb_delete(SYNTH_KB)
-    kb, document_ids = _synthetic_kb()
+    _synthetic_kbs_delete()
+    kb_ids, document_ids = _synthetic_kbs()
     levels = []
     try:
         loaded = 0
@@ -364,18 +383,18 @@ def run_latency(sizes: list[int], queries: int, seed: int) -> dict[str, Any]:
                 load_s = 0.0
             total = Chunk.objects.count()
             # Warm-up: caches, plans, the HNSW pages.
-            _timed_searches(kb.pk, userid=EMPLOYEE, queries=len(LATENCY_QUERIES))
+            _timed_searches(kb_ids, userid=EMPLOYEE, queries=len(LATENCY_QUERIES))
             levels.append(
                 {
                     "chunks": size,
                     "chunks_in_table": total,
                     "load_and_index_s": round(load_s, 1),
-                    "employee": _timed_searches(kb.pk, userid=EMPLOYEE, queries=queries),
-                    "admin": _timed_searches(kb.pk, userid=None, queries=queries),
+                    "employee": _timed_searches(kb_ids, userid=EMPLOYEE, queries=queries),
+                    "admin": _timed_searches(kb_ids, userid=None, queries=queries),
                 }
             )
     finally:
-        KnowledgeBase.objects.filter(pk=kb.pk).delete()
+        KnowledgeBase.objects.filter(pk__in=kb_ids).delete()
     return {
         "query_embedding_ms": round(embed_ms, 1),
         "levels": levels,
@@ -383,7 +402,8 @@ def run_latency(sizes: list[int], queries: int, seed: int) -> dict[str, Any]:
             "synthetic chunks with RANDOM unit vectors (tagged as the default model's), real "
             "segmented lexical text; question embeddings are real but cached, so latency "
             "excludes the per-question embedding time shown separately; the employee's "
-            f"department ({EMPLOYEE_DEPARTMENT}) admits 2 of the 4 documents (half the chunks)"
+            f"department ({EMPLOYEE_DEPARTMENT}) admits 3 of the 8 documents in 3 knowledge "
+            "bases (3/8 of the chunks)"
         ),
     }
 

@@ -12,7 +12,13 @@ settings) in every mode: dense alone, lexical alone, and fused by each fusion se
 - MRR: 1 / rank of the first passage holding an answer string (0 when none does).
 
 No-answer questions are not in the recall figures; for them the best dense similarity is
-reported next to the answerable questions' (the relevance threshold comes later).
+reported next to the answerable questions'. The relevance threshold of "answer only from
+sources" is measured here too: for each lexical weight in `RELEVANCE_WEIGHTS` and each
+threshold, the top-5 of the configured fusion is scored by `retrieval.hits_relevance`,
+and printed per half are the answerable questions that would be wrongly refused and the
+no-answer questions correctly refused; the best pair on the tune half (fewest errors of
+both kinds, then the lower threshold: refusing an answerable question costs more) is
+what the `KNOWLEDGE_RELEVANCE_*` defaults are.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ FUSIONS: tuple[tuple[str, str, float, float], ...] = (
     ("score-1:0.3", "score", 1.0, 0.3),
     ("score-1:0.1", "score", 1.0, 0.1),
 )
+RELEVANCE_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5)
+RELEVANCE_THRESHOLDS = tuple(round(0.10 + 0.02 * step, 2) for step in range(26))
 
 
 def questions_load() -> list[dict[str, Any]]:
@@ -169,6 +177,7 @@ def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str
         ingestion = _ingest(slug, embedder, embed_headings)
         scored: dict[str, list[tuple[dict[str, Any], dict[str, float]]]] = defaultdict(list)
         best_similarity: dict[str, list[float]] = defaultdict(list)
+        relevance: list[dict[str, Any]] = []
         query_seconds = []
         for question in questions:
             started = time.perf_counter()
@@ -191,6 +200,20 @@ def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str
                 )
             for mode, hits in modes.items():
                 scored[mode].append((question, _score(question, hits)))
+            configured = modes[_configured_fusion()]
+            relevance.append(
+                {
+                    "split": question["split"],
+                    "no_answer": question["kind"] == "no-answer",
+                    "found": bool(_score(question, configured)["passage"]),
+                    "by_weight": {
+                        weight: retrieval.hits_relevance(
+                            query=question["question"], hits=configured, lexical_weight=weight
+                        )
+                        for weight in RELEVANCE_WEIGHTS
+                    },
+                }
+            )
     finally:
         kb_delete(slug)
     misses = {
@@ -216,7 +239,39 @@ def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str
         },
         "halves": halves,
         "passage_misses": misses,
+        "relevance": _relevance_table(relevance),
     }
+
+
+def _relevance_table(relevance: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per lexical weight and threshold: answerable refused / no-answer refused, per half."""
+    rows = []
+    for weight in RELEVANCE_WEIGHTS:
+        for threshold in RELEVANCE_THRESHOLDS:
+            row: dict[str, Any] = {"weight": weight, "threshold": threshold}
+            for half in ("tune", "report"):
+                items = [item for item in relevance if item["split"] == half]
+                refused = [item for item in items if item["by_weight"][weight] < threshold]
+                row[half] = {
+                    "answerable": sum(1 for item in items if not item["no_answer"]),
+                    "answerable_refused": sum(1 for item in refused if not item["no_answer"]),
+                    # of those, the ones whose answer was in the top 5 (the others the
+                    # model could not have answered from the passages anyway)
+                    "found_refused": sum(
+                        1 for item in refused if not item["no_answer"] and item["found"]
+                    ),
+                    "no_answer": sum(1 for item in items if item["no_answer"]),
+                    "no_answer_refused": sum(1 for item in refused if item["no_answer"]),
+                }
+            rows.append(row)
+    best = min(rows, key=lambda row: (relevance_errors(row), row["threshold"], row["weight"]))
+    return {"rows": rows, "best_on_tune": best}
+
+
+def relevance_errors(row: dict[str, Any]) -> int:
+    """Tune-half mistakes of a threshold: answerable questions refused, no-answer ones not."""
+    tune = row["tune"]
+    return int(tune["answerable_refused"] + tune["no_answer"] - tune["no_answer_refused"])
 
 
 def run_quality(
@@ -288,9 +343,42 @@ def print_quality(quality: dict[str, Any]) -> None:
                     f"{mode:<12} {row['n']:>3} {row['doc_r5']:>6.3f} {row['passage_r5']:>8.3f} "
                     f"{row['mrr']:>6.3f}  {by_kind}"
                 )
+    for variant in quality["variants"]:
+        _print_relevance(variant)
     best = quality["best_on_tune"]
     print(
         f"\nbest on the tune half: {best['embedder']}, heading path embedded "
         f"{best['embed_headings']}, {best['mode']} (passage R@5 {best['passage_r5']}, "
         f"MRR {best['mrr']})"
+    )
+
+
+def _print_relevance(variant: dict[str, Any]) -> None:
+    table = variant["relevance"]
+    print(
+        f"\nRelevance threshold (answer only from sources), embedder {variant['embedder']}, "
+        f"heading path embedded {'yes' if variant['embed_headings'] else 'no'}: relevance = "
+        "cosine similarity + weight x share of the question's words in the passage; "
+        "wrongly refused answerable (of which the top 5 held the answer) / correctly "
+        "refused no-answer"
+    )
+    best = table["best_on_tune"]
+    # Every threshold for the best weight, and each other weight's best row.
+    shown = [row for row in table["rows"] if row["weight"] == best["weight"]]
+    for weight in RELEVANCE_WEIGHTS:
+        if weight != best["weight"]:
+            rows = [row for row in table["rows"] if row["weight"] == weight]
+            shown.append(min(rows, key=lambda row: (relevance_errors(row), row["threshold"])))
+    print(f"{'weight':>6} {'threshold':>9} {'tune':>19} {'report':>19}")
+    for row in shown:
+        cells = [
+            f"{row[half]['answerable_refused']:>3}/{row[half]['answerable']:<3}"
+            f"({row[half]['found_refused']:>2}) "
+            f"{row[half]['no_answer_refused']:>2}/{row[half]['no_answer']:<2}"
+            for half in ("tune", "report")
+        ]
+        print(f"{row['weight']:>6} {row['threshold']:>9.2f} {cells[0]:>19} {cells[1]:>19}")
+    print(
+        f"best on the tune half: weight {best['weight']}, threshold {best['threshold']} "
+        f"(tune {best['tune']}, report {best['report']})"
     )

@@ -299,6 +299,16 @@ KNOWLEDGE_RRF_K = _positive_int("KNOWLEDGE_RRF_K", 60)
 # Whether a passage's heading path is part of the text that is embedded (it always is
 # part of the search words); measured: passage recall@5 0.937 with, 0.873 without.
 KNOWLEDGE_EMBED_HEADINGS = env.bool("KNOWLEDGE_EMBED_HEADINGS", default=True)
+# "Answer only from sources" enforced: a bot whose knowledge bases all answer only from
+# sources replies with its fixed no-answer text, without calling the model, unless the best
+# passage's relevance (cosine similarity + LEXICAL_WEIGHT x share of the question's search
+# words in it; `retrieval.hits_relevance`) reaches THRESHOLD. Measured on the tune half of
+# bench/data/retrieval (bench/retrieval.py --only quality, "relevance threshold" table).
+KNOWLEDGE_RELEVANCE_THRESHOLD = env.float("KNOWLEDGE_RELEVANCE_THRESHOLD", default=0.28)
+KNOWLEDGE_RELEVANCE_LEXICAL_WEIGHT = env.float("KNOWLEDGE_RELEVANCE_LEXICAL_WEIGHT", default=0.2)
+# Matching passages ranked by the lexical search at most (those with every search word
+# first): ranking reads each row, and a common word matches most of a large corpus.
+KNOWLEDGE_LEXICAL_RANK_LIMIT = _positive_int("KNOWLEDGE_LEXICAL_RANK_LIMIT", 300)
 
 # --- WeCom ---------------------------------------------------------------------------------
 WECOM_API_BASE = env.str("WECOM_API_BASE", default="https://qyapi.weixin.qq.com").rstrip("/")

@@ -151,7 +151,14 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         ),
         (
             _("Knowledge"),
-            {"fields": ("knowledge_bases", "answer_only_from_sources", "retrieval_top_k")},
+            {
+                "fields": (
+                    "knowledge_bases",
+                    "answer_only_from_sources",
+                    "no_answer_reply",
+                    "retrieval_top_k",
+                )
+            },
         ),
         (
             _("Access"),
@@ -251,7 +258,13 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "total_seconds",
         "completion_tokens",
     )
-    list_filter = (ReviewBotFilter, "status", "rejection_reason", "received_at")
+    list_filter = (
+        ReviewBotFilter,
+        "status",
+        "rejection_reason",
+        "fixed_reply_reason",
+        "received_at",
+    )
     list_select_related = ("bot", "conversation")
     search_fields = ("question", "answer", "msgid", "conversation__userid", "conversation__chat_id")
     date_hierarchy = "received_at"

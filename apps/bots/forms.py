@@ -48,6 +48,7 @@ class BotForm(forms.ModelForm):
             "rate_limit_per_minute",
             "knowledge_bases",
             "answer_only_from_sources",
+            "no_answer_reply",
             "retrieval_top_k",
         )
 

@@ -96,6 +96,15 @@ class Bot(models.Model):
             "knowledge. A knowledge base's own setting wins when it has one."
         ),
     )
+    no_answer_reply = models.TextField(
+        _("reply when the sources do not answer"),
+        blank=True,
+        help_text=_(
+            "Sent without asking the model when every knowledge base answers only from "
+            "sources and no passage the employee may read is relevant enough; empty = a "
+            "standard reply in the bot's reply language."
+        ),
+    )
     retrieval_top_k = models.PositiveSmallIntegerField(
         _("passages per question"),
         default=4,
@@ -241,6 +250,11 @@ class Turn(models.Model):
     TERMINAL = (Status.ANSWERED, Status.FAILED, Status.REJECTED)
     OPEN = (Status.QUEUED, Status.GENERATING)
 
+    class FixedReplyReason(models.TextChoices):
+        """Why a turn got a fixed text instead of the model's answer (dashboards count it)."""
+
+        NO_RELEVANT_SOURCE = "no_relevant_source", _("no relevant passage")
+
     class Feedback(models.IntegerChoices):
         ACCURATE = 1, _("accurate")
         INACCURATE = 2, _("inaccurate")
@@ -280,6 +294,13 @@ class Turn(models.Model):
         _("status"), max_length=12, choices=Status.choices, default=Status.QUEUED
     )
     rejection_reason = models.CharField(_("rejection reason"), max_length=30, blank=True)
+    fixed_reply_reason = models.CharField(
+        _("answered without the model because"),
+        max_length=30,
+        choices=FixedReplyReason.choices,
+        blank=True,
+        help_text=_("Empty = the model wrote the answer (or the turn was not answered)."),
+    )
     error = models.TextField(_("error"), blank=True)
     response_url = models.TextField(_("response URL"), blank=True)
     response_url_used_at = models.DateTimeField(_("response URL used"), null=True, blank=True)
@@ -382,6 +403,7 @@ class Turn(models.Model):
             "withheld_answer": self.withheld_answer,
             "filter_decisions": self.filter_decisions,
             "sources": self.sources,
+            "fixed_reply_reason": self.fixed_reply_reason,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "finished_at": timezone.now(),

@@ -33,6 +33,7 @@ from apps.inference.models import ModelProfile
 from apps.knowledge.models import KnowledgeBase
 from apps.knowledge.services.retrieval import (
     Hit,
+    hits_relevance,
     knowledge_retrieve,
     prompt_with_passages,
     sources_footer,
@@ -77,6 +78,7 @@ class _Answering:
     splitter: ThinkSplitter = field(default_factory=ThinkSplitter)
     raw: list[str] = field(default_factory=list)
     hits: list[Hit] | None = None
+    fixed_reply: str = ""  # set when the sources do not answer and the model is not asked
     stats: GenerationStats | None = None
     last_flush: float = 0.0
     last_heartbeat: float = 0.0
@@ -128,12 +130,22 @@ def turn_generate(*, turn_id: int) -> None:
 
 def _answer_generate(answering: _Answering) -> None:
     turn, guard = answering.turn, answering.guard
-    engine = profile_engine(profile=turn.bot.model_profile)
     messages = selectors.conversation_messages(turn=turn, mask=_masker(answering.policies))
     question = messages[-1]["content"]
     answering.hits = _knowledge_hits(
         turn=turn, question=question, knowledge_bases=answering.knowledge_bases
     )
+    if answering.hits is not None and _sources_do_not_answer(
+        turn=turn, question=question, hits=answering.hits, knowledge_bases=answering.knowledge_bases
+    ):
+        # Before the engine is even loaded: the model is never asked.
+        with reply_language():
+            answering.fixed_reply = turn.bot.no_answer_reply.strip() or _(
+                "Sorry, I found nothing about this in the documents I may use. Please ask "
+                "the department responsible."
+            )
+        return
+    engine = profile_engine(profile=turn.bot.model_profile)
     if answering.hits is not None:
         grounded = _grounded(
             turn, messages, answering.hits, knowledge_bases=answering.knowledge_bases
@@ -175,6 +187,10 @@ def _answer_generate(answering: _Answering) -> None:
 def _answer_conclude(answering: _Answering) -> None:
     """The turn's end from what was generated: refused, failed, or answered with sources."""
     turn, guard, stats = answering.turn, answering.guard, answering.stats
+    if answering.fixed_reply:
+        turn.fixed_reply_reason = Turn.FixedReplyReason.NO_RELEVANT_SOURCE
+        turn_finish(turn=turn, reasoning="", answer=answering.fixed_reply)
+        return
     assert stats is not None
     if answering.lost:
         logger.info("turn %s was taken from this worker; its partial answer is dropped", turn.pk)
@@ -339,6 +355,33 @@ def _knowledge_hits(
         query=question,
         top_k=turn.bot.retrieval_top_k,
     )
+
+
+def _sources_do_not_answer(
+    *, turn: Turn, question: str, hits: list[Hit], knowledge_bases: Sequence[KnowledgeBase]
+) -> bool:
+    """Whether the turn gets the fixed reply: only-from-sources everywhere, nothing relevant.
+
+    A knowledge base's own setting wins over the bot's (empty = the bot's); one knowledge
+    base that lets the model answer freely is enough to ask the model. Passages the
+    readers may not read never reach `hits`, so a user outside every audience gets the
+    fixed reply too.
+    """
+    bot_only = turn.bot.answer_only_from_sources
+    if not all(
+        bot_only if kb.answer_only_from_sources is None else kb.answer_only_from_sources
+        for kb in knowledge_bases
+    ):
+        return False
+    if hits and all(hit.similarity is None for hit in hits):
+        # The vectors were unavailable (the embedding model failed to load, logged by the
+        # search): relevance cannot be judged, so the prompt's own rule has to do.
+        return False
+    relevance = hits_relevance(query=question, hits=hits)
+    if relevance >= settings.KNOWLEDGE_RELEVANCE_THRESHOLD:
+        return False
+    logger.info("turn %s: best passage relevance %.3f, fixed reply", turn.pk, relevance)
+    return True
 
 
 def _grounded(
