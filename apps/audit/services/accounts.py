@@ -17,9 +17,9 @@ from django.db.models import Model, QuerySet
 
 from apps.audit.services.operator_audit import (
     model_delete_audited,
+    model_save_audited,
     model_snapshot,
     operator_audit_record,
-    operator_audited,
 )
 
 USER_ACTION = "auth.user"
@@ -57,14 +57,10 @@ def user_save(
     *, user: Any, actor: Any, related: Callable[[], None] | None = None, request_id: str = ""
 ) -> Any:
     """Save a user; `related` saves groups and permissions inside the same audited change."""
-    with operator_audited(
-        actor=actor, action_prefix=USER_ACTION, obj=user, snapshot=user_snapshot,
-        request_id=request_id,
-    ):  # fmt: skip
-        user.save()
-        if related is not None:
-            related()
-    return user
+    return model_save_audited(
+        obj=user, actor=actor, action_prefix=USER_ACTION, snapshot=user_snapshot,
+        related=related, request_id=request_id,
+    )  # fmt: skip
 
 
 def user_delete(*, user: Any, actor: Any, request_id: str = "") -> None:
@@ -89,13 +85,10 @@ def user_password_set(*, user: Any, actor: Any, request_id: str = "") -> None:
 def group_save(
     *, group: Group, actor: Any, related: Callable[[], None] | None = None, request_id: str = ""
 ) -> Group:
-    with operator_audited(
-        actor=actor, action_prefix=GROUP_ACTION, obj=group, snapshot=group_snapshot,
-        request_id=request_id,
-    ):  # fmt: skip
-        group.save()
-        if related is not None:
-            related()
+    model_save_audited(
+        obj=group, actor=actor, action_prefix=GROUP_ACTION, snapshot=group_snapshot,
+        related=related, request_id=request_id,
+    )  # fmt: skip
     return group
 
 

@@ -23,6 +23,7 @@ from apps.audit.models import (
 )
 from apps.audit.services.operator_audit import (
     model_delete_audited,
+    model_save_audited,
     model_snapshot,
     operator_audited,
 )
@@ -122,16 +123,14 @@ def archive_source_save(
     request_id: str = "",
 ) -> ArchiveSource:
     """Save a source's configuration and keys (`related`) with one entry."""
-    with operator_audited(
+    model_save_audited(
+        obj=source,
         actor=actor,
         action_prefix=ARCHIVE_SOURCE_ACTION,
-        obj=source,
         snapshot=archive_source_snapshot,
+        related=related,
         request_id=request_id,
-    ):
-        source.save()
-        if related is not None:
-            related()
+    )
     return source
 
 
