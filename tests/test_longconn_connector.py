@@ -363,3 +363,30 @@ def test_connector_killed_mid_stream_another_takes_over_and_answers_once(
         if r.errcode == 0 and r.frame.body["stream"]["finish"] is True
     ]
     assert len(finals) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_wecom_sim_drives_a_long_connection_bot(long_bot, start_connector):
+    import io
+    import json
+    import socket
+
+    from django.core.management import call_command
+
+    # Refused at admission, so the exchange needs the connector but no model worker
+    long_bot.allowed_userids = ["someone-else"]
+    long_bot.save()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start_connector(f"ws://127.0.0.1:{port}")
+    out = io.StringIO()
+    call_command(
+        "wecom_sim", long_bot.slug, "你好", "--port", str(port), "--json", "--timeout", "60",
+        stdout=out, stderr=io.StringIO(),
+    )  # fmt: skip
+    result = json.loads(out.getvalue())
+    turn = Turn.objects.get(bot=long_bot)
+    assert result["finished"] and result["answer"] == turn.answer
+    assert result["feedback_id"] == turn.stream_id
