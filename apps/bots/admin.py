@@ -112,6 +112,19 @@ class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         return str(_("yes")) if gpu_offload_supported() else str(_("no (CPU build)"))
 
 
+# The connector's `ConnectionPhase` values, as the bot page says them.
+CONNECTION_PHASES = {
+    "idle": _("idle"),
+    "connecting": _("connecting"),
+    "subscribing": _("subscribing"),
+    "connected": _("connected"),
+    "backoff": _("waiting to reconnect"),
+    "stopped_kicked": _("stopped: another connection took this bot over"),
+    "auth_failed": _("stopped: WeCom refused the BotID or Secret"),
+    "closed": _("closed"),
+}
+
+
 @admin.register(Bot)
 class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     audit_action_prefix = "bots.bot"
@@ -259,7 +272,7 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
                 "held by %(holder)s"
             )
         ) % {
-            "phase": row.phase,
+            "phase": CONNECTION_PHASES.get(row.phase, row.phase),
             "since": when(row.connected_since),
             "message": when(row.last_message_at),
             "holder": row.holder or "—",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
@@ -63,6 +65,15 @@ class BotForm(forms.ModelForm):
             "answer_only_from_sources",
             "retrieval_top_k",
         )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "connection_mode" in self.fields:
+            # Left out (a form posted before the mode existed) means callback, as before.
+            self.fields["connection_mode"].required = False
+
+    def clean_connection_mode(self) -> str:
+        return self.cleaned_data.get("connection_mode") or Bot.ConnectionMode.CALLBACK
 
     def _long_connection(self) -> bool:
         return (
