@@ -390,3 +390,35 @@ def test_wecom_sim_drives_a_long_connection_bot(long_bot, start_connector):
     turn = Turn.objects.get(bot=long_bot)
     assert result["finished"] and result["answer"] == turn.answer
     assert result["feedback_id"] == turn.stream_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enter_chat_gets_the_welcome_and_a_changed_bot_reconnects(long_bot):
+    simulator = LongConnSimulator(bots={BOT_ID: SECRET, "aib-other": "other-secret"})
+    sent = {}
+
+    async def welcomed_then_moved(sim: LongConnSimulator) -> bool:
+        if "event" not in sent:
+            if not sim.subscribed(BOT_ID):
+                return False
+            sent["event"] = await sim.push_event(BOT_ID, "enter_chat", userid="zhaoliu")
+        if "moved" not in sent:
+            replies = sim.replies(sent["event"].req_id, cmd="aibot_respond_welcome_msg")
+            if not any(r.errcode == 0 for r in replies):
+                return False
+            # When an admin changes the bot's BotID and Secret, the connector follows
+            sent["moved"] = True
+            await sync_to_async(_bot_move)(long_bot.pk)
+        return sim.subscribed("aib-other") and not sim.subscribed(BOT_ID)
+
+    _run_connector(simulator, welcomed_then_moved, timeout=30)
+    welcome = simulator.replies(sent["event"].req_id, cmd="aibot_respond_welcome_msg")
+    assert [r.errcode for r in welcome] == [0]
+    assert welcome[0].frame.body == {"msgtype": "text", "text": {"content": "欢迎使用HR助手"}}
+    assert simulator.successful_subscribes("aib-other") == 1
+
+
+def _bot_move(pk: int) -> None:
+    bot = Bot.objects.get(pk=pk)
+    bot.aibotid, bot.longconn_secret = "aib-other", "other-secret"
+    bot.save()
