@@ -422,3 +422,73 @@ def _bot_move(pk: int) -> None:
     bot = Bot.objects.get(pk=pk)
     bot.aibotid, bot.longconn_secret = "aib-other", "other-secret"
     bot.save()
+
+
+# --- the welcome card (both modes) -------------------------------------------------------------
+
+QUESTIONS = "年假怎么算\n报销流程是什么\n"
+
+
+def test_card_buttons_ask_the_question_they_showed_even_after_a_reorder():
+    from wecom.cards import clicked_question, welcome_card
+
+    card = welcome_card(title="HR助手", description="欢迎", questions=["年假怎么算", "报销"])
+    buttons = card["template_card"]["button_list"]
+    assert [b["text"] for b in buttons] == ["年假怎么算", "报销"]
+    event = {"template_card_event": {"event_key": buttons[1]["key"]}}
+    assert clicked_question(event, ["报销", "年假怎么算"]) == "报销"
+    assert clicked_question(event, ["年假怎么算"]) is None  # the suggestion was removed
+    assert clicked_question({"template_card_event": {"event_key": "other"}}, ["报销"]) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_welcome_card_over_the_long_connection_and_a_click_asks_its_question(long_bot):
+    # Refused at admission (user not allowed), so the answer comes without a model worker
+    long_bot.welcome_questions = QUESTIONS
+    long_bot.allowed_userids = ["someone-else"]
+    long_bot.save()
+    simulator = LongConnSimulator(bots={BOT_ID: SECRET})
+    sent = {}
+
+    async def clicked_and_answered(sim: LongConnSimulator) -> bool:
+        if "enter" not in sent:
+            if not sim.subscribed(BOT_ID):
+                return False
+            sent["enter"] = await sim.push_event(BOT_ID, "enter_chat", userid="zhaoliu")
+        if "click" not in sent:
+            welcome = sim.replies(sent["enter"].req_id, cmd="aibot_respond_welcome_msg")
+            if not welcome:
+                return False
+            sent["card"] = welcome[0].frame.body
+            key = sent["card"]["template_card"]["button_list"][1]["key"]
+            sent["click"] = await sim.push_event(
+                BOT_ID,
+                "template_card_event",
+                userid="zhaoliu",
+                detail={"card_type": "button_interaction", "event_key": key},
+            )
+        replies = [r for r in sim.replies(sent["click"].req_id) if r.errcode == 0]
+        return bool(replies) and replies[-1].frame.body["stream"]["finish"] is True
+
+    _run_connector(simulator, clicked_and_answered, timeout=30)
+    card = sent["card"]["template_card"]
+    assert card["main_title"]["desc"] == "欢迎使用HR助手"
+    assert [b["text"] for b in card["button_list"]] == ["年假怎么算", "报销流程是什么"]
+    turn = Turn.objects.get(msgid=sent["click"].body["msgid"])
+    assert turn.question == "报销流程是什么"
+    assert turn.longconn_req_id == sent["click"].req_id and turn.longconn_delivered_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_welcome_card_and_click_in_callback_mode(make_bot, simulator_for):
+    bot = make_bot(welcome_questions=QUESTIONS)
+    sim = simulator_for(bot)
+    card = sim.decrypt_reply(sim.post_message(sim.event_message("enter_chat", userid="u1")))
+    assert card["msgtype"] == "template_card"
+    key = card["template_card"]["button_list"][0]["key"]
+    event = {"template_card_event": {"card_type": "button_interaction", "event_key": key}}
+    click = sim.event_message("template_card_event", userid="u1", event=event)
+    reply = sim.decrypt_reply(sim.post_message(click))
+    turn = Turn.objects.get(msgid=click["msgid"])
+    assert turn.question == "年假怎么算"
+    assert reply["msgtype"] == "stream" and reply["stream"]["id"] == turn.stream_id

@@ -173,6 +173,7 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
                     "max_tokens",
                     "context_turns",
                     "welcome_message",
+                    "welcome_questions",
                     "queue_notice_seconds",
                 )
             },

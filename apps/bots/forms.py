@@ -57,6 +57,7 @@ class BotForm(forms.ModelForm):
             "max_tokens",
             "context_turns",
             "welcome_message",
+            "welcome_questions",
             "queue_notice_seconds",
             "allowed_userids",
             "allowed_departments",

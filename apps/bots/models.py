@@ -88,6 +88,14 @@ class Bot(models.Model):
         blank=True,
         help_text=_("Sent when an employee opens the 1:1 chat; empty = no welcome."),
     )
+    welcome_questions = models.TextField(
+        _("suggested questions"),
+        blank=True,
+        help_text=_(
+            "One per line, up to 6: the welcome becomes a card with a button per question, "
+            "and a click asks that question."
+        ),
+    )
     allowed_userids = ArrayField(
         models.CharField(max_length=64),
         verbose_name=_("allowed users"),
@@ -147,6 +155,9 @@ class Bot(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def welcome_question_list(self) -> list[str]:
+        return [line.strip() for line in self.welcome_questions.splitlines() if line.strip()][:6]
 
     @property
     def uses_long_connection(self) -> bool:

@@ -20,6 +20,7 @@ from django.utils.dateparse import parse_datetime
 from apps.bots.models import Bot, LongConnection, Turn
 from apps.bots.services.receive import event_handle, mention_receive
 from apps.bots.services.stream import stream_refresh_payload
+from apps.bots.services.welcome import card_click_receive
 from apps.bots.streams import stream_state_get
 from wecom.messages import InboundEvent, InboundMessage, MalformedMessage, parse_callback
 
@@ -118,6 +119,15 @@ def longconn_callback_receive(
     except MalformedMessage as exc:
         logger.warning("bot %s: malformed long-connection callback: %s", bot.slug, exc)
         return None
+    if isinstance(callback, InboundEvent) and callback.eventtype == "template_card_event":
+        turn = card_click_receive(
+            bot=bot, event=callback, received_at=received_at, longconn_req_id=req_id
+        )
+        if turn is None or turn.longconn_delivered_at is not None or not turn.longconn_req_id:
+            return None
+        return ForwardJob(
+            turn.pk, turn.longconn_req_id, turn.stream_id, _conversation_key(callback)
+        )
     if isinstance(callback, InboundEvent):
         payload = event_handle(bot=bot, event=callback)
         if payload is not None and callback.eventtype == "enter_chat":

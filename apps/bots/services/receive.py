@@ -27,6 +27,7 @@ from apps.bots.models import Bot, Conversation, Turn
 from apps.bots.ratelimit import rate_limit_exceeded
 from apps.bots.services.deliver import response_url_policy, turn_ledger
 from apps.bots.services.stream import reply_language, stream_refresh, stream_refresh_payload
+from apps.bots.services.welcome import card_click_receive, welcome_payload
 from apps.bots.streams import StreamState, deadline_from, stream_owner_set, stream_state_set
 from wecom.messages import (
     MAX_CONTENT_BYTES,
@@ -35,7 +36,6 @@ from wecom.messages import (
     StreamRefresh,
     split_at_boundary,
     strip_mention,
-    text_reply,
 )
 from wecom.outbound import ResponseUrlRefused, response_url_check
 
@@ -220,10 +220,10 @@ def turn_enqueue(*, turn_id: int) -> None:
 
 def event_handle(*, bot: Bot, event: InboundEvent) -> dict | None:
     if event.eventtype == "enter_chat":
-        if not bot.welcome_message.strip():
-            return None
-        welcome, _rest = split_at_boundary(bot.welcome_message, MAX_CONTENT_BYTES)
-        return text_reply(welcome)
+        return welcome_payload(bot=bot)
+    if event.eventtype == "template_card_event":
+        turn = card_click_receive(bot=bot, event=event, received_at=timezone.now())
+        return stream_refresh_payload(turn) if turn is not None else None
     if event.eventtype == "feedback_event":
         feedback_record(bot=bot, event=event)
         return None

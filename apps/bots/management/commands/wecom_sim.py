@@ -139,7 +139,8 @@ class Command(BaseCommand):
                 )
         except (TimeoutError, OSError) as exc:
             raise CommandError(
-                _("The simulated WeCom exchange failed: %(error)s") % {"error": str(exc) or "timeout"}
+                _("The simulated WeCom exchange failed: %(error)s")
+                % {"error": str(exc) or "timeout"}
             ) from exc
         first = answer.first_frame_seconds
         if options["json"]:
