@@ -95,7 +95,11 @@ class Connector:
                     await asyncio.wait_for(stop.wait(), self.config.poll_seconds)
         finally:
             for held in list(self.held.values()):
-                await self._drop(held, release=True)
+                # A replica stopping cleanly hands its bots over at once, not after the lease.
+                try:
+                    await self._drop(held, release=True)
+                except Exception:
+                    logger.warning("bot %s: lease not released", held.bot.slug, exc_info=True)
 
     async def tick(self) -> None:
         """Match the held connections to the bots: start, restart, renew, resume, stop."""
