@@ -492,3 +492,20 @@ def test_welcome_card_and_click_in_callback_mode(make_bot, simulator_for):
     turn = Turn.objects.get(msgid=click["msgid"])
     assert turn.question == "年假怎么算"
     assert reply["msgtype"] == "stream" and reply["stream"]["id"] == turn.stream_id
+
+
+# --- feedback id on the first reply (callback mode; the long connection is tested above) --------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_callback_first_reply_carries_the_feedback_id(bot, simulator_for):
+    sim = simulator_for(bot)
+    first = sim.decrypt_reply(sim.post_message(sim.text_message("hi", userid="u1")))
+    turn = Turn.objects.get()
+    assert first["stream"]["finish"] is False
+    assert first["stream"]["feedback"] == {"id": turn.stream_id}
+    # A refresh while the answer is unfinished does not repeat it
+    refresh = sim.decrypt_reply(
+        sim.post_message(sim.stream_refresh_message(turn.stream_id, userid="u1"))
+    )
+    assert "feedback" not in refresh["stream"]

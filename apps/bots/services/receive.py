@@ -51,7 +51,7 @@ def callback_handle(*, bot: Bot, callback: Any, received_at: datetime) -> dict |
     if isinstance(callback, InboundEvent):
         return event_handle(bot=bot, event=callback)
     turn = mention_receive(bot=bot, message=callback, received_at=received_at)
-    return stream_refresh_payload(turn)
+    return stream_refresh_payload(turn, first_reply=True)
 
 
 def callback_nonce_remember(*, bot: Bot, timestamp: str, nonce: str, msgid: str) -> bool:
@@ -223,7 +223,7 @@ def event_handle(*, bot: Bot, event: InboundEvent) -> dict | None:
         return welcome_payload(bot=bot)
     if event.eventtype == "template_card_event":
         turn = card_click_receive(bot=bot, event=event, received_at=timezone.now())
-        return stream_refresh_payload(turn) if turn is not None else None
+        return stream_refresh_payload(turn, first_reply=True) if turn is not None else None
     if event.eventtype == "feedback_event":
         feedback_record(bot=bot, event=event)
         return None
