@@ -509,3 +509,29 @@ def test_callback_first_reply_carries_the_feedback_id(bot, simulator_for):
         sim.post_message(sim.stream_refresh_message(turn.stream_id, userid="u1"))
     )
     assert "feedback" not in refresh["stream"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dropped_socket_reconnects_resubscribes_and_answers(long_bot):
+    long_bot.allowed_userids = ["someone-else"]
+    long_bot.save()
+    simulator = LongConnSimulator(bots={BOT_ID: SECRET})
+    sent = {}
+
+    async def answered_after_drop(sim: LongConnSimulator) -> bool:
+        if "dropped" not in sent:
+            if not sim.subscribed(BOT_ID):
+                return False
+            sent["dropped"] = True
+            await sim.drop(BOT_ID)  # no close frame: a failing network
+        if "frame" not in sent:
+            if not sim.subscribed(BOT_ID):
+                return False
+            sent["frame"] = await sim.push_text(BOT_ID, "还在吗", userid="lisi")
+        replies = [r for r in sim.replies(sent["frame"].req_id) if r.errcode == 0]
+        return bool(replies) and replies[-1].frame.body["stream"]["finish"] is True
+
+    _run_connector(simulator, answered_after_drop, timeout=30, backoff_seconds=0.1)
+    assert simulator.successful_subscribes(BOT_ID) == 2
+    turn = Turn.objects.get(msgid=sent["frame"].body["msgid"])
+    assert turn.longconn_delivered_at is not None

@@ -368,6 +368,12 @@ class Turn(models.Model):
         indexes = [
             models.Index(fields=["conversation", "received_at"], name="turn_conversation_time"),
             models.Index(fields=["status", "received_at"], name="turn_status_time"),
+            # What every connector tick asks: long-connection answers still to be sent.
+            models.Index(
+                fields=["bot", "received_at"],
+                condition=Q(longconn_delivered_at__isnull=True) & ~Q(longconn_req_id=""),
+                name="turn_longconn_undelivered",
+            ),
         ]
 
     def __str__(self) -> str:
