@@ -220,7 +220,7 @@ class ConnectorProcess:
             [sys.executable, "manage.py", "longconn_run", "--url", url],
             cwd=BASE_DIR,
             env=worker_env(
-                WECOM_LONGCONN_LEASE_SECONDS="3",
+                WECOM_LONGCONN_LEASE_SECONDS="5",
                 WECOM_LONGCONN_POLL_SECONDS="0.5",
                 WECOM_LONGCONN_BACKOFF_SECONDS="0.2",
                 **env,
