@@ -3,8 +3,8 @@
 Starts the embedded PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL point
 elsewhere), migrates as the owner role, ensures the admin and the demo bot, then supervises
 the ASGI server, the inference worker, the ingest worker, the worker for the other queues,
-the long-connection connector and beat, all as the least-privilege app role. If one child dies, all are stopped, so a
-half-running stack never pretends to be healthy.
+the long-connection connector and beat, all as the least-privilege app role. If one child
+dies, all are stopped, so a half-running stack never pretends to be healthy.
 """
 
 from __future__ import annotations
