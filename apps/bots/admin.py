@@ -129,8 +129,15 @@ CONNECTION_PHASES = {
 class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     audit_action_prefix = "bots.bot"
     form = BotForm
-    list_display = ("name", "slug", "enabled", "model_profile", "rate_limit_per_minute")
-    list_filter = ("enabled", "model_profile")
+    list_display = (
+        "name",
+        "slug",
+        "enabled",
+        "connection_mode",
+        "model_profile",
+        "rate_limit_per_minute",
+    )
+    list_filter = ("enabled", "connection_mode", "model_profile")
     list_select_related = ("model_profile",)
     search_fields = ("name", "slug", "aibotid")
     prepopulated_fields = {"slug": ("name",)}

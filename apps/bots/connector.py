@@ -234,6 +234,9 @@ class Connector:
         )
         shown: str | None = None
         try:
+            # A resume that read the list just before another forwarder recorded the end.
+            if await _db(longconn.longconn_is_delivered)(turn_id=job.turn_id):
+                return
             while True:
                 content, finish = await _db(longconn.longconn_stream_snapshot)(
                     turn_id=job.turn_id, stream_id=job.stream_id

@@ -173,5 +173,9 @@ def longconn_stream_snapshot(*, turn_id: int, stream_id: str) -> tuple[str, bool
     return str(stream.get("content", "")), bool(stream.get("finish"))
 
 
+def longconn_is_delivered(*, turn_id: int) -> bool:
+    return Turn.objects.filter(pk=turn_id, longconn_delivered_at__isnull=False).exists()
+
+
 def longconn_delivered(*, turn_id: int) -> bool:
     return bool(Turn.objects.filter(pk=turn_id).longconn_delivered(now=timezone.now()))
