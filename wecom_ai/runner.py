@@ -3,8 +3,8 @@
 Starts the embedded PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL point
 elsewhere), migrates as the owner role, ensures the admin and the demo bot, then supervises
 the ASGI server, the inference worker, the ingest worker, the worker for the other queues,
-and beat, all as the least-privilege app role. If one child dies, all are stopped, so a
-half-running stack never pretends to be healthy.
+the long-connection connector and beat, all as the least-privilege app role. If one child
+dies, all are stopped, so a half-running stack never pretends to be healthy.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ def _children(port: int, data: Path) -> list[Child]:
                 "-n", "ingest@%h", "-c", "1", *INGEST_WORKER_OPTIONS, "--loglevel", "INFO",
             ),
         ),
+        # Holds the long connections of the bots in long-connection mode (none: it idles).
+        Child("connector", _python("manage.py", "longconn_run")),
         Child(
             "beat",
             _python(

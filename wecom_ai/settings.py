@@ -319,6 +319,16 @@ WECOM_STREAM_DEADLINE_SECONDS = env.float("WECOM_STREAM_DEADLINE_SECONDS", defau
 WECOM_STREAM_FLUSH_SECONDS = env.float("WECOM_STREAM_FLUSH_SECONDS", default=0.15)
 WECOM_STREAM_TTL_SECONDS = env.int("WECOM_STREAM_TTL_SECONDS", default=2 * 3600)
 WECOM_REPLY_LANGUAGE = env.str("WECOM_REPLY_LANGUAGE", default="zh-hans")
+# Long connection (README "Long connection"): where the connector dials, how long a
+# connector's lease on a bot lasts without renewal (a dead holder's bots are taken over
+# after this), how often it looks for added/changed bots, and how often an answer's Redis
+# stream state is forwarded as a frame (the per-conversation rate limit still applies).
+WECOM_LONGCONN_URL = env.str("WECOM_LONGCONN_URL", default="wss://openws.work.weixin.qq.com")
+WECOM_LONGCONN_LEASE_SECONDS = env.float("WECOM_LONGCONN_LEASE_SECONDS", default=10.0)
+WECOM_LONGCONN_POLL_SECONDS = env.float("WECOM_LONGCONN_POLL_SECONDS", default=2.0)
+WECOM_LONGCONN_FORWARD_SECONDS = env.float("WECOM_LONGCONN_FORWARD_SECONDS", default=0.3)
+WECOM_LONGCONN_MAX_AUTH_FAILURES = env.int("WECOM_LONGCONN_MAX_AUTH_FAILURES", default=5)
+WECOM_LONGCONN_BACKOFF_SECONDS = env.float("WECOM_LONGCONN_BACKOFF_SECONDS", default=1.0)
 # A generating turn whose worker stopped sending heartbeats for this long is taken over.
 TURN_LEASE_SECONDS = env.float("TURN_LEASE_SECONDS", default=15.0)
 TURN_MAX_ATTEMPTS = env.int("TURN_MAX_ATTEMPTS", default=3)

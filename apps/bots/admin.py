@@ -5,7 +5,8 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, JsonResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -13,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin, request_id_of
 from apps.bots.forms import BotForm
-from apps.bots.models import Bot, Conversation, Turn
+from apps.bots.models import Bot, Conversation, LongConnection, Turn
 from apps.bots.services.config import (
     bot_delete,
     bot_save,
@@ -111,27 +112,61 @@ class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         return str(_("yes")) if gpu_offload_supported() else str(_("no (CPU build)"))
 
 
+# The connector's `ConnectionPhase` values, as the bot page says them.
+CONNECTION_PHASES = {
+    "idle": _("idle"),
+    "connecting": _("connecting"),
+    "subscribing": _("subscribing"),
+    "connected": _("connected"),
+    "backoff": _("waiting to reconnect"),
+    "stopped_kicked": _("stopped: another connection took this bot over"),
+    "auth_failed": _("stopped: WeCom refused the BotID or Secret"),
+    "closed": _("closed"),
+}
+
+
 @admin.register(Bot)
 class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     audit_action_prefix = "bots.bot"
     form = BotForm
-    list_display = ("name", "slug", "enabled", "model_profile", "rate_limit_per_minute")
-    list_filter = ("enabled", "model_profile")
+    list_display = (
+        "name",
+        "slug",
+        "enabled",
+        "connection_mode",
+        "model_profile",
+        "rate_limit_per_minute",
+    )
+    list_filter = ("enabled", "connection_mode", "model_profile")
     list_select_related = ("model_profile",)
     search_fields = ("name", "slug", "aibotid")
     prepopulated_fields = {"slug": ("name",)}
     autocomplete_fields = ("model_profile",)
     filter_horizontal = ("knowledge_bases",)
-    readonly_fields = ("callback_url_copy", "secrets_state", "created_at", "updated_at")
+    readonly_fields = (
+        "callback_url_copy",
+        "secrets_state",
+        "connection_state",
+        "created_at",
+        "updated_at",
+    )
     fieldsets = (
-        (None, {"fields": ("name", "slug", "enabled", "callback_url_copy")}),
+        (None, {"fields": ("name", "slug", "enabled", "connection_mode", "callback_url_copy")}),
         (
             _("WeCom credentials"),
             {
-                "fields": ("aibotid", "secrets_state", "new_token", "new_encoding_aes_key"),
+                "fields": (
+                    "aibotid",
+                    "secrets_state",
+                    "new_token",
+                    "new_encoding_aes_key",
+                    "new_longconn_secret",
+                    "connection_state",
+                ),
                 "description": _(
-                    "Copy the callback URL above into the bot's API settings in WeCom, "
-                    "then paste the Token and EncodingAESKey WeCom shows there."
+                    "Callback mode: copy the callback URL above into the bot's API settings "
+                    "in WeCom, then paste the Token and EncodingAESKey WeCom shows there. "
+                    "Long connection: enter the BotID and the Secret WeCom shows for it."
                 ),
             },
         ),
@@ -145,6 +180,7 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
                     "max_tokens",
                     "context_turns",
                     "welcome_message",
+                    "welcome_questions",
                     "queue_notice_seconds",
                 )
             },
@@ -168,7 +204,24 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     )
 
     class Media:
-        js = ("bots/copy.js",)
+        js = ("bots/copy.js", "bots/connection_live.js")
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path(
+                "<int:object_id>/connection/",
+                self.admin_site.admin_view(self.connection_json),
+                name="bots_bot_connection",
+            )
+        ]
+        return own + super().get_urls()
+
+    def connection_json(self, request: HttpRequest, object_id: int) -> JsonResponse:
+        """The connection state for the bot page's live refresh (no secrets in it)."""
+        bot = Bot.objects.filter(pk=object_id).first()
+        if bot is None or not self.has_view_or_change_permission(request, bot):
+            raise Http404
+        return JsonResponse({"text": self.connection_state(bot)})
 
     def audit_save(
         self, request: HttpRequest, obj: Bot, form: Any, change: bool, related: Callable[[], None]
@@ -203,6 +256,48 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         token = _("Token set") if obj.token else _("Token missing")
         key = _("EncodingAESKey set") if obj.encoding_aes_key else _("EncodingAESKey missing")
         return f"{token} · {key}"
+
+    @admin.display(description=_("connection state"))
+    def connection_state(self, obj: Bot) -> str:
+        if not obj.pk:
+            return "—"
+        text = self._connection_text(obj)
+        if not obj.uses_long_connection:
+            return text
+        return format_html(
+            '<span data-connection-url="{}">{}</span>',
+            reverse(f"{self.admin_site.name}:bots_bot_connection", args=[obj.pk]),
+            text,
+        )
+
+    @staticmethod
+    def _connection_text(obj: Bot) -> str:
+        if not obj.uses_long_connection:
+            return str(_("Callback mode: WeCom calls the callback URL."))
+        row = LongConnection.objects.filter(bot=obj).first()
+        if row is None or not row.state_at:
+            return str(_("No connector has picked this bot up yet (is longconn_run running?)."))
+
+        def when(value: Any) -> str:
+            return value.isoformat(timespec="seconds") if value else "—"
+
+        text = str(
+            _(
+                "%(phase)s · connected since %(since)s · last message %(message)s · "
+                "held by %(holder)s"
+            )
+        ) % {
+            "phase": CONNECTION_PHASES.get(row.phase, row.phase),
+            "since": when(row.connected_since),
+            "message": when(row.last_message_at),
+            "holder": row.holder or "—",
+        }
+        if row.last_error:
+            text += " · " + str(_("last error (%(at)s): %(error)s")) % {
+                "at": when(row.last_error_at),
+                "error": row.last_error,
+            }
+        return text
 
 
 class TranscriptAccessMixin(AccessReasonAdminMixin):

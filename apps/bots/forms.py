@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
@@ -10,7 +12,8 @@ from wecom.crypto import validate_encoding_aes_key
 
 
 class BotForm(forms.ModelForm):
-    """Token and EncodingAESKey are typed in, never shown again; empty keeps the stored value."""
+    """Token, EncodingAESKey and Secret are typed in, never shown again; empty keeps the stored
+    value. Callback mode needs the first two, the long connection the BotID and the Secret."""
 
     new_token = forms.CharField(
         label=_("Token"),
@@ -29,12 +32,24 @@ class BotForm(forms.ModelForm):
         help_text=_("43 characters, from the same page. Leave empty to keep it."),
     )
 
+    new_longconn_secret = forms.CharField(
+        label=_("Long-connection Secret"),
+        required=False,
+        max_length=256,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text=_(
+            "The Secret from the bot's long-connection settings in WeCom. Leave empty to keep it."
+        ),
+    )
+
     class Meta:
         model = Bot
         fields = (
             "name",
             "slug",
             "enabled",
+            "connection_mode",
             "aibotid",
             "model_profile",
             "system_prompt",
@@ -42,6 +57,7 @@ class BotForm(forms.ModelForm):
             "max_tokens",
             "context_turns",
             "welcome_message",
+            "welcome_questions",
             "queue_notice_seconds",
             "allowed_userids",
             "allowed_departments",
@@ -52,9 +68,23 @@ class BotForm(forms.ModelForm):
             "retrieval_top_k",
         )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "connection_mode" in self.fields:
+            # Left out (a form posted before the mode existed) means callback, as before.
+            self.fields["connection_mode"].required = False
+
+    def clean_connection_mode(self) -> str:
+        return self.cleaned_data.get("connection_mode") or Bot.ConnectionMode.CALLBACK
+
+    def _long_connection(self) -> bool:
+        return (
+            self.data.get(self.add_prefix("connection_mode")) == Bot.ConnectionMode.LONG_CONNECTION
+        )
+
     def clean_new_token(self) -> str:
         value = self.cleaned_data["new_token"]
-        if not value and not self.instance.pk:
+        if not value and not self.instance.token and not self._long_connection():
             raise forms.ValidationError(_("A new bot needs its Token."))
         if value and (not value.isascii() or not value.isalnum()):
             raise forms.ValidationError(_("The Token contains only letters and digits."))
@@ -63,7 +93,7 @@ class BotForm(forms.ModelForm):
     def clean_new_encoding_aes_key(self) -> str:
         value = self.cleaned_data["new_encoding_aes_key"]
         if not value:
-            if not self.instance.pk:
+            if not self.instance.encoding_aes_key and not self._long_connection():
                 raise forms.ValidationError(_("A new bot needs its EncodingAESKey."))
             return value
         try:
@@ -74,12 +104,25 @@ class BotForm(forms.ModelForm):
             ) from None
         return value
 
+    def clean(self) -> dict:
+        cleaned = super().clean() or {}
+        if self._long_connection():
+            if not cleaned.get("aibotid"):
+                self.add_error("aibotid", _("The long connection needs the bot's BotID."))
+            if not cleaned.get("new_longconn_secret") and not self.instance.longconn_secret:
+                self.add_error(
+                    "new_longconn_secret", _("The long connection needs the bot's Secret.")
+                )
+        return cleaned
+
     def save(self, commit: bool = True) -> Bot:
         bot = super().save(commit=False)
         if self.cleaned_data.get("new_token"):
             bot.token = self.cleaned_data["new_token"]
         if self.cleaned_data.get("new_encoding_aes_key"):
             bot.encoding_aes_key = self.cleaned_data["new_encoding_aes_key"]
+        if self.cleaned_data.get("new_longconn_secret"):
+            bot.longconn_secret = self.cleaned_data["new_longconn_secret"]
         if commit:
             bot.save()
             self.save_m2m()

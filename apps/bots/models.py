@@ -20,22 +20,48 @@ from apps.inference.models import ModelProfile
 
 
 class Bot(models.Model):
-    """A WeCom AI bot (智能机器人) in callback mode, answered by a local model."""
+    """A WeCom AI bot (智能机器人), reached by callbacks or over the long connection."""
+
+    class ConnectionMode(models.TextChoices):
+        CALLBACK = "callback", _("callback URL")
+        LONG_CONNECTION = "long_connection", _("long connection")
 
     name = models.CharField(_("name"), max_length=100)
     slug = models.SlugField(
         _("slug"), max_length=50, unique=True, help_text=_("Part of the callback URL.")
     )
     enabled = models.BooleanField(_("enabled"), default=True)
-    token = EncryptedTextField(_("token"), help_text=_("The bot's callback Token from WeCom."))
+    connection_mode = models.CharField(
+        _("connection mode"),
+        max_length=20,
+        choices=ConnectionMode.choices,
+        default=ConnectionMode.CALLBACK,
+        help_text=_(
+            "Callback: WeCom calls this server's public URL. Long connection: this server "
+            "dials out to WeCom, no public URL needed. A bot uses one or the other."
+        ),
+    )
+    token = EncryptedTextField(
+        _("token"), blank=True, help_text=_("The bot's callback Token from WeCom.")
+    )
     encoding_aes_key = EncryptedTextField(
-        _("EncodingAESKey"), help_text=_("The bot's 43-character EncodingAESKey from WeCom.")
+        _("EncodingAESKey"),
+        blank=True,
+        help_text=_("The bot's 43-character EncodingAESKey from WeCom."),
     )
     aibotid = models.CharField(
         _("AI bot id"),
         max_length=100,
         blank=True,
-        help_text=_("WeCom's aibotid; when set, callbacks for another bot id are refused."),
+        help_text=_(
+            "WeCom's aibotid (the BotID); when set, callbacks for another bot id are refused. "
+            "Required for the long connection."
+        ),
+    )
+    longconn_secret = EncryptedTextField(
+        _("long-connection secret"),
+        blank=True,
+        help_text=_("The Secret WeCom shows for the bot's long connection."),
     )
     model_profile = models.ForeignKey(
         ModelProfile, on_delete=models.PROTECT, related_name="bots", verbose_name=_("model")
@@ -61,6 +87,14 @@ class Bot(models.Model):
         _("welcome message"),
         blank=True,
         help_text=_("Sent when an employee opens the 1:1 chat; empty = no welcome."),
+    )
+    welcome_questions = models.TextField(
+        _("suggested questions"),
+        blank=True,
+        help_text=_(
+            "One per line, up to 6: the welcome becomes a card with a button per question, "
+            "and a click asks that question."
+        ),
     )
     allowed_userids = ArrayField(
         models.CharField(max_length=64),
@@ -130,6 +164,13 @@ class Bot(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def welcome_question_list(self) -> list[str]:
+        return [line.strip() for line in self.welcome_questions.splitlines() if line.strip()][:6]
+
+    @property
+    def uses_long_connection(self) -> bool:
+        return self.connection_mode == self.ConnectionMode.LONG_CONNECTION
 
     def callback_path(self) -> str:
         return reverse("bots:callback", kwargs={"slug": self.slug})
@@ -220,6 +261,16 @@ class TurnQuerySet(models.QuerySet["Turn"]):
     def feedback_record(self, *, kind: int, detail: dict[str, Any], now: datetime) -> int:
         return self.update(feedback=kind, feedback_detail=detail, feedback_at=now)
 
+    def longconn_undelivered(self, *, bot_id: int, since: datetime) -> TurnQuerySet:
+        """Long-connection answers whose final frame no connector has had acknowledged yet."""
+        return self.filter(
+            bot_id=bot_id, longconn_delivered_at__isnull=True, received_at__gte=since
+        ).exclude(longconn_req_id="")
+
+    def longconn_delivered(self, *, now: datetime) -> int:
+        """Record the final frame once; a later (duplicate) ack changes nothing."""
+        return self.filter(longconn_delivered_at__isnull=True).update(longconn_delivered_at=now)
+
     def create_rejected(self, *, reason: str, answer: str, now: datetime, **fields: Any) -> Turn:
         """A turn refused at admission is born in its end state: no half-made queued row."""
         return self.create(
@@ -304,6 +355,13 @@ class Turn(models.Model):
     error = models.TextField(_("error"), blank=True)
     response_url = models.TextField(_("response URL"), blank=True)
     response_url_used_at = models.DateTimeField(_("response URL used"), null=True, blank=True)
+    longconn_req_id = models.CharField(
+        _("long-connection request id"),
+        max_length=256,
+        blank=True,
+        help_text=_("The req_id the answer is sent under; empty for a callback-mode turn."),
+    )
+    longconn_delivered_at = models.DateTimeField(_("final frame delivered"), null=True, blank=True)
     stream_closed_at = models.DateTimeField(_("stream finished"), null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
     heartbeat_at = models.DateTimeField(_("worker heartbeat"), null=True, blank=True)
@@ -331,6 +389,12 @@ class Turn(models.Model):
         indexes = [
             models.Index(fields=["conversation", "received_at"], name="turn_conversation_time"),
             models.Index(fields=["status", "received_at"], name="turn_status_time"),
+            # What every connector tick asks: long-connection answers still to be sent.
+            models.Index(
+                fields=["bot", "received_at"],
+                condition=Q(longconn_delivered_at__isnull=True) & ~Q(longconn_req_id=""),
+                name="turn_longconn_undelivered",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -447,3 +511,50 @@ class Turn(models.Model):
             mine.update(response_url="", response_url_used_at=now)
         self.response_url, self.response_url_used_at = "", now
         return row["response_url"], ""
+
+
+class LongConnectionQuerySet(models.QuerySet["LongConnection"]):
+    def lease_take(self, *, bot_id: int, holder: str, now: datetime, ttl: timedelta) -> bool:
+        """Hold (or renew) the bot's one connection: free, expired, or already ours.
+
+        One conditional UPDATE, so two connector replicas racing for a bot cannot both win;
+        a holder that stops renewing (killed) loses the bot after `ttl`.
+        """
+        updated = (
+            self.filter(bot_id=bot_id)
+            .filter(Q(holder=holder) | Q(holder="") | Q(lease_until__lt=now))
+            .update(holder=holder, lease_until=now + ttl)
+        )
+        return bool(updated)
+
+    def lease_release(self, *, bot_id: int, holder: str) -> int:
+        return self.filter(bot_id=bot_id, holder=holder).update(holder="", lease_until=None)
+
+
+class LongConnection(models.Model):
+    """A long-connection bot's lease (which connector holds it) and what the connection does.
+
+    The row is the lease: `holder` and `lease_until` decide which connector replica may
+    subscribe the bot. The state fields are what the bot page shows, written by the holder.
+    """
+
+    bot = models.OneToOneField(
+        Bot, on_delete=models.CASCADE, related_name="long_connection", verbose_name=_("bot")
+    )
+    holder = models.CharField(_("held by"), max_length=200, blank=True)
+    lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
+    phase = models.CharField(_("state"), max_length=20, default="idle")
+    connected_since = models.DateTimeField(_("connected since"), null=True, blank=True)
+    last_message_at = models.DateTimeField(_("last message"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    last_error_at = models.DateTimeField(_("last error at"), null=True, blank=True)
+    state_at = models.DateTimeField(_("state written"), null=True, blank=True)
+
+    objects = LongConnectionQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("long connection")
+        verbose_name_plural = _("long connections")
+
+    def __str__(self) -> str:
+        return f"{self.bot_id} · {self.phase}"

@@ -50,9 +50,14 @@ def callback(request: HttpRequest, slug: str) -> HttpResponse:
         response = _plain(405, "method not allowed")
         response["Allow"] = "GET, POST"
         return response
-    bot = Bot.objects.select_related("model_profile").filter(slug=slug, enabled=True).first()
+    bot = (
+        Bot.objects.select_related("model_profile")
+        .filter(slug=slug, enabled=True, connection_mode=Bot.ConnectionMode.CALLBACK)
+        .first()
+    )
     if bot is None:
-        logger.info("callback for unknown or disabled bot %r", slug)
+        # A bot on the long connection has its callback URL switched off (one door only).
+        logger.info("callback for unknown, disabled or long-connection bot %r", slug)
         return _plain(404, "not found")
     params = {name: request.GET.get(name, "") for name in _QUERY_PARAMS}
     if not all(params.values()):

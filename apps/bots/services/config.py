@@ -11,7 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
+from django.utils.translation import gettext as _
 
 from apps.audit.services.operator_audit import (
     model_delete_audited,
@@ -38,11 +40,33 @@ def bot_save(
     `related` saves what needs the row first (the admin form's knowledge bases), inside the
     same transaction, so the entry shows them too.
     """
+    bot_connection_validate(bot=bot)
     with operator_audited(actor=actor, action_prefix=BOT_ACTION, obj=bot, request_id=request_id):
         bot.save()
         if related is not None:
             related()
     return bot
+
+
+def bot_connection_validate(*, bot: Bot) -> None:
+    """A bot answers through one door, and that door needs its credentials.
+
+    The mode is one field, so enabling the long connection is what switches the callback
+    URL off (the view refuses it) and vice versa; the other mode's credentials are kept.
+    """
+    errors: dict[str, str] = {}
+    if bot.uses_long_connection:
+        if not bot.aibotid:
+            errors["aibotid"] = _("The long connection needs the bot's BotID.")
+        if not bot.longconn_secret:
+            errors["longconn_secret"] = _("The long connection needs the bot's Secret.")
+    else:
+        if not bot.token:
+            errors["token"] = _("The callback mode needs the bot's Token.")
+        if not bot.encoding_aes_key:
+            errors["encoding_aes_key"] = _("The callback mode needs the bot's EncodingAESKey.")
+    if errors:
+        raise ValidationError(errors)
 
 
 def bot_credentials_set(
@@ -51,10 +75,15 @@ def bot_credentials_set(
     actor: Any,
     token: str | None = None,
     encoding_aes_key: str | None = None,
+    longconn_secret: str | None = None,
     request_id: str = "",
 ) -> list[str]:
-    """Replace the bot's Token and/or EncodingAESKey; the names that changed (none: no save)."""
+    """Replace the bot's Token, EncodingAESKey and/or long-connection Secret; the names that
+    changed (none: no save)."""
     changed = []
+    if longconn_secret and longconn_secret != bot.longconn_secret:
+        bot.longconn_secret = longconn_secret
+        changed.append("longconn_secret")
     if token and token != bot.token:
         bot.token = token
         changed.append("token")

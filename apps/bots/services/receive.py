@@ -27,6 +27,7 @@ from apps.bots.models import Bot, Conversation, Turn
 from apps.bots.ratelimit import rate_limit_exceeded
 from apps.bots.services.deliver import response_url_policy, turn_ledger
 from apps.bots.services.stream import reply_language, stream_refresh, stream_refresh_payload
+from apps.bots.services.welcome import card_click_receive, welcome_payload
 from apps.bots.streams import StreamState, deadline_from, stream_owner_set, stream_state_set
 from wecom.messages import (
     MAX_CONTENT_BYTES,
@@ -35,7 +36,6 @@ from wecom.messages import (
     StreamRefresh,
     split_at_boundary,
     strip_mention,
-    text_reply,
 )
 from wecom.outbound import ResponseUrlRefused, response_url_check
 
@@ -51,7 +51,7 @@ def callback_handle(*, bot: Bot, callback: Any, received_at: datetime) -> dict |
     if isinstance(callback, InboundEvent):
         return event_handle(bot=bot, event=callback)
     turn = mention_receive(bot=bot, message=callback, received_at=received_at)
-    return stream_refresh_payload(turn)
+    return stream_refresh_payload(turn, first_reply=True)
 
 
 def callback_nonce_remember(*, bot: Bot, timestamp: str, nonce: str, msgid: str) -> bool:
@@ -84,11 +84,15 @@ class Admission:
         return [{"subject": "question", **self.decision.as_record()}]
 
 
-def mention_receive(*, bot: Bot, message: InboundMessage, received_at: datetime) -> Turn:
+def mention_receive(
+    *, bot: Bot, message: InboundMessage, received_at: datetime, longconn_req_id: str = ""
+) -> Turn:
     """Record the turn once per (bot, msgid) and enqueue its answer after commit.
 
     A repeated delivery (WeCom retries when the ack is slow) finds the same row through the
     unique constraint and gets the same stream id back, so one question is answered once.
+    Both doors call this: a callback, and the long-connection connector, which passes the
+    frame's req_id so that any connector replica can send the answer under it.
     """
     existing = Turn.objects.filter(bot=bot, msgid=message.msgid).first()
     if existing is not None:
@@ -113,6 +117,7 @@ def mention_receive(*, bot: Bot, message: InboundMessage, received_at: datetime)
         "filter_decisions": admission.decisions(),
         "response_url": _response_url_accepted(bot=bot, url=message.response_url),
         "received_at": received_at,
+        "longconn_req_id": longconn_req_id,
     }
     try:
         with transaction.atomic():
@@ -215,10 +220,10 @@ def turn_enqueue(*, turn_id: int) -> None:
 
 def event_handle(*, bot: Bot, event: InboundEvent) -> dict | None:
     if event.eventtype == "enter_chat":
-        if not bot.welcome_message.strip():
-            return None
-        welcome, _rest = split_at_boundary(bot.welcome_message, MAX_CONTENT_BYTES)
-        return text_reply(welcome)
+        return welcome_payload(bot=bot)
+    if event.eventtype == "template_card_event":
+        turn = card_click_receive(bot=bot, event=event, received_at=timezone.now())
+        return stream_refresh_payload(turn, first_reply=True) if turn is not None else None
     if event.eventtype == "feedback_event":
         feedback_record(bot=bot, event=event)
         return None

@@ -63,25 +63,33 @@ def _stream_unavailable(stream_id: str) -> dict:
         )
 
 
-def _stream_payload(stream_id: str, *, content: str, finish: bool) -> dict:
-    """A stream reply; the finished one carries the stream id as WeCom's feedback id."""
+def _stream_payload(
+    stream_id: str, *, content: str, finish: bool, first_reply: bool = False
+) -> dict:
+    """A stream reply carrying the stream id as WeCom's feedback id on the first reply.
+
+    WeCom's SDKs set `feedback.id` on the first reply only ("仅在首次回复时设置"), so an
+    answer that never finishes still gets its 👍/👎 buttons; the finished one keeps it too.
+    """
     return stream_reply(
         stream_id=stream_id,
         content=content,
         finish=finish,
-        feedback_id=stream_id if finish else None,
+        feedback_id=stream_id if finish or first_reply else None,
     )
 
 
-def stream_refresh_payload(turn: Turn) -> dict:
+def stream_refresh_payload(turn: Turn, *, first_reply: bool = False) -> dict:
     state = stream_state_get(turn.stream_id)
     if state is not None:
-        return _stream_payload(turn.stream_id, content=state.content, finish=state.finish)
+        return _stream_payload(
+            turn.stream_id, content=state.content, finish=state.finish, first_reply=first_reply
+        )
     if turn.is_terminal:
         content = wecom_stream_content(turn.reasoning, turn.answer, thinking_done=True)
         content, _rest = split_at_boundary(content, MAX_CONTENT_BYTES)
         return _stream_payload(turn.stream_id, content=content, finish=True)
-    return _stream_payload(turn.stream_id, content="", finish=False)
+    return _stream_payload(turn.stream_id, content="", finish=False, first_reply=first_reply)
 
 
 def _stream_close_late(*, bot: Bot, stream_id: str, state: StreamState) -> StreamState:
