@@ -227,7 +227,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 1800}
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
-    "turns-sweep": {"task": "apps.bots.tasks.turns_sweep", "schedule": 30.0},
+    "turns-sweep": {"task": "apps.bots.tasks.turns_sweep", "schedule": 10.0},
     "archive-pull-due": {"task": "apps.audit.tasks.archive_pull_due", "schedule": 60.0},
     "ledger-checkpoint": {
         "task": "apps.audit.tasks.ledger_checkpoint",
