@@ -277,6 +277,23 @@ def test_the_lease_is_renewed_while_the_turn_waits_without_tokens(bot, settings)
         keeper.stop()
 
 
+def test_a_duplicate_task_leaves_a_live_claim_and_takes_over_a_dead_one(bot, settings):
+    settings.TURN_LEASE_SECONDS = 1.5
+    live = _turn(bot, msgid="m-alive", status=Turn.Status.GENERATING, attempts=1,
+                 heartbeat_at=timezone.now())  # fmt: skip
+    keeper = generate._LeaseKeeper(live, interval=0.5)
+    try:
+        started = time.monotonic()
+        assert generate.turn_claim(turn_id=live.pk) is None
+        assert time.monotonic() - started < 3.0  # left on a renewal, not at the 6.5 s deadline
+    finally:
+        keeper.stop()
+    dead = _turn(bot, msgid="m-dead", status=Turn.Status.GENERATING, attempts=1,
+                 heartbeat_at=timezone.now())  # fmt: skip
+    taken = generate.turn_claim(turn_id=dead.pk)  # nobody renews: the lease runs out
+    assert taken is not None and taken.attempts == 2
+
+
 def test_the_keeper_reports_a_turn_taken_over(bot):
     turn = _turn(bot, msgid="m-taken", status=Turn.Status.GENERATING, attempts=1,
                  heartbeat_at=timezone.now())  # fmt: skip

@@ -11,12 +11,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from apps.audit.models import AuditPolicy
@@ -62,29 +61,24 @@ def turn_claim(*, turn_id: int) -> Turn | None:
     turn = (
         Turn.objects.select_related("bot__model_profile", "conversation").filter(pk=turn_id).first()
     )
+    seen_beat: datetime | None = None
     while turn is not None and not turn.is_terminal:
         if turn.claim(lease=lease):
             return turn
-        if _holder_alive(turn, lease=lease):
-            # Its lease keeper renews it for the whole claim: a duplicate task (the
-            # sweeper's, or a redelivery) has nothing to do.
-            logger.info("turn %s is being answered by another worker", turn_id)
-            return None
+        if turn.status == Turn.Status.GENERATING:
+            # A live holder's lease keeper renews the heartbeat every third of the lease:
+            # a duplicate task (the sweeper's) leaves as soon as it sees a renewal, a
+            # redelivery after its worker died waits for the lease to run out and takes over.
+            if seen_beat is not None and turn.heartbeat_at != seen_beat:
+                logger.info("turn %s is being answered by another worker", turn_id)
+                return None
+            seen_beat = turn.heartbeat_at
         if time.monotonic() > deadline:
             logger.info("turn %s is being answered by another worker", turn_id)
             return None
         time.sleep(0.5)
         turn.refresh_from_db(fields=["status", "attempts", "heartbeat_at"])
     return None
-
-
-def _holder_alive(turn: Turn, *, lease: timedelta) -> bool:
-    beat = turn.heartbeat_at
-    return (
-        turn.status == Turn.Status.GENERATING
-        and beat is not None
-        and timezone.now() - beat < lease / 2
-    )
 
 
 class _LeaseKeeper:
