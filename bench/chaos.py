@@ -82,6 +82,7 @@ class Chaos:
         env = {
             "WECOM_STREAM_DEADLINE_SECONDS": str(self.deadline),
             "TURN_LEASE_SECONDS": "6" if quick else "15",
+            "TURN_REQUEUE_SECONDS": "15" if quick else "45",
             "WECOM_RESPONSE_URL_HOSTS": "127.0.0.1",
         }
         self.stack = BenchStack(with_inference_worker=False, env=env, bot_fields={"max_tokens": 48})
@@ -245,7 +246,36 @@ class LoadRun:
         return self.talks
 
 
+def details(talks: list[Conversation]) -> list[str]:
+    """Why each question that was not simply answered ended as it did (for the log)."""
+    from django.db import close_old_connections
+
+    from apps.bots.models import Turn
+
+    close_old_connections()
+    turns = {turn.msgid: turn for turn in Turn.objects.filter(msgid__in=[t.msgid for t in talks])}
+    lines = []
+    for talk in talks:
+        ends = talk.ends()
+        if len(ends) == 1 and not any(marker in ends[0] for marker in APOLOGIES):
+            continue
+        turn = turns.get(talk.msgid)
+        row = (
+            f"{turn.status} attempts={turn.attempts} error={turn.error[:120]!r}"
+            if turn is not None
+            else "no turn saved"
+        )
+        waited = None if talk.bubble_at is None else round(talk.bubble_at - talk.sent_at)
+        lines.append(
+            f"  {talk.msgid[:8]} acked={talk.acked} bubble_after={waited}s "
+            f"posts={len(talk.posts)} ends={len(ends)} | {row}"
+        )
+    return lines
+
+
 def tally(fault: str, talks: list[Conversation], window: float, note: str = "") -> Row:
+    for line in details(talks):
+        print(line, flush=True)
     answered = apology = lost = twice = 0
     for talk in talks:
         ends = talk.ends()

@@ -310,6 +310,9 @@ WECOM_REPLY_LANGUAGE = env.str("WECOM_REPLY_LANGUAGE", default="zh-hans")
 # A generating turn whose worker stopped sending heartbeats for this long is taken over.
 TURN_LEASE_SECONDS = env.float("TURN_LEASE_SECONDS", default=15.0)
 TURN_MAX_ATTEMPTS = env.int("TURN_MAX_ATTEMPTS", default=3)
+# A queued turn not started for this long may have lost its message with a killed worker
+# (reserved, unacknowledged): the sweeper sends it again, at most once per this interval.
+TURN_REQUEUE_SECONDS = env.float("TURN_REQUEUE_SECONDS", default=45.0)
 # After this long a turn stops generating; its answer goes to response_url (valid 1 hour).
 TURN_GENERATION_TIMEOUT_SECONDS = env.float("TURN_GENERATION_TIMEOUT_SECONDS", default=900.0)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 # A database, broker or Redis outage: worth a retry, unlike a bug or a refused answer.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    DatabaseError,
+    OperationalError,
+    InterfaceError,
     KombuOperationalError,
     RedisError,
     ConnectionError,

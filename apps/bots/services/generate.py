@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.utils.translation import gettext as _
 
 from apps.audit.models import AuditPolicy
@@ -48,6 +48,9 @@ from apps.knowledge.services.retrieval import (
 from wecom.display import wecom_stream_content
 
 logger = logging.getLogger(__name__)
+
+# The database unreachable or restarting, as opposed to a query that is wrong.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
 
 
 def turn_claim(*, turn_id: int) -> Turn | None:
@@ -173,7 +176,7 @@ def _turn_answer(turn: Turn, *, keeper: _LeaseKeeper) -> None:
         _answer_generate(answering)
     except EngineError as exc:
         error = str(exc)
-    except DatabaseError:
+    except TRANSIENT_DB_ERRORS:
         # The database went away before the answer existed: the task retries (bounded by
         # the turn's deadline) and the sweeper re-queues the turn once the lease runs out.
         raise
@@ -201,7 +204,7 @@ def _end_retrying(end: Callable[[], bool], *, until: float) -> bool:
     while True:
         try:
             return end()
-        except DatabaseError:
+        except TRANSIENT_DB_ERRORS:
             if now_epoch() + pause > until:
                 raise
             logger.warning("turn end failed on the database; retrying", exc_info=True)

@@ -24,10 +24,6 @@ logger = logging.getLogger(__name__)
 
 # A turn saved this recently may still have its enqueue in flight (on_commit).
 ENQUEUE_GRACE = timedelta(seconds=10)
-# A queued turn whose task has not started for this long may have lost its message (a
-# worker died with it reserved); it is sent again, at most once per this interval. A
-# duplicate finds the turn claimed or ended and returns at once.
-REQUEUE_AFTER = timedelta(seconds=45)
 # Turns not answered this long before the stream deadline are failed: the sweep runs every
 # 10 s, so the apology is in the bubble before WeCom stops polling.
 WINDOW_MARGIN = timedelta(seconds=30)
@@ -57,6 +53,7 @@ def turn_recover(*, turn: Turn, now: datetime) -> bool:
     """Enqueue the turn again or fail it; True when it was failed."""
     from apps.bots.services.receive import turn_enqueue
 
+    requeue_after = timedelta(seconds=settings.TURN_REQUEUE_SECONDS)
     if now >= turn_closing_at(turn):
         return turn_fail(turn=turn, error="no worker finished this turn within WeCom's window")
     if turn.status == Turn.Status.GENERATING:
@@ -65,11 +62,13 @@ def turn_recover(*, turn: Turn, now: datetime) -> bool:
         once_key = f"turn-requeue:{turn.pk}:{turn.attempts}"
     elif turn.queued_at is None:
         once_key = ""  # never enqueued: nothing can be in flight
-    elif turn.queued_at < now - REQUEUE_AFTER:
+    elif turn.queued_at < now - requeue_after:
+        # Not started for a while: its message may have died with a worker that had it
+        # reserved. A duplicate finds the turn claimed or ended and returns at once.
         once_key = f"turn-requeue:{turn.pk}:queued"
     else:
         return False
-    if once_key and not cache.add(once_key, 1, timeout=int(REQUEUE_AFTER.total_seconds())):
+    if once_key and not cache.add(once_key, 1, timeout=max(1, int(requeue_after.total_seconds()))):
         return False
     logger.info("turn %s (%s, attempt %s) enqueued again", turn.pk, turn.status, turn.attempts)
     turn_enqueue(turn_id=turn.pk)

@@ -108,7 +108,7 @@ def _stream_payload(stream_id: str, *, content: str, finish: bool) -> dict:
 
 
 def stream_refresh_payload(turn: Turn) -> dict:
-    state = stream_state_get(turn.stream_id)
+    state = _redis_or_none(stream_state_get, turn.stream_id)
     if state is not None:
         return _stream_payload(turn.stream_id, content=state.content, finish=state.finish)
     if turn.is_terminal:
