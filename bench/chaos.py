@@ -274,8 +274,13 @@ def details(talks: list[Conversation]) -> list[str]:
 
 
 def tally(fault: str, talks: list[Conversation], window: float, note: str = "") -> Row:
+    from apps.bots.models import Turn
+
     for line in details(talks):
         print(line, flush=True)
+    # Proof the fault hit something: turns a second attempt (or more) had to finish.
+    retried = Turn.objects.filter(msgid__in=[t.msgid for t in talks], attempts__gt=1).count()
+    note = "; ".join(part for part in (note, f"{retried} retried") if part)
     answered = apology = lost = twice = 0
     for talk in talks:
         ends = talk.ends()
@@ -357,7 +362,11 @@ def fault_postgres(chaos: Chaos, count: int) -> Row:
 
 def fault_burst(chaos: Chaos, count: int) -> Row:
     run = chaos.load(count)
-    time.sleep(10.0 if chaos.quick else 30.0)
+    if chaos.quick:  # small answers finish fast: kill while the first ones stream
+        chaos.wait_first_tokens(run.msgids)
+        time.sleep(1.0)
+    else:
+        time.sleep(30.0)
     chaos.kill("inference")
     time.sleep(2.0)
     chaos.spawn_inference()
