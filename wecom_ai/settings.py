@@ -231,7 +231,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 1800}
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
-    "turns-sweep": {"task": "apps.bots.tasks.turns_sweep", "schedule": 30.0},
+    "turns-sweep": {"task": "apps.bots.tasks.turns_sweep", "schedule": 10.0},
     "archive-pull-due": {"task": "apps.audit.tasks.archive_pull_due", "schedule": 60.0},
     "ledger-checkpoint": {
         "task": "apps.audit.tasks.ledger_checkpoint",
@@ -332,6 +332,9 @@ WECOM_LONGCONN_BACKOFF_SECONDS = env.float("WECOM_LONGCONN_BACKOFF_SECONDS", def
 # A generating turn whose worker stopped sending heartbeats for this long is taken over.
 TURN_LEASE_SECONDS = env.float("TURN_LEASE_SECONDS", default=15.0)
 TURN_MAX_ATTEMPTS = env.int("TURN_MAX_ATTEMPTS", default=3)
+# A queued turn not started for this long may have lost its message with a killed worker
+# (reserved, unacknowledged): the sweeper sends it again, at most once per this interval.
+TURN_REQUEUE_SECONDS = env.float("TURN_REQUEUE_SECONDS", default=45.0)
 # After this long a turn stops generating; its answer goes to response_url (valid 1 hour).
 TURN_GENERATION_TIMEOUT_SECONDS = env.float("TURN_GENERATION_TIMEOUT_SECONDS", default=900.0)
 

@@ -243,6 +243,18 @@ class TurnQuerySet(models.QuerySet["Turn"]):
             | Q(status=Turn.Status.GENERATING, heartbeat_at__lt=heartbeat_before)
         )
 
+    def sweepable(self, *, now: datetime, lease: timedelta, grace: timedelta) -> TurnQuerySet:
+        """Open turns the sweeper looks at: never enqueued, waiting a while, or orphaned.
+
+        A live generating turn (fresh heartbeat) is left alone; everything else is either
+        enqueued again or, once its stream window is closing, failed inside it.
+        """
+        return self.filter(
+            Q(status=Turn.Status.QUEUED, received_at__lt=now - grace)
+            | Q(status=Turn.Status.GENERATING, heartbeat_at__lt=now - lease)
+            | Q(status=Turn.Status.GENERATING, heartbeat_at__isnull=True)
+        )
+
     def response_url_expired(self, *, now: datetime) -> TurnQuerySet:
         return self.filter(received_at__lt=now - RESPONSE_URL_VALID).exclude(response_url="")
 
@@ -367,6 +379,12 @@ class Turn(models.Model):
     heartbeat_at = models.DateTimeField(_("worker heartbeat"), null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(_("prompt tokens"), default=0)
     completion_tokens = models.PositiveIntegerField(_("answer tokens"), default=0)
+    finish_reason = models.CharField(
+        _("finish reason"),
+        max_length=12,
+        blank=True,
+        help_text=_("Why the model stopped: stop, length (max tokens) or deadline (time limit)."),
+    )
     received_at = models.DateTimeField(_("received"))
     queued_at = models.DateTimeField(_("queued"), null=True, blank=True)
     first_token_at = models.DateTimeField(_("first token"), null=True, blank=True)
@@ -470,6 +488,7 @@ class Turn(models.Model):
             "fixed_reply_reason": self.fixed_reply_reason,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "finish_reason": self.finish_reason,
             "finished_at": timezone.now(),
             "error": error,
         }

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -44,6 +45,30 @@ def stream_state_get(stream_id: str) -> StreamState | None:
 
 def stream_state_set(stream_id: str, state: StreamState) -> None:
     cache.set(_key(stream_id), asdict(state), timeout=settings.WECOM_STREAM_TTL_SECONDS)
+
+
+# Writes an open (unfinished) state unless the stored one is already finished, in one step
+# on the Redis server: a partial flushed late can never reopen a bubble that another
+# process (the refresh closing a late stream, the sweeper's apology) has just finished.
+_SET_IF_OPEN = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, state = pcall(cjson.decode, current)
+  if ok and type(state) == 'table' and state['finish'] == true then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+return 1
+"""
+
+
+def stream_state_set_open(stream_id: str, state: StreamState) -> bool:
+    """Write a partial state unless the stream already finished; False when it had."""
+    backend: Any = cache._cache  # type: ignore[attr-defined]  # Django's RedisCacheClient
+    key = cache.make_and_validate_key(_key(stream_id))
+    client = backend.get_client(key, write=True)
+    value = backend._serializer.dumps(asdict(state))
+    written = client.eval(_SET_IF_OPEN, 1, key, value, settings.WECOM_STREAM_TTL_SECONDS)
+    return bool(written)
 
 
 def _owner_key(stream_id: str) -> str:
@@ -139,9 +164,10 @@ class StreamFlusher:
                     shown, rest = split_at_boundary(content, MAX_CONTENT_BYTES - 256)
                     if rest:
                         shown = f"{shown}\n\n…"
-                    stream_state_set(
+                    if not stream_state_set_open(
                         self.stream_id, StreamState(content=shown, deadline=self.deadline)
-                    )
+                    ):
+                        self._stream_open = False  # finished elsewhere: stop writing it
             stream_publish(self.turn_id, content=content, finish=False, status="generating")
         except Exception:  # the next write (or the final one) supersedes a lost update
             logger.warning("stream %s: partial write failed", self.stream_id, exc_info=True)

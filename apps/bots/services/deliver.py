@@ -8,22 +8,24 @@ worker that lost its turn to the sweeper (or to another worker) records nothing.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 from django.utils.translation import gettext as _
+from redis.exceptions import RedisError
 
 from apps.audit.services.ledger import ledger_record_turn
 from apps.bots.models import Turn
-from apps.bots.services.stream import reply_language
+from apps.bots.services.stream import reply_language, with_note
 from apps.bots.streams import StreamState, deadline_from, stream_publish, stream_state_set
 from wecom.display import wecom_stream_content
 from wecom.messages import MAX_CONTENT_BYTES, split_at_boundary
 from wecom.outbound import ResponseUrlError, ResponseUrlPolicy, post_response_url
 
 logger = logging.getLogger(__name__)
+
+# What a Redis outage raises through Django's cache (the client library's errors).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 
 # Bytes kept free at the end of a stream for the "continued below" note.
 NOTE_RESERVE = 256
@@ -50,11 +52,11 @@ def turn_finish(*, turn: Turn, reasoning: str, answer: str) -> bool:
     if not turn.is_held():
         logger.warning("turn %s ended before its answer was ready; answer dropped", turn.pk)
         return False
-    rest = (
-        _stream_final(turn=turn, reasoning=reasoning, answer=answer)
-        if turn.close_stream()
-        else answer
-    )
+    content, rest = _stream_final(turn=turn, reasoning=reasoning, answer=answer)
+    deadline = deadline_from(turn.received_at.timestamp())
+    closed = _stream_close_with(turn, StreamState(content=content, finish=True, deadline=deadline))
+    if closed is False:
+        rest = answer
     error = _response_url_deliver(turn=turn, content=rest) if rest else ""
     with transaction.atomic():
         finished = turn.finish(answer=answer, reasoning=reasoning, error=error)
@@ -67,8 +69,8 @@ def turn_finish(*, turn: Turn, reasoning: str, answer: str) -> bool:
     return True
 
 
-def _stream_final(*, turn: Turn, reasoning: str, answer: str) -> str:
-    """Write the stream's last state; returns the part of the answer that did not fit."""
+def _stream_final(*, turn: Turn, reasoning: str, answer: str) -> tuple[str, str]:
+    """The stream's last content, and the part of the answer that does not fit in it."""
     shown_reasoning = reasoning
     if len(reasoning.encode()) > MAX_CONTENT_BYTES // 2:
         # Reasoning is stored in full; the bubble shows its beginning only.
@@ -81,9 +83,26 @@ def _stream_final(*, turn: Turn, reasoning: str, answer: str) -> str:
     if rest:
         with reply_language():
             content = f"{content}\n\n" + _("(continued in the next message)")
-    deadline = deadline_from(turn.received_at.timestamp())
-    stream_state_set(turn.stream_id, StreamState(content=content, finish=True, deadline=deadline))
-    return rest
+    return content, rest
+
+
+def _stream_close_with(turn: Turn, state: StreamState) -> bool | None:
+    """Win the stream's close and write its last state, or neither: None when Redis failed.
+
+    The close is only committed once Redis took the state, so a Redis outage at the end
+    never leaves a stream marked finished whose bubble nobody finished; the refresh then
+    serves the ended turn from the database instead. False: someone else closed it.
+    """
+    try:
+        with transaction.atomic():
+            if not turn.close_stream():
+                return False
+            stream_state_set(turn.stream_id, state)
+    except REDIS_ERRORS:
+        turn.stream_closed_at = None
+        logger.warning("turn %s: final stream write failed", turn.pk, exc_info=True)
+        return None
+    return True
 
 
 def _response_url_deliver(*, turn: Turn, content: str) -> str:
@@ -109,7 +128,7 @@ def _response_url_deliver(*, turn: Turn, content: str) -> str:
     return error
 
 
-def turn_fail(*, turn: Turn, error: str) -> bool:
+def turn_fail(*, turn: Turn, error: str, shown: str = "") -> bool:
     """End the turn as failed: the user sees a short apology, admins see the error.
 
     False when the turn had already ended or another worker holds it: no apology then.
@@ -119,12 +138,11 @@ def turn_fail(*, turn: Turn, error: str) -> bool:
         return False
     with reply_language():
         apology = _("Sorry, something went wrong while answering. Please try again later.")
-    if turn.close_stream():
-        deadline = deadline_from(turn.received_at.timestamp())
-        stream_state_set(
-            turn.stream_id, StreamState(content=apology, finish=True, deadline=deadline)
-        )
-    else:
+    deadline = deadline_from(turn.received_at.timestamp())
+    # What the bubble already showed stays, with the apology under it.
+    content = with_note(shown, apology) if shown.strip() else apology
+    closed = _stream_close_with(turn, StreamState(content=content, finish=True, deadline=deadline))
+    if closed is False:
         _response_url_deliver(turn=turn, content=apology)
     with transaction.atomic():
         failed = turn.fail(error=error)
@@ -138,17 +156,10 @@ def turn_fail(*, turn: Turn, error: str) -> bool:
 
 
 def turns_sweep() -> int:
-    """Fail turns nobody is answering any more, so every turn reaches a terminal state."""
-    now = timezone.now()
-    stale = Turn.objects.stale(
-        queued_before=now - timedelta(seconds=settings.TURN_GENERATION_TIMEOUT_SECONDS),
-        heartbeat_before=now - timedelta(seconds=max(60.0, settings.TURN_LEASE_SECONDS * 4)),
-    )
-    count = 0
-    for turn in stale.select_related("bot"):
-        count += turn_fail(turn=turn, error="no worker finished this turn in time")
-    Turn.objects.response_url_expired(now=now).response_url_forget()
-    return count
+    """Enqueue again what was lost, fail what cannot make WeCom's window; see `recover`."""
+    from apps.bots.services.recover import turns_recover
+
+    return turns_recover()
 
 
 def turn_ledger(turn: Turn) -> None:

@@ -11,10 +11,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.utils.translation import gettext as _
 
 from apps.audit.models import AuditPolicy
@@ -26,7 +27,14 @@ from apps.bots.services.deliver import turn_fail, turn_finish
 from apps.bots.services.stream import reply_language, stream_close_for_deadline
 from apps.bots.streams import StreamFlusher, deadline_from, now_epoch
 from apps.directory.selectors import chat_readers
-from apps.inference.engine.base import ChatRequest, Engine, EngineError, Generation, GenerationStats
+from apps.inference.engine.base import (
+    ChatRequest,
+    Engine,
+    EngineError,
+    FinishReason,
+    Generation,
+    GenerationStats,
+)
 from apps.inference.engine.think import ThinkSplitter
 from apps.inference.model_load import profile_engine
 from apps.inference.models import ModelProfile
@@ -42,6 +50,9 @@ from wecom.display import wecom_stream_content
 
 logger = logging.getLogger(__name__)
 
+# The database unreachable or restarting, as opposed to a query that is wrong.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
 
 def turn_claim(*, turn_id: int) -> Turn | None:
     """Take the turn for this worker, or None when it is finished or another worker is alive.
@@ -54,15 +65,59 @@ def turn_claim(*, turn_id: int) -> Turn | None:
     turn = (
         Turn.objects.select_related("bot__model_profile", "conversation").filter(pk=turn_id).first()
     )
+    seen_beat: datetime | None = None
     while turn is not None and not turn.is_terminal:
         if turn.claim(lease=lease):
             return turn
+        if turn.status == Turn.Status.GENERATING:
+            # A live holder's lease keeper renews the heartbeat every third of the lease:
+            # a duplicate task (the sweeper's) leaves as soon as it sees a renewal, a
+            # redelivery after its worker died waits for the lease to run out and takes over.
+            if seen_beat is not None and turn.heartbeat_at != seen_beat:
+                logger.info("turn %s is being answered by another worker", turn_id)
+                return None
+            seen_beat = turn.heartbeat_at
         if time.monotonic() > deadline:
             logger.info("turn %s is being answered by another worker", turn_id)
             return None
         time.sleep(0.5)
         turn.refresh_from_db(fields=["status", "attempts", "heartbeat_at"])
     return None
+
+
+class _LeaseKeeper:
+    """Renews a claimed turn's heartbeat from its own thread for the whole life of the claim.
+
+    Renewing only when tokens arrive let a turn waiting for an engine slot (or reading its
+    knowledge bases) look dead, and the sweeper took it from a live worker. A database blip
+    skips one renewal; `lost` is set once the turn ended or another attempt took it.
+    """
+
+    def __init__(self, turn: Turn, *, interval: float) -> None:
+        # An instance of its own: the thread never writes the worker's instance.
+        self._turn = Turn(pk=turn.pk, attempts=turn.attempts, status=turn.status)
+        self._interval = interval
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{turn.pk}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    if not self._turn.heartbeat():
+                        self.lost.set()
+                        return
+                except DatabaseError:
+                    logger.warning("turn %s: heartbeat failed", self._turn.pk, exc_info=True)
+                    connection.close()
+        finally:
+            connection.close()  # this thread's own connection
 
 
 @dataclass
@@ -74,6 +129,7 @@ class _Answering:
     knowledge_bases: list[KnowledgeBase]
     flusher: StreamFlusher
     deadline: float
+    keeper: _LeaseKeeper | None = None
     guard: PolicyStreamGuard | None = None
     splitter: ThinkSplitter = field(default_factory=ThinkSplitter)
     raw: list[str] = field(default_factory=list)
@@ -81,7 +137,6 @@ class _Answering:
     fixed_reply: str = ""  # set when the sources do not answer and the model is not asked
     stats: GenerationStats | None = None
     last_flush: float = 0.0
-    last_heartbeat: float = 0.0
     first_token: bool = False
     lost: bool = False  # the sweeper or another worker took the turn meanwhile
 
@@ -94,6 +149,14 @@ def turn_generate(*, turn_id: int) -> None:
     if turn.attempts > settings.TURN_MAX_ATTEMPTS:
         turn_fail(turn=turn, error=f"gave up after {turn.attempts - 1} attempts")
         return
+    keeper = _LeaseKeeper(turn, interval=max(0.2, settings.TURN_LEASE_SECONDS / 3))
+    try:
+        _turn_answer(turn, keeper=keeper)
+    finally:
+        keeper.stop()
+
+
+def _turn_answer(turn: Turn, *, keeper: _LeaseKeeper) -> None:
     policies = selectors.bot_policies(bot=turn.bot)
     deadline = deadline_from(turn.received_at.timestamp())
     answering = _Answering(
@@ -109,11 +172,16 @@ def turn_generate(*, turn_id: int) -> None:
             deadline=deadline,
             interval=settings.WECOM_STREAM_FLUSH_SECONDS,
         ),
+        keeper=keeper,
     )
     try:
         _answer_generate(answering)
     except EngineError as exc:
         error = str(exc)
+    except TRANSIENT_DB_ERRORS:
+        # The database went away before the answer existed: the task retries (bounded by
+        # the turn's deadline) and the sweeper re-queues the turn once the lease runs out.
+        raise
     except Exception as exc:
         logger.exception("turn %s failed while generating", turn.pk)
         error = f"{type(exc).__name__}: {exc}"
@@ -123,9 +191,28 @@ def turn_generate(*, turn_id: int) -> None:
         answering.flusher.close_stream()
         answering.flusher.stop()
     if error:
-        turn_fail(turn=turn, error=error)
+        _end_retrying(lambda: turn_fail(turn=turn, error=error), until=deadline)
         return
     _answer_conclude(answering)
+
+
+def _end_retrying(end: Callable[[], bool], *, until: float) -> bool:
+    """Give the turn its end, retrying through a database blip while the window is open.
+
+    Each end is conditional on the turn's state and attempt, and the response_url is
+    taken once, so a retry after a half-done try delivers nothing twice.
+    """
+    pause = 0.5
+    while True:
+        try:
+            return end()
+        except TRANSIENT_DB_ERRORS:
+            if now_epoch() + pause > until:
+                raise
+            logger.warning("turn end failed on the database; retrying", exc_info=True)
+            connection.close()
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def _answer_generate(answering: _Answering) -> None:
@@ -189,7 +276,11 @@ def _answer_conclude(answering: _Answering) -> None:
     turn, guard, stats = answering.turn, answering.guard, answering.stats
     if answering.fixed_reply:
         turn.fixed_reply_reason = Turn.FixedReplyReason.NO_RELEVANT_SOURCE
-        turn_finish(turn=turn, reasoning="", answer=answering.fixed_reply)
+        fixed_reply = answering.fixed_reply
+        _end_retrying(
+            lambda: turn_finish(turn=turn, reasoning="", answer=fixed_reply),
+            until=answering.deadline,
+        )
         return
     assert stats is not None
     if answering.lost:
@@ -201,17 +292,40 @@ def _answer_conclude(answering: _Answering) -> None:
         _guard_record(turn=turn, guard=guard, policies=answering.policies)
         if guard.blocked:
             turn.withheld_answer = "".join(answering.raw)
-            turn_finish(turn=turn, reasoning="", answer=guard.refusal_message)
+            _end_retrying(
+                lambda: turn_finish(turn=turn, reasoning="", answer=guard.refusal_message),
+                until=answering.deadline,
+            )
             return
     if stats.finish_reason in {"error", "cancelled"}:
-        turn_fail(turn=turn, error=f"generation ended: {stats.finish_reason}")
+        _end_retrying(
+            lambda: turn_fail(turn=turn, error=f"generation ended: {stats.finish_reason}"),
+            until=answering.deadline,
+        )
         return
+    turn.finish_reason = str(stats.finish_reason or "")
     answer = answering.splitter.answer
+    note = _truncation_note(stats.finish_reason)
+    if note:
+        answer = f"{answer.rstrip()}\n\n{note}"
     if answering.hits:
         turn.sources = [_source_record(hit) for hit in answering.hits]
         with reply_language():
             answer = f"{answer.rstrip()}\n\n{sources_footer(hits=answering.hits)}"
-    turn_finish(turn=turn, reasoning=answering.splitter.reasoning, answer=answer)
+    _end_retrying(
+        lambda: turn_finish(turn=turn, reasoning=answering.splitter.reasoning, answer=answer),
+        until=answering.deadline,
+    )
+
+
+def _truncation_note(reason: str | None) -> str:
+    """An answer the model did not end itself says so: a cut answer must not look complete."""
+    with reply_language():
+        if reason == FinishReason.LENGTH:
+            return _("(The answer was cut off here: it reached the maximum answer length.)")
+        if reason == FinishReason.DEADLINE:
+            return _("(The answer was cut off here: it reached the time limit for one answer.)")
+    return ""
 
 
 def _guard_record(*, turn: Turn, guard: PolicyStreamGuard, policies: list[AuditPolicy]) -> None:
@@ -234,11 +348,13 @@ def _answer_progress(answering: _Answering) -> bool:
     turn, now = answering.turn, time.monotonic()
     if not answering.first_token:
         answering.first_token = True
-        turn.first_token()
-    if now - answering.last_heartbeat >= 2.0:
-        answering.last_heartbeat = now
-        if not turn.heartbeat():
-            return False
+        try:
+            turn.first_token()
+        except DatabaseError:  # only a statistic: a database blip must not cost the answer
+            logger.warning("turn %s: first token not stamped", turn.pk, exc_info=True)
+            connection.close()
+    if answering.keeper is not None and answering.keeper.lost.is_set():
+        return False
     if now - answering.last_flush < settings.WECOM_STREAM_FLUSH_SECONDS / 2:
         return True
     answering.last_flush = now

@@ -18,6 +18,8 @@ from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
 from apps.audit.models import AuditPolicy
 from apps.audit.services.policy import PolicyDecision, policy_evaluate
@@ -40,6 +42,9 @@ from wecom.messages import (
 from wecom.outbound import ResponseUrlRefused, response_url_check
 
 logger = logging.getLogger(__name__)
+
+# What publishing a task raises while the broker is unreachable.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, RedisError, OSError)
 
 ANSWERABLE_TYPES = frozenset({"text", "mixed", "voice"})
 
@@ -96,6 +101,8 @@ def mention_receive(
     """
     existing = Turn.objects.filter(bot=bot, msgid=message.msgid).first()
     if existing is not None:
+        if existing.status == Turn.Status.QUEUED and existing.queued_at is None:
+            turn_enqueue(turn_id=existing.pk)  # its first enqueue failed: WeCom's retry sends it
         return existing
     chat_type = Conversation.ChatType.GROUP if message.is_group else Conversation.ChatType.SINGLE
     conversation, _created = Conversation.objects.get_or_create(
@@ -211,11 +218,22 @@ def _response_url_accepted(*, bot: Bot, url: str | None) -> str:
     return url
 
 
-def turn_enqueue(*, turn_id: int) -> None:
+def turn_enqueue(*, turn_id: int) -> bool:
+    """Send the answer task, then stamp `queued_at`; False when the broker refused it.
+
+    Stamped only after the broker took the task, so a turn without `queued_at` was never
+    enqueued: the sweeper and a WeCom retry of the same message send it again. A broker
+    outage never fails the callback; the turn row is already saved.
+    """
     from apps.bots.tasks import turn_generate as turn_generate_task
 
+    try:
+        turn_generate_task.delay(turn_id)
+    except BROKER_ERRORS:
+        logger.warning("turn %s could not be enqueued; the sweeper retries", turn_id, exc_info=True)
+        return False
     Turn.objects.filter(pk=turn_id).mark_queued(now=timezone.now())
-    turn_generate_task.delay(turn_id)
+    return True
 
 
 def event_handle(*, bot: Bot, event: InboundEvent) -> dict | None:

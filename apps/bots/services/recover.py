@@ -1,0 +1,75 @@
+"""Recovering turns nobody is answering: enqueue them again while they can still make it.
+
+A saved turn can lose its task in three ways: the enqueue failed (broker down after the
+commit), the task was acknowledged and gone (a database or broker error), or the worker
+process died holding it (its unacknowledged message only comes back after the broker's
+visibility timeout, far beyond WeCom's window). The sweeper finds each by its state and
+sends the task again; a turn that has used its attempts, or whose stream window is
+closing, is failed while the bubble is still polled, so the apology lands in it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from apps.bots.models import Turn
+from apps.bots.services.deliver import turn_fail
+
+logger = logging.getLogger(__name__)
+
+# A turn saved this recently may still have its enqueue in flight (on_commit).
+ENQUEUE_GRACE = timedelta(seconds=10)
+# Turns not answered this long before the stream deadline are failed: the sweep runs every
+# 10 s, so the apology is in the bubble before WeCom stops polling.
+WINDOW_MARGIN = timedelta(seconds=30)
+
+
+def turns_recover() -> int:
+    """One sweep: returns how many turns were failed (the rest were enqueued or left alone)."""
+    now = timezone.now()
+    lease = timedelta(seconds=settings.TURN_LEASE_SECONDS)
+    failed = 0
+    for turn in Turn.objects.sweepable(now=now, lease=lease, grace=ENQUEUE_GRACE).select_related(
+        "bot"
+    ):
+        failed += turn_recover(turn=turn, now=now)
+    Turn.objects.response_url_expired(now=now).response_url_forget()
+    return failed
+
+
+def turn_closing_at(turn: Turn) -> datetime:
+    """After this a turn no longer starts over: its apology must make the stream window."""
+    window = timedelta(seconds=settings.WECOM_STREAM_DEADLINE_SECONDS) - WINDOW_MARGIN
+    timeout = timedelta(seconds=settings.TURN_GENERATION_TIMEOUT_SECONDS)
+    return turn.received_at + min(window, timeout)
+
+
+def turn_recover(*, turn: Turn, now: datetime) -> bool:
+    """Enqueue the turn again or fail it; True when it was failed."""
+    from apps.bots.services.receive import turn_enqueue
+
+    requeue_after = timedelta(seconds=settings.TURN_REQUEUE_SECONDS)
+    if now >= turn_closing_at(turn):
+        return turn_fail(turn=turn, error="no worker finished this turn within WeCom's window")
+    if turn.status == Turn.Status.GENERATING:
+        if turn.attempts >= settings.TURN_MAX_ATTEMPTS:
+            return turn_fail(turn=turn, error=f"its worker was lost {turn.attempts} times")
+        once_key = f"turn-requeue:{turn.pk}:{turn.attempts}"
+    elif turn.queued_at is None:
+        once_key = ""  # never enqueued: nothing can be in flight
+    elif turn.queued_at < now - requeue_after:
+        # Not started for a while: its message may have died with a worker that had it
+        # reserved. A duplicate finds the turn claimed or ended and returns at once.
+        once_key = f"turn-requeue:{turn.pk}:queued"
+    else:
+        return False
+    if once_key and not cache.add(once_key, 1, timeout=max(1, int(requeue_after.total_seconds()))):
+        return False
+    logger.info("turn %s (%s, attempt %s) enqueued again", turn.pk, turn.status, turn.attempts)
+    turn_enqueue(turn_id=turn.pk)
+    return False
