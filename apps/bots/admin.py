@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin, request_id_of
+from apps.bots.admin_setup import BotSetupAdminMixin, callback_url_html
 from apps.bots.forms import BotForm
 from apps.bots.models import Bot, Conversation, LongConnection, Turn
 from apps.bots.services.config import (
@@ -126,7 +127,7 @@ CONNECTION_PHASES = {
 
 
 @admin.register(Bot)
-class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
+class BotAdmin(BotSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin):
     audit_action_prefix = "bots.bot"
     form = BotForm
     list_display = (
@@ -204,7 +205,7 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     )
 
     class Media:
-        js = ("bots/copy.js", "bots/connection_live.js")
+        js = ("bots/copy.js", "bots/connection_live.js", "bots/setup.js")
 
     def get_urls(self) -> list[URLPattern]:
         own = [
@@ -233,14 +234,7 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("callback URL"))
     def callback_url_copy(self, obj: Bot) -> str:
-        if not obj.pk:
-            return str(_("Shown after the bot is saved."))
-        return format_html(
-            '<code id="callback-url">{}</code> '
-            '<button type="button" class="button" data-copy-target="callback-url">{}</button>',
-            obj.callback_url(),
-            _("Copy"),
-        )
+        return callback_url_html(obj)
 
     @admin.display(description=_("stored credentials"))
     def secrets_state(self, obj: Bot) -> str:
