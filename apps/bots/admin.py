@@ -25,13 +25,14 @@ from apps.bots.services.config import (
 from apps.bots.transcripts import conversations_for_user, turns_for_user
 from apps.core.admin import ReadOnlyAdminMixin
 from apps.core.fields import is_undecryptable
+from apps.inference.admin_setup import ModelProfileSetupAdminMixin
 from apps.inference.forms import ModelProfileForm
 from apps.inference.model_load import model_load_get
 from apps.inference.models import ModelProfile
 
 
 @admin.register(ModelProfile)
-class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
+class ModelProfileAdmin(ModelProfileSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin):
     audit_action_prefix = "bots.model_profile"
     form = ModelProfileForm
     list_display = (
@@ -44,9 +45,9 @@ class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         "bot_count",
     )
     search_fields = ("name", "gguf_path")
-    readonly_fields = ("gpu_build", "live_load", "created_at", "updated_at")
+    readonly_fields = ("gpu_build", "live_load", "trial_load", "created_at", "updated_at")
     fieldsets = (
-        (None, {"fields": ("name", "gguf_path")}),
+        (None, {"fields": ("name", "gguf_file", "gguf_path", "trial_load")}),
         (
             _("Runtime"),
             {"fields": ("context_size", "n_gpu_layers", "gpu_build", "threads", "batch_size")},
@@ -65,6 +66,9 @@ class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         ),
         (_("History"), {"fields": ("created_at", "updated_at")}),
     )
+
+    class Media:
+        js = ("inference/trial_load.js",)
 
     def audit_save(
         self,

@@ -6,18 +6,36 @@ from pathlib import Path
 from typing import Any
 
 from django import forms
+from django.conf import settings
+from django.template.defaultfilters import filesizeformat
 from django.utils.translation import gettext_lazy as _
 
 from apps.inference.models import ModelProfile
+from apps.inference.trial_load import gguf_files_list
 
 GGUF_MAGIC = b"GGUF"
 
 
 class ModelProfileForm(forms.ModelForm):
+    """The model file is chosen from the models folder; typing another path is for superusers
+    (`allow_free_path`), since the check below would otherwise probe any file on the server."""
+
+    allow_free_path = True
+
+    gguf_file = forms.ChoiceField(
+        label=_("model file"),
+        required=False,
+        help_text=_(
+            "The .gguf files in the models folder (WECOM_AI_MODELS_DIR). Choose one, or leave "
+            "this empty and type a path below."
+        ),
+    )
+
     class Meta:
         model = ModelProfile
         fields = (
             "name",
+            "gguf_file",
             "gguf_path",
             "context_size",
             "n_gpu_layers",
@@ -34,8 +52,29 @@ class ModelProfileForm(forms.ModelForm):
             "chat_template",
         )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        files = gguf_files_list(directory=settings.MODELS_DIR)
+        self.fields["gguf_file"].choices = [("", _("— another path, typed below —"))] + [
+            (str(path), f"{path.name} ({filesizeformat(path.stat().st_size)})") for path in files
+        ]
+        if self.instance.gguf_path in {str(path) for path in files}:
+            self.fields["gguf_file"].initial = self.instance.gguf_path
+        self.fields["gguf_path"].required = False
+        if not self.allow_free_path:
+            self.fields["gguf_path"].help_text = _(
+                "Only superusers may type a path outside the models folder."
+            )
+
     def clean_gguf_path(self) -> str:
-        value = self.cleaned_data["gguf_path"].strip()
+        chosen = self.cleaned_data.get("gguf_file")
+        value = chosen or self.cleaned_data["gguf_path"].strip()
+        if not value:
+            raise forms.ValidationError(_("Choose a model file or type its path."))
+        if not chosen and not self.allow_free_path and value != self.instance.gguf_path:
+            raise forms.ValidationError(
+                _("Choose a file from the models folder; only superusers may type another path.")
+            )
         path = Path(value)
         if not path.is_absolute():
             raise forms.ValidationError(_("Enter an absolute path."))
