@@ -1,10 +1,16 @@
 // Copy-to-clipboard buttons on admin pages: <button data-copy-target="element-id">.
 // The button says "copied" for a moment (data-copied-label); without the Clipboard API
-// (plain http on a non-local address) the text is copied through a selection instead.
+// (plain http on a non-local address), or when it refuses, the text is copied through a
+// selection instead.
 function copyText(text) {
   if (navigator.clipboard && window.isSecureContext) {
-    return navigator.clipboard.writeText(text);
+    // Refused when the page lacks focus or permission: fall back to the selection.
+    return navigator.clipboard.writeText(text).catch(function () { return copyBySelection(text); });
   }
+  return copyBySelection(text);
+}
+
+function copyBySelection(text) {
   return new Promise(function (resolve, reject) {
     const area = document.createElement("textarea");
     area.value = text;

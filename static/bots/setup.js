@@ -65,10 +65,15 @@ document.addEventListener("DOMContentLoaded", function () {
 
   document.querySelectorAll("input[data-generate]").forEach(addGenerateButton);
   document.querySelectorAll('input[type="password"][data-required-mode]').forEach(addShowButton);
-  if (slug) slug.addEventListener("input", showPreview);
-  // The admin's prepopulate script fills the slug from the name without an input event.
+  if (slug) ["input", "change"].forEach(function (kind) { slug.addEventListener(kind, showPreview); });
+  // The admin's prepopulate script fills the slug from the name (on keyup and change)
+  // without an event on the slug: follow the name too, after that script has run.
   const name = document.getElementById("id_name");
-  if (name) name.addEventListener("input", function () { setTimeout(showPreview, 0); });
+  if (name) {
+    ["input", "keyup", "change"].forEach(function (kind) {
+      name.addEventListener(kind, function () { setTimeout(showPreview, 0); });
+    });
+  }
   if (mode) mode.addEventListener("change", markRequired);
   showPreview();
   markRequired();
