@@ -7,9 +7,11 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.core.validators import URLValidator
 from django.template.defaultfilters import filesizeformat
 from django.utils.translation import gettext_lazy as _
 
+from apps.inference.model_download import FILE_NAME, SHA256
 from apps.inference.models import ModelProfile
 from apps.inference.trial_load import gguf_files_list
 
@@ -102,3 +104,41 @@ class ModelProfileForm(forms.ModelForm):
                 % {"batch": batch_size},
             )
         return cleaned
+
+
+class ModelDownloadForm(forms.Form):
+    url = forms.URLField(
+        label=_("URL"),
+        assume_scheme="https",
+        validators=[URLValidator(schemes=["http", "https"])],
+        help_text=_("Where the .gguf file is served."),
+    )
+    sha256 = forms.CharField(
+        label=_("SHA-256"),
+        min_length=64,
+        max_length=64,
+        help_text=_(
+            "The file's published SHA-256 (64 hex digits); a file that differs is discarded."
+        ),
+    )
+    file_name = forms.CharField(
+        label=_("file name"),
+        max_length=200,
+        help_text=_("Saved under this name in the models folder, e.g. qwen2.5-7b-q4_k_m.gguf."),
+    )
+
+    def clean_sha256(self) -> str:
+        value = self.cleaned_data["sha256"].strip().lower()
+        if not SHA256.match(value):
+            raise forms.ValidationError(_("Enter 64 hexadecimal digits."))
+        return value
+
+    def clean_file_name(self) -> str:
+        value = self.cleaned_data["file_name"].strip()
+        if not FILE_NAME.match(value):
+            raise forms.ValidationError(
+                _("Letters, digits, '.', '_' and '-' only, ending in .gguf.")
+            )
+        if (Path(settings.MODELS_DIR) / value).exists():
+            raise forms.ValidationError(_("The models folder already has a file of this name."))
+        return value
