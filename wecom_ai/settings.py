@@ -341,6 +341,10 @@ TURN_GENERATION_TIMEOUT_SECONDS = env.float("TURN_GENERATION_TIMEOUT_SECONDS", d
 DEFAULT_MODEL_PATH = env.str(
     "DEFAULT_MODEL_PATH", default=str(DATA_DIR / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 )
+# Shown on the admin's status page; set by the image build (e.g. the git tag).
+APP_VERSION = env.str("WECOM_AI_VERSION", default="development")
+# The folder whose .gguf files the model profile form offers to choose from.
+MODELS_DIR = env.str("WECOM_AI_MODELS_DIR", default=str(DATA_DIR / "models"))
 
 # --- auth, REST -----------------------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [

@@ -3,6 +3,16 @@ import logging
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
+from django.utils.translation import gettext_lazy as _
+
+from wecom_ai.status import status_view
+
+# There is no public site: the header names the product, and "View site" (a 404) is replaced
+# by the status page (templates/admin/base_site.html).
+admin.site.site_header = _("WeCom AI")
+admin.site.site_title = _("WeCom AI")
+admin.site.index_title = _("Administration")
+admin.site.site_url = None
 
 
 def healthz(request: HttpRequest) -> HttpResponse:
@@ -31,5 +41,6 @@ urlpatterns = [
     path("wecom/", include("apps.bots.urls")),
     path("api/", include("apps.knowledge.urls")),
     path("i18n/", include("django.conf.urls.i18n")),
+    path("admin/status/", admin.site.admin_view(status_view), name="admin-status"),
     path("admin/", admin.site.urls),
 ]

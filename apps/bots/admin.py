@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin, request_id_of
+from apps.bots.admin_setup import BotSetupAdminMixin, callback_url_html
 from apps.bots.forms import BotForm
 from apps.bots.models import Bot, Conversation, LongConnection, Turn
 from apps.bots.services.config import (
@@ -24,13 +25,14 @@ from apps.bots.services.config import (
 from apps.bots.transcripts import conversations_for_user, turns_for_user
 from apps.core.admin import ReadOnlyAdminMixin
 from apps.core.fields import is_undecryptable
+from apps.inference.admin_setup import ModelProfileSetupAdminMixin
 from apps.inference.forms import ModelProfileForm
 from apps.inference.model_load import model_load_get
 from apps.inference.models import ModelProfile
 
 
 @admin.register(ModelProfile)
-class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
+class ModelProfileAdmin(ModelProfileSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin):
     audit_action_prefix = "bots.model_profile"
     form = ModelProfileForm
     list_display = (
@@ -43,9 +45,9 @@ class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         "bot_count",
     )
     search_fields = ("name", "gguf_path")
-    readonly_fields = ("gpu_build", "live_load", "created_at", "updated_at")
+    readonly_fields = ("gpu_build", "live_load", "trial_load", "created_at", "updated_at")
     fieldsets = (
-        (None, {"fields": ("name", "gguf_path")}),
+        (None, {"fields": ("name", "gguf_file", "gguf_path", "trial_load")}),
         (
             _("Runtime"),
             {"fields": ("context_size", "n_gpu_layers", "gpu_build", "threads", "batch_size")},
@@ -64,6 +66,9 @@ class ModelProfileAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
         ),
         (_("History"), {"fields": ("created_at", "updated_at")}),
     )
+
+    class Media:
+        js = ("inference/trial_load.js",)
 
     def audit_save(
         self,
@@ -126,7 +131,7 @@ CONNECTION_PHASES = {
 
 
 @admin.register(Bot)
-class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
+class BotAdmin(BotSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin):
     audit_action_prefix = "bots.bot"
     form = BotForm
     list_display = (
@@ -204,7 +209,7 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     )
 
     class Media:
-        js = ("bots/copy.js", "bots/connection_live.js")
+        js = ("bots/copy.js", "bots/connection_live.js", "bots/setup.js")
 
     def get_urls(self) -> list[URLPattern]:
         own = [
@@ -233,14 +238,7 @@ class BotAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("callback URL"))
     def callback_url_copy(self, obj: Bot) -> str:
-        if not obj.pk:
-            return str(_("Shown after the bot is saved."))
-        return format_html(
-            '<code id="callback-url">{}</code> '
-            '<button type="button" class="button" data-copy-target="callback-url">{}</button>',
-            obj.callback_url(),
-            _("Copy"),
-        )
+        return callback_url_html(obj)
 
     @admin.display(description=_("stored credentials"))
     def secrets_state(self, obj: Bot) -> str:

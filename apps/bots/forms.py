@@ -1,4 +1,9 @@
-"""Admin forms: secrets are write-only."""
+"""Admin forms: secrets are write-only.
+
+A secret typed into a form that then fails validation is rendered back from the submitted
+value (so a typo elsewhere does not wipe it); an unbound form has no value, so nothing stored
+is ever echoed.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +25,36 @@ class BotForm(forms.ModelForm):
         required=False,
         max_length=128,
         strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-        help_text=_("The Token from the bot's API settings in WeCom. Leave empty to keep it."),
+        widget=forms.PasswordInput(
+            render_value=True,
+            attrs={
+                "autocomplete": "off",
+                "data-required-mode": "callback",
+                "data-generate": "token",
+            },
+        ),
+        help_text=_(
+            "Required in callback mode. The Token from the bot's API settings in WeCom "
+            "(or generate one and paste it there). Leave empty to keep the stored one."
+        ),
     )
     new_encoding_aes_key = forms.CharField(
         label=_("EncodingAESKey"),
         required=False,
         max_length=43,
         strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-        help_text=_("43 characters, from the same page. Leave empty to keep it."),
+        widget=forms.PasswordInput(
+            render_value=True,
+            attrs={
+                "autocomplete": "off",
+                "data-required-mode": "callback",
+                "data-generate": "encoding_aes_key",
+            },
+        ),
+        help_text=_(
+            "Required in callback mode. 43 characters, from the same page (or generate one "
+            "and paste it there). Leave empty to keep the stored one."
+        ),
     )
 
     new_longconn_secret = forms.CharField(
@@ -37,9 +62,13 @@ class BotForm(forms.ModelForm):
         required=False,
         max_length=256,
         strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        widget=forms.PasswordInput(
+            render_value=True,
+            attrs={"autocomplete": "off", "data-required-mode": "long_connection"},
+        ),
         help_text=_(
-            "The Secret from the bot's long-connection settings in WeCom. Leave empty to keep it."
+            "Required for the long connection. The Secret from the bot's long-connection "
+            "settings in WeCom. Leave empty to keep the stored one."
         ),
     )
 
@@ -73,6 +102,8 @@ class BotForm(forms.ModelForm):
         if "connection_mode" in self.fields:
             # Left out (a form posted before the mode existed) means callback, as before.
             self.fields["connection_mode"].required = False
+        if "aibotid" in self.fields:
+            self.fields["aibotid"].widget.attrs["data-required-mode"] = "long_connection"
 
     def clean_connection_mode(self) -> str:
         return self.cleaned_data.get("connection_mode") or Bot.ConnectionMode.CALLBACK

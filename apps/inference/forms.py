@@ -6,18 +6,38 @@ from pathlib import Path
 from typing import Any
 
 from django import forms
+from django.conf import settings
+from django.core.validators import URLValidator
+from django.template.defaultfilters import filesizeformat
 from django.utils.translation import gettext_lazy as _
 
+from apps.inference.model_download import FILE_NAME, SHA256
 from apps.inference.models import ModelProfile
+from apps.inference.trial_load import gguf_files_list
 
 GGUF_MAGIC = b"GGUF"
 
 
 class ModelProfileForm(forms.ModelForm):
+    """The model file is chosen from the models folder; typing another path is for superusers
+    (`allow_free_path`), since the check below would otherwise probe any file on the server."""
+
+    allow_free_path = True
+
+    gguf_file = forms.ChoiceField(
+        label=_("model file"),
+        required=False,
+        help_text=_(
+            "The .gguf files in the models folder (WECOM_AI_MODELS_DIR). Choose one, or leave "
+            "this empty and type a path below."
+        ),
+    )
+
     class Meta:
         model = ModelProfile
         fields = (
             "name",
+            "gguf_file",
             "gguf_path",
             "context_size",
             "n_gpu_layers",
@@ -34,8 +54,29 @@ class ModelProfileForm(forms.ModelForm):
             "chat_template",
         )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        files = gguf_files_list(directory=settings.MODELS_DIR)
+        self.fields["gguf_file"].choices = [("", _("— another path, typed below —"))] + [
+            (str(path), f"{path.name} ({filesizeformat(path.stat().st_size)})") for path in files
+        ]
+        if self.instance.gguf_path in {str(path) for path in files}:
+            self.fields["gguf_file"].initial = self.instance.gguf_path
+        self.fields["gguf_path"].required = False
+        if not self.allow_free_path:
+            self.fields["gguf_path"].help_text = _(
+                "Only superusers may type a path outside the models folder."
+            )
+
     def clean_gguf_path(self) -> str:
-        value = self.cleaned_data["gguf_path"].strip()
+        chosen = self.cleaned_data.get("gguf_file")
+        value = chosen or self.cleaned_data["gguf_path"].strip()
+        if not value:
+            raise forms.ValidationError(_("Choose a model file or type its path."))
+        if not chosen and not self.allow_free_path and value != self.instance.gguf_path:
+            raise forms.ValidationError(
+                _("Choose a file from the models folder; only superusers may type another path.")
+            )
         path = Path(value)
         if not path.is_absolute():
             raise forms.ValidationError(_("Enter an absolute path."))
@@ -63,3 +104,41 @@ class ModelProfileForm(forms.ModelForm):
                 % {"batch": batch_size},
             )
         return cleaned
+
+
+class ModelDownloadForm(forms.Form):
+    url = forms.URLField(
+        label=_("URL"),
+        assume_scheme="https",
+        validators=[URLValidator(schemes=["http", "https"])],
+        help_text=_("Where the .gguf file is served."),
+    )
+    sha256 = forms.CharField(
+        label=_("SHA-256"),
+        min_length=64,
+        max_length=64,
+        help_text=_(
+            "The file's published SHA-256 (64 hex digits); a file that differs is discarded."
+        ),
+    )
+    file_name = forms.CharField(
+        label=_("file name"),
+        max_length=200,
+        help_text=_("Saved under this name in the models folder, e.g. qwen2.5-7b-q4_k_m.gguf."),
+    )
+
+    def clean_sha256(self) -> str:
+        value = self.cleaned_data["sha256"].strip().lower()
+        if not SHA256.match(value):
+            raise forms.ValidationError(_("Enter 64 hexadecimal digits."))
+        return value
+
+    def clean_file_name(self) -> str:
+        value = self.cleaned_data["file_name"].strip()
+        if not FILE_NAME.match(value):
+            raise forms.ValidationError(
+                _("Letters, digits, '.', '_' and '-' only, ending in .gguf.")
+            )
+        if (Path(settings.MODELS_DIR) / value).exists():
+            raise forms.ValidationError(_("The models folder already has a file of this name."))
+        return value
