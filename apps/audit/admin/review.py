@@ -5,28 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin, messages
-from django.contrib.auth import get_user_model
+from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.http import HttpRequest, HttpResponse
+from django.urls import path
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit import selectors
+from apps.audit.admin.assignments import scope_view
 from apps.audit.admin.exports import export_action
 from apps.audit.admin.filters import ReviewBotFilter, ReviewDepartmentFilter, ReviewSourceFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, request_id_of
-from apps.audit.forms import ReviewCaseForm, ReviewScopeForm
+from apps.audit.forms import ReviewCaseForm
 from apps.audit.models import ReviewCase
 from apps.audit.services.review import (
     ReviewError,
     review_assign,
     review_decide,
-    review_scope,
-    review_scope_set,
 )
 
 
@@ -71,7 +68,8 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         "status",
         "action",
         "decision",
-        "policy",
+        ("policy", admin.RelatedOnlyFieldListFilter),
+        ("assignee", admin.RelatedOnlyFieldListFilter),
         ReviewBotFilter,
         ReviewSourceFilter,
         ReviewDepartmentFilter,
@@ -236,40 +234,4 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         ]
 
     def scope_view(self, request: HttpRequest) -> HttpResponse:
-        if not request.user.has_perm("audit.assign_reviewcase"):
-            raise PermissionDenied
-        if request.method == "POST":
-            form = ReviewScopeForm(request.POST)
-            if form.is_valid():
-                review_scope_set(
-                    officer=form.cleaned_data["officer"],
-                    bots=form.cleaned_data["bots"],
-                    sources=form.cleaned_data["archive_sources"],
-                    actor=request.user,
-                    request_id=request_id_of(request),
-                )
-                self.message_user(request, _("Assignments saved."), messages.SUCCESS)
-                url = reverse("admin:audit_reviewcase_scope")
-                return HttpResponseRedirect(f"{url}?officer={form.cleaned_data['officer'].pk}")
-        else:
-            initial: dict[str, Any] = {}
-            officer_id = request.GET.get("officer")
-            officer = get_user_model().objects.filter(pk=officer_id).first() if officer_id else None
-            if officer is not None:
-                scope = review_scope(officer=officer)
-                initial = {
-                    "officer": officer,
-                    "bots": scope["bots"],
-                    "archive_sources": scope["archive_sources"],
-                }
-            form = ReviewScopeForm(initial=initial)
-        return TemplateResponse(
-            request,
-            "admin/audit/review_scope.html",
-            {
-                **self.admin_site.each_context(request),
-                "title": _("Officer assignments"),
-                "form": form,
-                "opts": self.model._meta,
-            },
-        )
+        return scope_view(self, request)
