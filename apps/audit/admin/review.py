@@ -6,11 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit import selectors
@@ -18,8 +21,10 @@ from apps.audit.admin.assignments import scope_view
 from apps.audit.admin.exports import export_action
 from apps.audit.admin.filters import ReviewBotFilter, ReviewDepartmentFilter, ReviewSourceFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, request_id_of
+from apps.audit.admin.triage import case_neighbours, case_snippet, case_user
 from apps.audit.forms import ReviewCaseForm
-from apps.audit.models import ReviewCase
+from apps.audit.models import AccessLog, ReviewCase
+from apps.audit.services.access import access_log_record_many
 from apps.audit.services.review import (
     ReviewError,
     review_assign,
@@ -58,8 +63,10 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         "created_at",
         "status",
         "action",
-        "policy",
+        "user",
         "scope",
+        "policy",
+        "snippet",
         "assignee",
         "decision",
     )
@@ -74,18 +81,28 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         ReviewSourceFilter,
         ReviewDepartmentFilter,
     )
-    list_select_related = ("policy", "bot", "archive_source", "assignee")
     search_fields = ("note", "turn__msgid", "archived_message__msgid")
     date_hierarchy = "created_at"
     show_full_result_count = False
     actions = ("assign_to_me", "decide_dismiss", "decide_confirm", "export_selected")
+    change_form_template = "admin/audit/reviewcase/change_form.html"
     fieldsets = (
         (
             None,
-            {"fields": ("status", "action", "policy", "scope", "created_at", "assignee")},
+            {
+                "fields": (
+                    "status",
+                    "action",
+                    "policy",
+                    "scope",
+                    "created_at",
+                    "assignee",
+                    "transcript_link",
+                )
+            },
         ),
         (_("Content"), {"fields": ("source_content", "matched_rules")}),
-        (_("Decision"), {"fields": ("decision", "note", "decided_by", "decided_at")}),
+        (_("Decision"), {"fields": ("note", "decided_by", "decided_at")}),
     )
     readonly_fields = (
         "status",
@@ -94,6 +111,7 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         "scope",
         "created_at",
         "assignee",
+        "transcript_link",
         "source_content",
         "matched_rules",
         "decided_by",
@@ -115,6 +133,59 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         # The page shows the flagged turn or archived message in full.
         return [record for record in (obj.turn, obj.archived_message) if record is not None]
 
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        # The decision comes from the page's decision buttons, not a field in a fieldset.
+        kwargs["fields"] = ("decision", "note")
+        return super().get_form(request, obj, change, **kwargs)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The list shows snippets of content: every record it shows is access-logged."""
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            shown = [
+                record
+                for case in changelist.result_list
+                for record in (case.turn, case.archived_message)
+                if record is not None
+            ]
+            access_log_record_many(
+                user=request.user,
+                objects=shown,
+                action=AccessLog.Action.VIEW,
+                reason=gettext("Listed with a snippet in the review triage list."),
+                request_id=request_id_of(request),
+            )
+        return response
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        context = dict(extra_context or {})
+        if request.method == "GET":
+            case = self.get_object(request, unquote(object_id))
+            previous, following = case_neighbours(self, request, case)
+            filters = request.GET.get("_changelist_filters", "")
+            suffix = f"?{urlencode({'_changelist_filters': filters})}" if filters else ""
+            for key, pk in (("previous_case_url", previous), ("next_case_url", following)):
+                if pk is not None:
+                    url = reverse("admin:audit_reviewcase_change", args=[pk])
+                    context[key] = url + suffix
+            context["decisions"] = [
+                (value, label)
+                for value, label in ReviewCase.Decision.choices
+                if value != ReviewCase.Decision.NONE
+            ]
+        return super().change_view(request, object_id, form_url, context)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -135,6 +206,28 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
     @admin.display(description=_("bot / archive source"))
     def scope(self, obj: ReviewCase) -> str:
         return str(obj.bot or obj.archive_source or "—")
+
+    @admin.display(description=_("user"))
+    def user(self, obj: ReviewCase) -> str:
+        return case_user(obj)
+
+    @admin.display(description=_("snippet"))
+    def snippet(self, obj: ReviewCase) -> str:
+        return case_snippet(obj)
+
+    @admin.display(description=_("conversation"))
+    def transcript_link(self, obj: ReviewCase) -> str:
+        if obj.turn is not None:
+            url = reverse("admin:bots_conversation_change", args=[obj.turn.conversation_id])
+            return format_html(
+                '<a href="{}" id="case-conversation">{}</a>', url, _("Open the conversation")
+            )
+        if obj.archived_message is not None:
+            url = reverse("admin:audit_archivedmessage_change", args=[obj.archived_message_id])
+            return format_html(
+                '<a href="{}" id="case-conversation">{}</a>', url, _("Open the archived chat")
+            )
+        return "—"
 
     @admin.display(description=_("content"))
     def source_content(self, obj: ReviewCase) -> str:
