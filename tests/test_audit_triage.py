@@ -173,3 +173,51 @@ def test_bulk_decide_decides_only_cases_in_scope_each_audited(triage) -> None:
 def test_admin_sees_every_case(triage, admin_client) -> None:
     html = admin_client.get(reverse(LIST)).content.decode()
     assert "两百元" in html and "一百元" in html
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_cases_export_as_csv_and_xlsx_with_manifest(triage, fmt: str) -> None:
+    import csv
+    import hashlib
+    import io
+    import json
+    import zipfile
+
+    from openpyxl import load_workbook
+
+    from tests.access_reason import REASON
+
+    first = triage["cases"][0]
+    ReviewCase.objects.filter(pk=first.pk).update(note="=HYPERLINK(1)")
+    selection = {
+        "action": f"export_selected_{fmt}",
+        "_selected_action": [first.pk, triage["it_case"].pk],
+    }
+    # Without a reason nothing is exported; with one, a zip of the table and its manifest
+    ask = triage["a"].post(reverse(LIST), selection)
+    assert ask.status_code == 200 and fmt.upper() in ask.content.decode()
+    assert not AccessLog.objects.filter(action="export").exists()
+    response = triage["a"].post(reverse(LIST), {**selection, **REASON})
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    manifest = json.loads(archive.read("manifest.json"))
+    (entry,) = manifest["files"]
+    assert entry["name"] == f"review_cases.{fmt}" and entry["records"] == 1
+    data = archive.read(entry["name"])
+    assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    if fmt == "csv":
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    else:
+        sheet = load_workbook(io.BytesIO(data), read_only=True).active
+        rows = [
+            [str(v) if v is not None else "" for v in r] for r in sheet.iter_rows(values_only=True)
+        ]
+    header, *records = rows
+    # Only the officer's own case went out (the other team's id was posted too)
+    assert len(records) == 1
+    row = dict(zip(header, records[0], strict=True))
+    assert (row["id"], row["user"], row["policy"]) == (str(first.pk), "wangwu", "答案检查")
+    assert "内部价格" in row["matched"] and "一百元" in row["text"]
+    # A note a spreadsheet would run as a formula is defused
+    assert row["note"] == "'=HYPERLINK(1)"
+    logs = AccessLog.objects.filter(action="export")
+    assert [(log.object_id, log.username) for log in logs] == [(str(first.pk), "officer_a")]

@@ -84,7 +84,14 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
     search_fields = ("note", "turn__msgid", "archived_message__msgid")
     date_hierarchy = "created_at"
     show_full_result_count = False
-    actions = ("assign_to_me", "decide_dismiss", "decide_confirm", "export_selected")
+    actions = (
+        "assign_to_me",
+        "decide_dismiss",
+        "decide_confirm",
+        "export_selected",
+        "export_selected_csv",
+        "export_selected_xlsx",
+    )
     change_form_template = "admin/audit/reviewcase/change_form.html"
     fieldsets = (
         (
@@ -313,6 +320,14 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
     @admin.action(description=_("Export selected cases (JSONL + manifest)"), permissions=["export"])
     def export_selected(self, request: HttpRequest, queryset: QuerySet[ReviewCase]):
         return export_action(self, request, queryset, kind="cases")
+
+    @admin.action(description=_("Export selected cases (CSV + manifest)"), permissions=["export"])
+    def export_selected_csv(self, request: HttpRequest, queryset: QuerySet[ReviewCase]):
+        return export_action(self, request, queryset, kind="cases", fmt="csv")
+
+    @admin.action(description=_("Export selected cases (XLSX + manifest)"), permissions=["export"])
+    def export_selected_xlsx(self, request: HttpRequest, queryset: QuerySet[ReviewCase]):
+        return export_action(self, request, queryset, kind="cases", fmt="xlsx")
 
     # Officer assignments: which bots and archive sources each officer reviews.
 
