@@ -221,3 +221,19 @@ def test_cases_export_as_csv_and_xlsx_with_manifest(triage, fmt: str) -> None:
     assert row["note"] == "'=HYPERLINK(1)"
     logs = AccessLog.objects.filter(action="export")
     assert [(log.object_id, log.username) for log in logs] == [(str(first.pk), "officer_a")]
+
+
+def test_a_decision_goes_on_to_the_next_case_of_the_list(triage) -> None:
+    first, second, third = triage["cases"]
+    filters = "status__exact=open"
+    assert open_with_reason(triage["a"], change_url(third, filters)).status_code == 200
+    response = triage["a"].post(change_url(third, filters), {"decision": "confirmed"})
+    assert response.status_code == 302 and response["Location"] == change_url(second, filters)
+    # The last case of the list goes back to the list
+    assert open_with_reason(triage["a"], change_url(first, filters)).status_code == 200
+    response = triage["a"].post(change_url(first, filters), {"decision": "dismissed"})
+    assert response.status_code == 302 and response["Location"].startswith(reverse(LIST))
+    # A decision without a choice re-shows the buttons
+    assert open_with_reason(triage["a"], change_url(second)).status_code == 200
+    page = triage["a"].post(change_url(second), {"note": "x"})
+    assert page.status_code == 200 and 'name="decision" value="dismissed"' in page.content.decode()

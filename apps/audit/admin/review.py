@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
@@ -20,7 +20,7 @@ from apps.audit import selectors
 from apps.audit.admin.assignments import scope_view
 from apps.audit.admin.exports import export_action
 from apps.audit.admin.filters import ReviewBotFilter, ReviewDepartmentFilter, ReviewSourceFilter
-from apps.audit.admin.mixins import AccessReasonAdminMixin, request_id_of
+from apps.audit.admin.mixins import ACCESS_REASON_FIELD, AccessReasonAdminMixin, request_id_of
 from apps.audit.admin.triage import case_neighbours, case_snippet, case_user
 from apps.audit.forms import ReviewCaseForm
 from apps.audit.models import AccessLog, ReviewCase
@@ -177,7 +177,7 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
         context = dict(extra_context or {})
-        if request.method == "GET":
+        if ACCESS_REASON_FIELD not in request.POST:
             case = self.get_object(request, unquote(object_id))
             previous, following = case_neighbours(self, request, case)
             filters = request.GET.get("_changelist_filters", "")
@@ -186,12 +186,20 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
                 if pk is not None:
                     url = reverse("admin:audit_reviewcase_change", args=[pk])
                     context[key] = url + suffix
+            # Read by `response_post_save_change`: after a decision, on to the next case.
+            request.review_next_case_url = context.get("next_case_url")  # type: ignore[attr-defined]
             context["decisions"] = [
                 (value, label)
                 for value, label in ReviewCase.Decision.choices
                 if value != ReviewCase.Decision.NONE
             ]
         return super().change_view(request, object_id, form_url, context)
+
+    def response_post_save_change(self, request: HttpRequest, obj: ReviewCase) -> HttpResponse:
+        following = getattr(request, "review_next_case_url", None)
+        if following:
+            return HttpResponseRedirect(following)
+        return super().response_post_save_change(request, obj)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
