@@ -237,3 +237,27 @@ def test_a_decision_goes_on_to_the_next_case_of_the_list(triage) -> None:
     assert open_with_reason(triage["a"], change_url(second)).status_code == 200
     page = triage["a"].post(change_url(second), {"note": "x"})
     assert page.status_code == 200 and 'name="decision" value="dismissed"' in page.content.decode()
+
+
+def test_export_command_writes_cases_as_csv(triage, tmp_path) -> None:
+    import csv
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from apps.audit.services.export import manifest_check
+
+    out = tmp_path / "export"
+    args = ("--out", str(out), "--user", "officer_a", "--reason", "监管调取 2026-17")
+    call_command("audit_export", "cases", *args, "--format", "csv", stdout=StringIO())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [f["name"] for f in manifest["files"]] == ["review_cases.csv"]
+    assert manifest_check(out) == []
+    rows = list(csv.DictReader((out / "review_cases.csv").open(encoding="utf-8-sig")))
+    assert sorted(int(r["id"]) for r in rows) == sorted(c.pk for c in triage["cases"])
+    with pytest.raises(CommandError):
+        call_command(
+            "audit_export", "messages", "--out", str(tmp_path / "m"), *args[2:], "--format", "csv"
+        )
