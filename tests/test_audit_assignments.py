@@ -107,3 +107,14 @@ def test_officer_page_uses_checkboxes(setup, admin_client):
     page = admin_client.get(f"{reverse(SCOPE)}?officer={setup['officer'].pk}").content.decode()
     assert 'type="checkbox" name="bots"' in page
     assert f'type="checkbox" name="bots" value="{setup["hr"].pk}"' in page
+
+
+def test_officers_the_page_does_not_list_keep_their_scope(setup, admin_client):
+    hr, officer, other = setup["hr"], setup["officer"], setup["other"]
+    officer.is_active = False
+    officer.save()
+    url = f"{reverse(SCOPE)}?bot={hr.pk}"
+    assert f'value="{officer.pk}"' not in admin_client.get(url).content.decode()
+    admin_client.post(url, {"officers": [other.pk]})
+    assert review_scope(officer=officer)["bots"] == [hr.pk]
+    assert review_scope(officer=other)["bots"] == [hr.pk]

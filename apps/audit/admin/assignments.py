@@ -55,19 +55,21 @@ def _target_view(
     modeladmin: admin.ModelAdmin, request: HttpRequest, key: str, target: Model
 ) -> HttpResponse:
     url = f"{reverse('admin:audit_reviewcase_scope')}?{key}={target.pk}"
+    direct = selectors.officers_assigned_to(target=target, with_groups=False)
     if request.method == "POST":
         form = ReviewOfficersForm(request.POST)
         if form.is_valid():
+            # Officers the page does not list (no longer staff or active) keep their scope.
+            unlisted = direct.exclude(pk__in=form.fields["officers"].queryset.values("pk"))
             review_officers_set(
                 target=target,
-                officers=form.cleaned_data["officers"],
+                officers=[*form.cleaned_data["officers"], *unlisted],
                 actor=request.user,
                 request_id=request_id_of(request),
             )
             modeladmin.message_user(request, _("Assignments saved."), messages.SUCCESS)
             return HttpResponseRedirect(url)
     else:
-        direct = selectors.officers_assigned_to(target=target, with_groups=False)
         form = ReviewOfficersForm(initial={"officers": list(direct)})
     meta = target._meta
     return _render(
