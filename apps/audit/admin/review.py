@@ -1,5 +1,6 @@
 """Review cases: scoped to the officer's assignments, opened with a reason, decided by a
-service; the officer-assignment page lives here too."""
+service; triaged from the list (`triage`); the officer-assignment page (`assignments`) is
+routed here."""
 
 from __future__ import annotations
 
