@@ -144,14 +144,33 @@ class ReviewScopeForm(forms.Form):
         label=_("officer"), queryset=get_user_model().objects.filter(is_staff=True, is_active=True)
     )
     # The bots come from the bots side (`apps.audit.registry`), read when the form is made.
-    bots = forms.ModelMultipleChoiceField(label=_("bots"), queryset=None, required=False)
+    # Checkboxes, not a multiple <select>: a plain click there drops every other selection.
+    bots = forms.ModelMultipleChoiceField(
+        label=_("bots"), queryset=None, required=False, widget=forms.CheckboxSelectMultiple
+    )
     archive_sources = forms.ModelMultipleChoiceField(
-        label=_("archive sources"), queryset=ArchiveSource.objects.all(), required=False
+        label=_("archive sources"),
+        queryset=ArchiveSource.objects.all(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["bots"].queryset = bot_side_get().bot_model._default_manager.all()
+
+
+class ReviewOfficersForm(forms.Form):
+    """The officers of one bot or archive source, ticked on the assignment page."""
+
+    officers = forms.ModelMultipleChoiceField(
+        label=_("officers"),
+        queryset=get_user_model()
+        .objects.filter(is_staff=True, is_active=True)
+        .order_by("username"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+    )
 
 
 class ArchiveSourceForm(forms.ModelForm):

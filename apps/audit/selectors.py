@@ -16,7 +16,7 @@ from django.contrib.auth.models import Group, Permission
 from django.db.models import Model, Q, QuerySet
 from django.utils import timezone
 from guardian.models import GroupObjectPermission
-from guardian.shortcuts import get_objects_for_user
+from guardian.shortcuts import get_objects_for_user, get_users_with_perms
 
 from apps.audit.models import (
     AccessLog,
@@ -45,6 +45,18 @@ def bots_reviewable_by(*, user: Any) -> QuerySet[Any]:
 
 def sources_reviewable_by(*, user: Any) -> QuerySet[ArchiveSource]:
     return get_objects_for_user(user, _codename(REVIEW_SOURCE_PERM), klass=ArchiveSource)
+
+
+def officers_assigned_to(*, target: Model, with_groups: bool = True) -> QuerySet[Any]:
+    """The officers assigned to a bot or archive source (shown beside it, so admins see
+    who reviews it without opening every officer's assignments)."""
+    perm = REVIEW_SOURCE_PERM if isinstance(target, ArchiveSource) else REVIEW_BOT_PERM
+    return get_users_with_perms(
+        target,
+        only_with_perms_in=[_codename(perm)],
+        with_superusers=False,
+        with_group_users=with_groups,
+    ).order_by("username")
 
 
 def scope_permissions() -> QuerySet[Permission]:

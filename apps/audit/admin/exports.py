@@ -22,9 +22,14 @@ _MANIFEST_IDS = 1000
 
 
 def export_action(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, *, kind: str
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset: QuerySet,
+    *,
+    kind: str,
+    fmt: str = "jsonl",
 ) -> HttpResponse:
-    """Ask for a reason, then answer a zip of the JSONL file and its manifest."""
+    """Ask for a reason, then answer a zip of the JSONL (or CSV, XLSX) file and its manifest."""
     form = ExportReasonForm(request.POST if "reason" in request.POST else None)
     if not form.is_valid():
         return TemplateResponse(
@@ -36,6 +41,7 @@ def export_action(
                 "form": form,
                 "queryset": queryset,
                 "count": queryset.count(),
+                "format": fmt.upper(),
                 "opts": modeladmin.model._meta,
                 "action": request.POST.get("action", ""),
                 "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
@@ -55,9 +61,10 @@ def export_action(
             directory=Path(directory),
             filters=filters,
             request_id=request_id_of(request),
+            fmt=fmt,
         )
         content = export_zip(result)
     response = HttpResponse(content, content_type="application/zip")
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-    response["Content-Disposition"] = f'attachment; filename="audit-{kind}-{stamp}.zip"'
+    response["Content-Disposition"] = f'attachment; filename="audit-{kind}-{fmt}-{stamp}.zip"'
     return response

@@ -1,9 +1,15 @@
-"""List filters whose choices are limited to what the officer is assigned to."""
+"""List filters whose choices are limited to what the officer is assigned to.
+
+Every filter an officer sees is scoped like the rows it filters: a plain foreign-key filter
+would list every policy or user in the database, so those use `RelatedOnlyFieldListFilter`
+(choices read from the admin's scoped queryset) and the others read their choices from the
+officer's assignments or scoped rows.
+"""
 
 from __future__ import annotations
 
 from django.contrib import admin
-from django.db.models import Q, QuerySet
+from django.db.models import F, Func, Q, QuerySet
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
@@ -30,9 +36,22 @@ class ReviewDepartmentFilter(admin.SimpleListFilter):
     parameter_name = "department"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        from apps.directory.selectors import directory_departments
+        # Only departments of people in the cases the user sees: the names of other teams'
+        # departments are not the officer's to learn.
+        from apps.directory.models import DirectoryUser
 
-        return [(department, department) for department in directory_departments()]
+        cases = model_admin.get_queryset(request)
+        people = DirectoryUser.objects.filter(
+            Q(userid__in=cases.values("turn__conversation__userid"))
+            | Q(userid__in=cases.values("archived_message__sender"))
+        )
+        departments = (
+            people.annotate(department=Func(F("departments"), function="unnest"))
+            .values_list("department", flat=True)
+            .distinct()
+            .order_by("department")
+        )
+        return [(department, department) for department in departments]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if not self.value():

@@ -1,32 +1,35 @@
 """Review cases: scoped to the officer's assignments, opened with a reason, decided by a
-service; the officer-assignment page lives here too."""
+service; triaged from the list (`triage`); the officer-assignment page (`assignments`) is
+routed here."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin, messages
-from django.contrib.auth import get_user_model
+from django.contrib import admin
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit import selectors
+from apps.audit.admin.assignments import scope_view
 from apps.audit.admin.exports import export_action
 from apps.audit.admin.filters import ReviewBotFilter, ReviewDepartmentFilter, ReviewSourceFilter
-from apps.audit.admin.mixins import AccessReasonAdminMixin, request_id_of
-from apps.audit.forms import ReviewCaseForm, ReviewScopeForm
-from apps.audit.models import ReviewCase
+from apps.audit.admin.mixins import ACCESS_REASON_FIELD, AccessReasonAdminMixin, request_id_of
+from apps.audit.admin.triage import case_neighbours, case_snippet, case_user
+from apps.audit.forms import ReviewCaseForm
+from apps.audit.models import AccessLog, ReviewCase
+from apps.audit.services.access import access_log_record_many
 from apps.audit.services.review import (
     ReviewError,
     review_assign,
     review_decide,
-    review_scope,
-    review_scope_set,
 )
 
 
@@ -61,8 +64,10 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         "created_at",
         "status",
         "action",
-        "policy",
+        "user",
         "scope",
+        "policy",
+        "snippet",
         "assignee",
         "decision",
     )
@@ -71,23 +76,41 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         "status",
         "action",
         "decision",
-        "policy",
+        ("policy", admin.RelatedOnlyFieldListFilter),
+        ("assignee", admin.RelatedOnlyFieldListFilter),
         ReviewBotFilter,
         ReviewSourceFilter,
         ReviewDepartmentFilter,
     )
-    list_select_related = ("policy", "bot", "archive_source", "assignee")
     search_fields = ("note", "turn__msgid", "archived_message__msgid")
     date_hierarchy = "created_at"
     show_full_result_count = False
-    actions = ("assign_to_me", "decide_dismiss", "decide_confirm", "export_selected")
+    actions = (
+        "assign_to_me",
+        "decide_dismiss",
+        "decide_confirm",
+        "export_selected",
+        "export_selected_csv",
+        "export_selected_xlsx",
+    )
+    change_form_template = "admin/audit/reviewcase/change_form.html"
     fieldsets = (
         (
             None,
-            {"fields": ("status", "action", "policy", "scope", "created_at", "assignee")},
+            {
+                "fields": (
+                    "status",
+                    "action",
+                    "policy",
+                    "scope",
+                    "created_at",
+                    "assignee",
+                    "transcript_link",
+                )
+            },
         ),
         (_("Content"), {"fields": ("source_content", "matched_rules")}),
-        (_("Decision"), {"fields": ("decision", "note", "decided_by", "decided_at")}),
+        (_("Decision"), {"fields": ("note", "decided_by", "decided_at")}),
     )
     readonly_fields = (
         "status",
@@ -96,6 +119,7 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         "scope",
         "created_at",
         "assignee",
+        "transcript_link",
         "source_content",
         "matched_rules",
         "decided_by",
@@ -117,6 +141,67 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         # The page shows the flagged turn or archived message in full.
         return [record for record in (obj.turn, obj.archived_message) if record is not None]
 
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        # The decision comes from the page's decision buttons, not a field in a fieldset.
+        kwargs["fields"] = ("decision", "note")
+        return super().get_form(request, obj, change, **kwargs)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The list shows snippets of content: every record it shows is access-logged."""
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            shown = [
+                record
+                for case in changelist.result_list
+                for record in (case.turn, case.archived_message)
+                if record is not None
+            ]
+            access_log_record_many(
+                user=request.user,
+                objects=shown,
+                action=AccessLog.Action.VIEW,
+                reason=gettext("Listed with a snippet in the review triage list."),
+                request_id=request_id_of(request),
+            )
+        return response
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        context = dict(extra_context or {})
+        if ACCESS_REASON_FIELD not in request.POST:
+            case = self.get_object(request, unquote(object_id))
+            previous, following = case_neighbours(self, request, case)
+            filters = request.GET.get("_changelist_filters", "")
+            suffix = f"?{urlencode({'_changelist_filters': filters})}" if filters else ""
+            for key, pk in (("previous_case_url", previous), ("next_case_url", following)):
+                if pk is not None:
+                    url = reverse("admin:audit_reviewcase_change", args=[pk])
+                    context[key] = url + suffix
+            # Read by `response_post_save_change`: after a decision, on to the next case.
+            request.review_next_case_url = context.get("next_case_url")  # type: ignore[attr-defined]
+            context["decisions"] = [
+                (value, label)
+                for value, label in ReviewCase.Decision.choices
+                if value != ReviewCase.Decision.NONE
+            ]
+        return super().change_view(request, object_id, form_url, context)
+
+    def response_post_save_change(self, request: HttpRequest, obj: ReviewCase) -> HttpResponse:
+        following = getattr(request, "review_next_case_url", None)
+        if following:
+            return HttpResponseRedirect(following)
+        return super().response_post_save_change(request, obj)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -137,6 +222,28 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
     @admin.display(description=_("bot / archive source"))
     def scope(self, obj: ReviewCase) -> str:
         return str(obj.bot or obj.archive_source or "—")
+
+    @admin.display(description=_("user"))
+    def user(self, obj: ReviewCase) -> str:
+        return case_user(obj)
+
+    @admin.display(description=_("snippet"))
+    def snippet(self, obj: ReviewCase) -> str:
+        return case_snippet(obj)
+
+    @admin.display(description=_("conversation"))
+    def transcript_link(self, obj: ReviewCase) -> str:
+        if obj.turn is not None:
+            url = reverse("admin:bots_conversation_change", args=[obj.turn.conversation_id])
+            return format_html(
+                '<a href="{}" id="case-conversation">{}</a>', url, _("Open the conversation")
+            )
+        if obj.archived_message is not None:
+            url = reverse("admin:audit_archivedmessage_change", args=[obj.archived_message_id])
+            return format_html(
+                '<a href="{}" id="case-conversation">{}</a>', url, _("Open the archived chat")
+            )
+        return "—"
 
     @admin.display(description=_("content"))
     def source_content(self, obj: ReviewCase) -> str:
@@ -223,6 +330,14 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
     def export_selected(self, request: HttpRequest, queryset: QuerySet[ReviewCase]):
         return export_action(self, request, queryset, kind="cases")
 
+    @admin.action(description=_("Export selected cases (CSV + manifest)"), permissions=["export"])
+    def export_selected_csv(self, request: HttpRequest, queryset: QuerySet[ReviewCase]):
+        return export_action(self, request, queryset, kind="cases", fmt="csv")
+
+    @admin.action(description=_("Export selected cases (XLSX + manifest)"), permissions=["export"])
+    def export_selected_xlsx(self, request: HttpRequest, queryset: QuerySet[ReviewCase]):
+        return export_action(self, request, queryset, kind="cases", fmt="xlsx")
+
     # Officer assignments: which bots and archive sources each officer reviews.
 
     def get_urls(self) -> list:
@@ -236,40 +351,4 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         ]
 
     def scope_view(self, request: HttpRequest) -> HttpResponse:
-        if not request.user.has_perm("audit.assign_reviewcase"):
-            raise PermissionDenied
-        if request.method == "POST":
-            form = ReviewScopeForm(request.POST)
-            if form.is_valid():
-                review_scope_set(
-                    officer=form.cleaned_data["officer"],
-                    bots=form.cleaned_data["bots"],
-                    sources=form.cleaned_data["archive_sources"],
-                    actor=request.user,
-                    request_id=request_id_of(request),
-                )
-                self.message_user(request, _("Assignments saved."), messages.SUCCESS)
-                url = reverse("admin:audit_reviewcase_scope")
-                return HttpResponseRedirect(f"{url}?officer={form.cleaned_data['officer'].pk}")
-        else:
-            initial: dict[str, Any] = {}
-            officer_id = request.GET.get("officer")
-            officer = get_user_model().objects.filter(pk=officer_id).first() if officer_id else None
-            if officer is not None:
-                scope = review_scope(officer=officer)
-                initial = {
-                    "officer": officer,
-                    "bots": scope["bots"],
-                    "archive_sources": scope["archive_sources"],
-                }
-            form = ReviewScopeForm(initial=initial)
-        return TemplateResponse(
-            request,
-            "admin/audit/review_scope.html",
-            {
-                **self.admin_site.each_context(request),
-                "title": _("Officer assignments"),
-                "form": form,
-                "opts": self.model._meta,
-            },
-        )
+        return scope_view(self, request)

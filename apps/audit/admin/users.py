@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
@@ -12,6 +13,8 @@ from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
 from django.db.models import Model
 from django.http import HttpRequest, HttpResponse
+from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext_lazy as _
 
 from apps.audit import selectors
 from apps.audit.admin.mixins import OperatorAuditAdminMixin, request_id_of
@@ -24,6 +27,46 @@ from apps.audit.services.accounts import (
     user_save,
     user_snapshot,
 )
+
+_DEFAULT_PERMISSION_NAMES = {
+    "add": _("Can add %(model)s"),
+    "change": _("Can change %(model)s"),
+    "delete": _("Can delete %(model)s"),
+    "view": _("Can view %(model)s"),
+}
+
+
+def permission_label(permission: Permission) -> str:
+    """A permission as the signed-in admin's language names it.
+
+    Django stores permission names in English when it creates them; the default ones are
+    rebuilt from the model's translated verbose name, custom ones (declared with gettext)
+    are looked up in the catalogue.
+    """
+    model = permission.content_type.model_class()
+    action, _sep, model_name = permission.codename.partition("_")
+    if model is None:
+        return f"{permission.content_type.app_label} | {gettext(permission.name)}"
+    meta = model._meta
+    if action in _DEFAULT_PERMISSION_NAMES and model_name == meta.model_name:
+        name = _DEFAULT_PERMISSION_NAMES[action] % {"model": meta.verbose_name}
+    else:
+        name = gettext(permission.name)
+    return f"{meta.app_config.verbose_name} | {meta.verbose_name} | {name}"
+
+
+# The role presets' names (migration audit 0009_role_presets), marked for the catalogue.
+ROLE_PRESET_NAMES = (
+    gettext_noop("IT admin"),
+    gettext_noop("Knowledge editor"),
+    gettext_noop("Compliance officer"),
+    gettext_noop("Auditor"),
+)
+
+
+def group_label(group: Group) -> str:
+    """Role presets are stored under their English names and shown translated."""
+    return gettext(group.name)
 
 
 class ScopeGrantGuardMixin:
@@ -41,7 +84,19 @@ class ScopeGrantGuardMixin:
             ).select_related("content_type")
         elif db_field.name == "groups":
             kwargs["queryset"] = Group.objects.exclude(pk__in=selectors.scope_groups())
-        return super().formfield_for_manytomany(db_field, request, **kwargs)  # type: ignore[misc]
+            # A handful of roles: checkboxes, which a plain click cannot clear.
+            kwargs["widget"] = forms.CheckboxSelectMultiple
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)  # type: ignore[misc]
+        if field is not None and db_field.name in ("user_permissions", "permissions"):
+            field.label_from_instance = permission_label
+        elif field is not None and db_field.name == "groups":
+            field.label_from_instance = group_label
+            field.label = _("roles (groups)")
+            field.help_text = _(
+                'A role gives the permissions its job needs (see the README, "Admin role '
+                'presets"). Compliance officers also need bots or archive sources assigned.'
+            )
+        return field
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         obj = form.instance
@@ -59,6 +114,14 @@ class ScopeGrantGuardMixin:
 
 class AuditedUserAdmin(ScopeGrantGuardMixin, OperatorAuditAdminMixin, UserAdmin):
     audit_action_prefix = "auth.user"
+    # The role comes first: most admins give a role, not single permissions.
+    fieldsets = (
+        (None, {"fields": ("username", "password")}),
+        (_("Role"), {"fields": ("is_active", "is_staff", "groups")}),
+        (_("Personal info"), {"fields": ("first_name", "last_name", "email")}),
+        (_("Permissions"), {"fields": ("is_superuser", "user_permissions")}),
+        (_("Important dates"), {"fields": ("last_login", "date_joined")}),
+    )
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Setting a superuser's password or e-mail would be taking over their scope.

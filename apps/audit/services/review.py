@@ -233,3 +233,33 @@ def review_scope_set(
             request_id=request_id,
         )
     return after
+
+
+def review_officers_set(
+    *, target: Any, officers: Iterable[Any], actor: Any, request_id: str = ""
+) -> list[int]:
+    """Make exactly `officers` directly responsible for one bot or archive source.
+
+    Goes officer by officer through `review_scope_set`, so each changed officer gets the
+    same audit entry as an edit on the officer's own assignment page.
+    """
+    from apps.audit.selectors import officers_assigned_to
+
+    is_source = isinstance(target, ArchiveSource)
+    wanted = {officer.pk: officer for officer in officers}
+    with transaction.atomic():
+        current = {u.pk: u for u in officers_assigned_to(target=target, with_groups=False)}
+        for pk in set(current) ^ set(wanted):
+            officer = wanted.get(pk) or current[pk]
+            scope = review_scope(officer=officer)
+            key = "archive_sources" if is_source else "bots"
+            ids = set(scope[key]) - {target.pk} if pk in current else {*scope[key], target.pk}
+            scope[key] = sorted(ids)
+            review_scope_set(
+                officer=officer,
+                bots=bot_side_get().bot_model._default_manager.filter(pk__in=scope["bots"]),
+                sources=ArchiveSource.objects.filter(pk__in=scope["archive_sources"]),
+                actor=actor,
+                request_id=request_id,
+            )
+    return sorted(wanted)

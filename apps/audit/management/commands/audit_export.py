@@ -1,4 +1,5 @@
-"""Export review cases, archived messages or bot turns as JSONL with a manifest."""
+"""Export review cases, archived messages or bot turns as JSONL (cases also CSV or XLSX)
+with a manifest."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from django.utils.dateparse import parse_date
 
 from apps.audit import selectors
 from apps.audit.registry import bot_side_get
-from apps.audit.services.export import EXPORTERS, export_write
+from apps.audit.services.export import EXPORTERS, FORMATS, TABLES, export_write
 
 
 def _day(value: str) -> dt.date:
@@ -38,6 +39,9 @@ class Command(BaseCommand):
         parser.add_argument("--until", type=_day, help="Up to this day (inclusive).")
         parser.add_argument("--bot", help="Bot slug (cases, turns).")
         parser.add_argument("--source", help="Archive source name (cases, messages).")
+        parser.add_argument(
+            "--format", choices=FORMATS, default="jsonl", help="csv and xlsx: cases only."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = get_user_model().objects.filter(username=options["user"]).first()
@@ -45,6 +49,8 @@ class Command(BaseCommand):
             raise CommandError(f"no user {options['user']!r}")
         if len(options["reason"].strip()) < 5:
             raise CommandError("give a reason of at least 5 characters")
+        if options["format"] != "jsonl" and options["kind"] not in TABLES:
+            raise CommandError(f"{options['kind']} export only as jsonl")
         queryset = self._selection(options["kind"], user, options)
         out: Path = options["out"]
         if out.exists() and any(out.iterdir()):
@@ -61,6 +67,7 @@ class Command(BaseCommand):
             reason=options["reason"],
             directory=out,
             filters=filters,
+            fmt=options["format"],
         )
         self.stdout.write(
             f"exported {result.records} records to {out} "
