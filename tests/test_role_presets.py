@@ -1,5 +1,5 @@
-"""Issue 17, item 4: role presets made by migration audit 0009, each able to do its job and
-not more; given on the user page, with permission and role names translated."""
+"""Issue 17, item 4: role presets seeded after migrate (apps/audit/roles.py), each able to do
+its job and not more; given on the user page, with permission and role names translated."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 from django.urls import reverse
 
+from apps.audit.roles import role_presets_ensure
 from apps.audit.services.review import review_scope_set
 from tests.test_audit_review import flagged_turn, policy  # noqa: F401 - the policy fixture
 
@@ -34,6 +35,19 @@ def test_the_presets_exist_and_carry_no_review_scope_nor_the_assignment_right() 
         codenames = set(group.permissions.values_list("codename", flat=True))
         assert codenames, role
         assert not codenames & {"review_bot", "review_archivesource", "assign_reviewcase"}
+
+
+def test_a_missing_preset_comes_back_and_an_existing_one_keeps_the_admins_changes() -> None:
+    # Given an admin who trimmed one preset, and a preset lost (a flush, a deletion)
+    officer = Group.objects.get(name="Compliance officer")
+    officer.permissions.remove(Permission.objects.get(codename="export_reviewcase"))
+    Group.objects.filter(name="Auditor").delete()
+    # When the presets are ensured again (after every migrate)
+    assert role_presets_ensure() == ["Auditor"]
+    # Then the lost one is back with its permissions, and the trimmed one is as the admin left it
+    assert Group.objects.get(name="Auditor").permissions.filter(codename="view_ledgerentry")
+    assert not officer.permissions.filter(codename="export_reviewcase").exists()
+    assert role_presets_ensure() == []
 
 
 def test_it_admin_configures_but_reads_no_content(bot) -> None:

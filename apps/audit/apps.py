@@ -13,3 +13,9 @@ class AuditConfig(AppConfig):
         # Infrastructure, not business logic: whoever runs `migrate` (make run, compose,
         # the test run) leaves the app role with exactly its privileges.
         post_migrate.connect(post_migrate_grant, sender=self, dispatch_uid="audit.app_role_grant")
+        from apps.audit.roles import post_migrate_role_presets
+
+        # Seeding, like Django's permissions: the role presets survive a flush.
+        post_migrate.connect(
+            post_migrate_role_presets, sender=self, dispatch_uid="audit.role_presets"
+        )

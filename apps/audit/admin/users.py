@@ -55,7 +55,7 @@ def permission_label(permission: Permission) -> str:
     return f"{meta.app_config.verbose_name} | {meta.verbose_name} | {name}"
 
 
-# The role presets' names (migration audit 0009_role_presets), marked for the catalogue.
+# The role presets' names (apps/audit/roles.py), marked for the catalogue.
 ROLE_PRESET_NAMES = (
     gettext_noop("IT admin"),
     gettext_noop("Knowledge editor"),

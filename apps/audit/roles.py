@@ -3,12 +3,20 @@
 
 Review scope is not part of any role: an officer sees nothing until assigned bots or
 archive sources on the Officer assignments page, and no preset may assign officers (that
-would let a role widen its own scope). Permissions are created here first because Django
-creates them only after all migrations have run.
+would let a role widen its own scope).
+
+The groups are seeded after `migrate` (like Django's own permissions), not by a data
+migration: a database flush (the test suite's, or an operator's) would otherwise lose them
+for good. A preset that exists is left as it is, so an admin's changes to it stay.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps as global_apps
 from django.contrib.auth.management import create_permissions
-from django.db import migrations
+from django.db import DEFAULT_DB_ALIAS
 
 CRUD = ("add", "change", "delete", "view")
 
@@ -74,40 +82,33 @@ ROLE_PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def _permissions_create(apps):
-    for app_config in apps.get_app_configs():
-        app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
-        app_config.models_module = None
-
-
-def presets_create(apps, schema_editor):
-    _permissions_create(apps)
+def role_presets_ensure(*, apps: Any = global_apps, using: str = DEFAULT_DB_ALIAS) -> list[str]:
+    """Create the preset groups that are missing, with their permissions; their names."""
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
-    for name, grants in ROLE_PRESETS.items():
-        group, _created = Group.objects.get_or_create(name=name)
-        wanted = [
-            Permission.objects.get(content_type__app_label=app_label, codename=codename)
-            for app_label, codenames in grants.items()
-            for codename in codenames
-        ]
-        group.permissions.set(wanted)
-
-
-def presets_delete(apps, schema_editor):
-    apps.get_model("auth", "Group").objects.filter(name__in=ROLE_PRESETS).delete()
-
-
-class Migration(migrations.Migration):
-    dependencies = [
-        ("audit", "0008_llm_review_model_in_inference"),
-        ("auth", "0012_alter_user_first_name_max_length"),
-        ("contenttypes", "0002_remove_content_type_name"),
-        ("bots", "0008_bot_long_connection"),
-        ("inference", "0001_initial"),
-        ("directory", "0001_initial"),
-        ("knowledge", "0008_document_ingest_progress_passage_enabled"),
+    missing = [
+        name for name in ROLE_PRESETS if not Group.objects.using(using).filter(name=name).exists()
     ]
+    if not missing:
+        return []
+    # Permissions of apps migrated after this one may not exist yet.
+    for app_config in global_apps.get_app_configs():
+        create_permissions(app_config, verbosity=0, using=using, apps=apps)
+    for name in missing:
+        group = Group.objects.using(using).create(name=name)
+        group.permissions.set(
+            [
+                Permission.objects.using(using).get(
+                    content_type__app_label=app_label, codename=codename
+                )
+                for app_label, codenames in ROLE_PRESETS[name].items()
+                for codename in codenames
+            ]
+        )
+    return missing
 
-    operations = [migrations.RunPython(presets_create, presets_delete)]
+
+def post_migrate_role_presets(
+    *, using: str = DEFAULT_DB_ALIAS, apps: Any = global_apps, **_: Any
+) -> None:
+    role_presets_ensure(apps=apps, using=using)
