@@ -309,6 +309,12 @@ KNOWLEDGE_RELEVANCE_LEXICAL_WEIGHT = env.float("KNOWLEDGE_RELEVANCE_LEXICAL_WEIG
 # Matching passages ranked by the lexical search at most (those with every search word
 # first): ranking reads each row, and a common word matches most of a large corpus.
 KNOWLEDGE_LEXICAL_RANK_LIMIT = _positive_int("KNOWLEDGE_LEXICAL_RANK_LIMIT", 300)
+# Neighbouring passages shown to the model around each hit (same document, adjacent
+# position): at most NEIGHBOUR_TOKENS tokens per hit (0 = none), and with SAME_HEADING only
+# those under the hit's own heading. Measured on the tune half of bench/data/retrieval
+# (bench/retrieval.py --only quality, "+nb" rows).
+KNOWLEDGE_NEIGHBOUR_TOKENS = env.int("KNOWLEDGE_NEIGHBOUR_TOKENS", default=200)
+KNOWLEDGE_NEIGHBOUR_SAME_HEADING = env.bool("KNOWLEDGE_NEIGHBOUR_SAME_HEADING", default=False)
 
 # --- WeCom ---------------------------------------------------------------------------------
 WECOM_API_BASE = env.str("WECOM_API_BASE", default="https://qyapi.weixin.qq.com").rstrip("/")
