@@ -584,6 +584,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="both",
         help="quality part: index with the heading path embedded, without, or both",
     )
+    parser.add_argument(
+        "--chunking",
+        default="default",
+        help="quality part: comma-separated chunk size/overlap pairs to index with, e.g. "
+        "400/60,200/30 ('default' = a new knowledge base's); default %(default)s",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
@@ -595,7 +601,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if "quality" in parts:
             headings = {"both": (True, False), "yes": (True,), "no": (False,)}[args.headings]
-            report["quality"] = run_quality(args.embedders.split(","), kb_delete, headings)
+            chunkings = [
+                None if item == "default" else (int(item.split("/")[0]), int(item.split("/")[1]))
+                for item in args.chunking.split(",")
+                if item.strip()
+            ]
+            report["quality"] = run_quality(
+                args.embedders.split(","), kb_delete, headings, chunkings
+            )
         if "ingestion" in parts:
             report["ingestion"] = run_ingestion(args.pdf_pages, args.doc_sections, args.seed)
         if "latency" in parts:
