@@ -17,6 +17,8 @@ from apps.knowledge.chunking import chunk_sections, estimate_tokens, text_within
 from apps.knowledge.models import Chunk, Document, KnowledgeBase
 from apps.knowledge.parsing import Section
 from apps.knowledge.segment import segment_for_search
+from apps.knowledge.services.embedding import embedder_spec_for, get_embedder
+from apps.knowledge.services.ingest import embedded_text
 from apps.knowledge.services.retrieval import (
     _neighbours_attach,
     knowledge_retrieve,
@@ -199,3 +201,35 @@ def test_paragraphs_without_lists_are_packed_as_before() -> None:
     text = "注意：发票须为原件。\n超过60天不予受理。"
 
     assert _texts(text, chunk_size=12) == ["注意：发票须为原件。", "超过60天不予受理。"]
+
+
+# --- the document title in the embedded text -------------------------------------------
+
+
+def test_the_title_leads_the_embedded_text_unless_the_headings_start_with_it(settings) -> None:
+    settings.KNOWLEDGE_EMBED_HEADINGS = True
+    assert (
+        embedded_text(("住宿",), "每晚600元。", title="报销制度") == "报销制度 > 住宿\n每晚600元。"
+    )
+    assert embedded_text((), "每晚600元。", title="报销制度") == "报销制度\n每晚600元。"
+    assert embedded_text(("报销制度", "住宿"), "每晚600元。", title="报销制度") == (
+        "报销制度 > 住宿\n每晚600元。"
+    )
+    settings.KNOWLEDGE_EMBED_HEADINGS = False
+    assert embedded_text(("住宿",), "每晚600元。", title="报销制度") == "每晚600元。"
+
+
+@pytest.mark.django_db
+def test_a_document_without_headings_is_embedded_with_its_title(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "hotel-rates.txt").write_text("一线城市每晚不超过600元。", encoding="utf-8")
+    call_command("kb_ingest", "hr", str(docs), stdout=io.StringIO(), stderr=io.StringIO())
+    chunk = Chunk.objects.select_related("document__kb").get()
+    embedder = get_embedder(embedder_spec_for(chunk.document.kb))
+
+    [with_title, bare] = embedder.embed([f"{chunk.document.title}\n{chunk.text}", chunk.text])
+
+    assert chunk.heading_path == [] and chunk.document.title
+    assert list(chunk.embedding) == pytest.approx(with_title, abs=1e-5)
+    assert list(chunk.embedding) != pytest.approx(bare, abs=1e-3)
