@@ -16,10 +16,11 @@ from apps.knowledge import selectors
 from apps.knowledge.chunking import chunk_sections, estimate_tokens, text_within
 from apps.knowledge.models import Chunk, Document, KnowledgeBase
 from apps.knowledge.parsing import Section
-from apps.knowledge.segment import segment_for_search
+from apps.knowledge.segment import query_terms, segment_for_search
 from apps.knowledge.services.embedding import embedder_spec_for, get_embedder
 from apps.knowledge.services.ingest import embedded_text
 from apps.knowledge.services.retrieval import (
+    _dense_query,
     _neighbours_attach,
     knowledge_retrieve,
     prompt_with_passages,
@@ -233,3 +234,18 @@ def test_a_document_without_headings_is_embedded_with_its_title(tmp_path: Path) 
     assert chunk.heading_path == [] and chunk.document.title
     assert list(chunk.embedding) == pytest.approx(with_title, abs=1e-5)
     assert list(chunk.embedding) != pytest.approx(bare, abs=1e-3)
+
+
+# --- what the vector search embeds of the question -----------------------------------------
+
+
+def test_the_vector_search_embeds_the_questions_search_words(settings) -> None:
+    settings.KNOWLEDGE_DENSE_QUERY_TERMS = True
+    assert _dense_query("Where can I see my payslip?") == " ".join(
+        query_terms("Where can I see my payslip?")
+    )
+    assert "can" not in _dense_query("Where can I see my payslip?").split()
+    assert "payslip" in _dense_query("Where can I see my payslip?").split()
+    assert "吗" not in _dense_query("年假可以顺延吗")
+    settings.KNOWLEDGE_DENSE_QUERY_TERMS = False
+    assert _dense_query("Where can I see my payslip?") == "Where can I see my payslip?"
