@@ -386,13 +386,13 @@ def print_quality(quality: dict[str, Any]) -> None:
             print(f"   passage misses, {mode}: {' '.join(ids) or '-'}")
         for half in ("tune", "report"):
             print(f"-- {half} half: doc R@5 / passage R@5 / MRR; by kind passage R@5")
-            print(f"{'mode':<12} {'n':>3} {'doc':>6} {'passage':>8} {'MRR':>6}  {kinds}")
+            print(f"{'mode':<18} {'n':>3} {'doc':>6} {'passage':>8} {'MRR':>6}  {kinds}")
             for mode, row in variant["halves"][half].items():
                 by_kind = "  ".join(
                     f"{row['by_kind'][kind]['passage_r5']:>12.3f}" for kind in KINDS
                 )
                 print(
-                    f"{mode:<12} {row['n']:>3} {row['doc_r5']:>6.3f} {row['passage_r5']:>8.3f} "
+                    f"{mode:<18} {row['n']:>3} {row['doc_r5']:>6.3f} {row['passage_r5']:>8.3f} "
                     f"{row['mrr']:>6.3f}  {by_kind}"
                 )
     for variant in quality["variants"]:
