@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.test import override_settings
+from django.utils import timezone
 
+from apps.bots.models import Conversation, Turn
+from apps.bots.services import generate
 from apps.directory.selectors import Readers
 from apps.knowledge import selectors
 from apps.knowledge.chunking import chunk_sections, estimate_tokens, text_within
@@ -249,3 +252,30 @@ def test_the_vector_search_embeds_the_questions_search_words(settings) -> None:
     assert "吗" not in _dense_query("年假可以顺延吗")
     settings.KNOWLEDGE_DENSE_QUERY_TERMS = False
     assert _dense_query("Where can I see my payslip?") == "Where can I see my payslip?"
+
+
+@pytest.mark.django_db
+def test_the_answer_path_gives_the_model_the_neighbours(make_bot, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "policy.md").write_text(POLICY, encoding="utf-8")
+    call_command("kb_ingest", "hr", str(docs), stdout=io.StringIO(), stderr=io.StringIO())
+    bot = make_bot(retrieval_top_k=1)
+    bot.knowledge_bases.set(KnowledgeBase.objects.all())
+    conversation = Conversation.objects.create(
+        bot=bot, chat_type=Conversation.ChatType.SINGLE, userid="eng1"
+    )
+    turn = Turn.objects.create(
+        bot=bot, conversation=conversation, msgid="m-1", stream_id="s-1",
+        question="住宿每晚多少钱", received_at=timezone.now(),
+    )  # fmt: skip
+    knowledge_bases = list(bot.knowledge_bases.all())
+
+    hits = generate._knowledge_hits(turn=turn, question=turn.question) or []
+    prompt = generate._grounded(
+        turn, ({"role": "user", "content": turn.question},), hits, knowledge_bases=knowledge_bases
+    )
+
+    assert [hit.text for hit in hits] == ["一线城市住宿标准为每晚600元。"]
+    assert "一线城市住宿标准为每晚600元。\n餐补\n每天伙食补助100元，无需发票。" in prompt
+    assert "出差优先乘坐高铁二等座。" in prompt
