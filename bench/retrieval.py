@@ -294,10 +294,11 @@ def _load_chunks(
     nprng = np.random.default_rng(rng.randrange(2**32))
     columns = (
         "document_id, document_version, generation, position, heading_path, text, "
-        "search_text, token_count, page, embedding, embedding_dimensions, embedding_model"
+        "search_text, token_count, page, embedding, embedding_dimensions, embedding_model, "
+        "enabled"
     )
     types = ["bigint", "integer", "integer", "integer", "varchar[]", "text", "text",
-             "integer", "integer", "vector", "smallint", "varchar"]  # fmt: skip
+             "integer", "integer", "vector", "smallint", "varchar", "boolean"]  # fmt: skip
     with connection.cursor() as django_cursor:
         django_cursor.execute(
             "SELECT format_type(atttypid, NULL) FROM pg_attribute "
@@ -324,7 +325,7 @@ def _load_chunks(
                         (
                             document_ids[position % len(document_ids)], 1, 1, position,
                             [heading], text, search_text, len(text), None,
-                            vectors[offset], dims, model_key,
+                            vectors[offset], dims, model_key, True,
                         )
                     )  # fmt: skip
             done += size

@@ -376,19 +376,22 @@ def _neighbours_attach(
             row = by_place.get((hit.document_id, hit.position + step))
             if row is None or row[0] in taken or left <= 0:
                 continue
-            if same_heading and tuple(row[3] or ()) != hit.heading_path:
+            heading = tuple(row[3] or ())
+            if same_heading and heading != hit.heading_path:
                 continue
-            if side == "after":
-                text = row[4][_overlap(hit.text, row[4]) :].strip()
-            else:
-                text = row[4][: len(row[4]) - _overlap(row[4], hit.text)].strip()
+            text = row[4]
+            if heading == hit.heading_path:  # chunks overlap only inside a section
+                if side == "after":
+                    text = text[_overlap(hit.text, text) :]
+                else:
+                    text = text[: len(text) - _overlap(text, hit.text)]
+            text = text.strip()
             if row[5] > left:
                 # Too long to show whole: the sentences nearest the hit that fit.
                 text = text_within(text, tokens=left, from_end=side == "before")
                 if not text:
                     continue
             left -= min(row[5], estimate_tokens(text))
-            heading = tuple(row[3] or ())
             if heading != hit.heading_path and heading:
                 # Another section: its heading says what the text is about.
                 text = f"{heading[-1]}\n{text}"
