@@ -352,10 +352,21 @@ def _neighbours_attach(
     wanted = [hit for hit in hits if hit.position is not None]
     if budget <= 0 or not wanted:
         return list(hits)
+    # The hits' generation lets the (document, generation, position) index find each
+    # neighbour directly: a large document's other passages are never read.
+    generations = dict(
+        Chunk.objects.filter(pk__in=[hit.chunk_id for hit in wanted]).values_list(
+            "pk", "generation"
+        )
+    )
     adjacent = reduce(
         operator.or_,
         (
-            Q(document_id=hit.document_id, position__in=[hit.position - 1, hit.position + 1])
+            Q(
+                document_id=hit.document_id,
+                generation=generations.get(hit.chunk_id),
+                position__in=[hit.position - 1, hit.position + 1],
+            )
             for hit in wanted
             if hit.position is not None
         ),
