@@ -241,8 +241,15 @@ def _synthetic_kbs() -> tuple[list[int], list[int]]:
 
 
 def _synthetic_kbs_delete() -> None:
+    from django.db import connection
+
     for suffix, _departments, _documents in SYNTH_KBS:
         kb_delete(SYNTH_KB + suffix)
+    # Until a vacuum, the HNSW index still holds the deleted rows and the filtered scan
+    # (hnsw.iterative_scan) gives up among them: a quality run right after a latency run
+    # measured passage recall@5 0.85 instead of 0.975 with 164k dead rows.
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE knowledge_chunk")
 
 
 def _hnsw_indexes() -> list[tuple[str, str]]:
