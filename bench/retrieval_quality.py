@@ -48,6 +48,17 @@ FUSIONS: tuple[tuple[str, str, float, float], ...] = (
     ("score-1:0.3", "score", 1.0, 0.3),
     ("score-1:0.1", "score", 1.0, 0.1),
 )
+# Neighbour settings measured on the configured fusion: (token budget per hit, same heading
+# only); the passage counts as found when the answer is in the hit or in a neighbour that
+# `prompt_with_passages` shows with it.
+NEIGHBOURS: tuple[tuple[int, bool], ...] = (
+    (100, True),
+    (200, True),
+    (50, False),
+    (100, False),
+    (200, False),
+    (400, False),
+)
 RELEVANCE_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5)
 RELEVANCE_THRESHOLDS = tuple(round(0.10 + 0.02 * step, 2) for step in range(26))
 
@@ -67,6 +78,12 @@ def questions_load() -> list[dict[str, Any]]:
             if answer not in text:
                 raise ValueError(f"{row['id']}: {answer!r} is not in {row['documents']}")
     return rows
+
+
+def _searchable(kb_id: int) -> Any:
+    from apps.knowledge import selectors
+
+    return selectors.chunks_searchable(kb_ids=[kb_id], readers=selectors.Readers.everything())
 
 
 def _candidates(kb_id: int, query: str) -> dict[str, list[dict[str, Any]]]:
@@ -95,7 +112,7 @@ def _candidates(kb_id: int, query: str) -> dict[str, list[dict[str, Any]]]:
 
 def _score(question: dict[str, Any], hits: Sequence[Any]) -> dict[str, float]:
     documents = {hit.document for hit in hits}
-    texts = [hit.text for hit in hits]
+    texts = [hit.context_text for hit in hits]
     doc_hit = all(name in documents for name in question["documents"])
     passage_hit = all(any(answer in text for text in texts) for answer in question["answers"])
     rank = next(
@@ -128,14 +145,17 @@ def _summary(scored: list[tuple[dict[str, Any], dict[str, float]]]) -> dict[str,
     return out
 
 
-def _ingest(slug: str, embedder: str, embed_headings: bool) -> dict[str, Any]:
+def _ingest(
+    slug: str, embedder: str, embed_headings: bool, chunking: tuple[int, int] | None = None
+) -> dict[str, Any]:
     from django.core.management import call_command
     from django.test import override_settings
 
     from apps.knowledge.models import Document, KnowledgeBase
     from apps.knowledge.services.embedding import embedder_spec_for, get_embedder
 
-    kb = KnowledgeBase.objects.create(name=slug, slug=slug, embedder=embedder)
+    sizes = {} if chunking is None else {"chunk_size": chunking[0], "chunk_overlap": chunking[1]}
+    kb = KnowledgeBase.objects.create(name=slug, slug=slug, embedder=embedder, **sizes)
     get_embedder(embedder_spec_for(kb))  # loading the model is not part of the rate
     with override_settings(KNOWLEDGE_EMBED_HEADINGS=embed_headings):
         started = time.perf_counter()
@@ -166,15 +186,32 @@ def _configured_fusion() -> str:
     return FUSIONS[0][0]
 
 
-def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str, Any]:
-    """Index the set with this embedder and heading setting, then score every mode."""
+def neighbour_mode(budget: int, same_heading: bool) -> str:
+    """The name of the configured fusion's top 5 with neighbours attached this way."""
+    return f"{_configured_fusion()}+nb{budget}{'h' if same_heading else ''}"
+
+
+def _configured_neighbour_mode() -> str:
+    from django.conf import settings
+
+    return neighbour_mode(
+        settings.KNOWLEDGE_NEIGHBOUR_TOKENS, settings.KNOWLEDGE_NEIGHBOUR_SAME_HEADING
+    )
+
+
+def run_variant(
+    embedder: str, embed_headings: bool, kb_delete: Any, chunking: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Index the set with this embedder, heading setting and chunk size / overlap (None:
+    a new knowledge base's defaults), then score every mode."""
     from apps.knowledge.services import retrieval
 
     slug = f"{KB_PREFIX}-{'gguf' if embedder == 'gguf' else 'use'}-{int(embed_headings)}"
     questions = questions_load()
     kb_delete(slug)
     try:
-        ingestion = _ingest(slug, embedder, embed_headings)
+        ingestion = _ingest(slug, embedder, embed_headings, chunking)
+        searchable = _searchable(ingestion["kb_id"])
         scored: dict[str, list[tuple[dict[str, Any], dict[str, float]]]] = defaultdict(list)
         best_similarity: dict[str, list[float]] = defaultdict(list)
         relevance: list[dict[str, Any]] = []
@@ -198,6 +235,13 @@ def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str
                     dense_weight=dense_weight,
                     lexical_weight=lexical_weight,
                 )
+            for budget, same_heading in NEIGHBOURS:
+                modes[neighbour_mode(budget, same_heading)] = retrieval._neighbours_attach(
+                    searchable,
+                    modes[_configured_fusion()],
+                    token_budget=budget,
+                    same_heading=same_heading,
+                )
             for mode, hits in modes.items():
                 scored[mode].append((question, _score(question, hits)))
             configured = modes[_configured_fusion()]
@@ -218,7 +262,7 @@ def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str
         kb_delete(slug)
     misses = {
         mode: [q["id"] for q, score in scored[mode] if q["documents"] and not score["passage"]]
-        for mode in ("dense", "lexical", _configured_fusion())
+        for mode in ("dense", "lexical", _configured_fusion(), _configured_neighbour_mode())
     }
     halves: dict[str, dict[str, Any]] = {}
     for half in ("tune", "report", "all"):
@@ -229,6 +273,7 @@ def run_variant(embedder: str, embed_headings: bool, kb_delete: Any) -> dict[str
     return {
         "embedder": embedder,
         "embed_headings": embed_headings,
+        "chunking": "default" if chunking is None else f"{chunking[0]}/{chunking[1]}",
         "ingestion": ingestion,
         "search_ms_mean": round(statistics.fmean(query_seconds) * 1000, 1),
         # mean, lowest and highest best-passage similarity: where a relevance threshold
@@ -275,13 +320,17 @@ def relevance_errors(row: dict[str, Any]) -> int:
 
 
 def run_quality(
-    embedders: Sequence[str], kb_delete: Any, headings: Sequence[bool] = (True, False)
+    embedders: Sequence[str],
+    kb_delete: Any,
+    headings: Sequence[bool] = (True, False),
+    chunkings: Sequence[tuple[int, int] | None] = (None,),
 ) -> dict[str, Any]:
     questions = questions_load()
     variants = [
-        run_variant(embedder, embed_headings, kb_delete)
+        run_variant(embedder, embed_headings, kb_delete, chunking)
         for embedder in embedders
         for embed_headings in headings
+        for chunking in chunkings
     ]
     # The defaults are chosen on the tune half only: passage R@5, then MRR.
     best = max(
@@ -295,6 +344,8 @@ def run_quality(
         for variant in variants
         for tune in [variant["halves"]["tune"]]
         for mode in tune
+        # neighbours add text to the top 5: not comparable with the fusions themselves
+        if "+nb" not in mode
     )
     return {
         "documents": len(list((DATA / "docs").iterdir())),
@@ -324,7 +375,8 @@ def print_quality(quality: dict[str, Any]) -> None:
         ingestion = variant["ingestion"]
         print(
             f"\n== embedder {variant['embedder']} · heading path embedded: "
-            f"{'yes' if variant['embed_headings'] else 'no'} · {ingestion['passages']} passages "
+            f"{'yes' if variant['embed_headings'] else 'no'} · chunk size/overlap "
+            f"{variant['chunking']} · {ingestion['passages']} passages "
             f"indexed in {ingestion['seconds']} s ({ingestion['passages_per_s']}/s via kb_ingest) "
             f"· candidate search {variant['search_ms_mean']} ms · best dense similarity "
             "(mean, min, max) "
@@ -334,13 +386,13 @@ def print_quality(quality: dict[str, Any]) -> None:
             print(f"   passage misses, {mode}: {' '.join(ids) or '-'}")
         for half in ("tune", "report"):
             print(f"-- {half} half: doc R@5 / passage R@5 / MRR; by kind passage R@5")
-            print(f"{'mode':<12} {'n':>3} {'doc':>6} {'passage':>8} {'MRR':>6}  {kinds}")
+            print(f"{'mode':<18} {'n':>3} {'doc':>6} {'passage':>8} {'MRR':>6}  {kinds}")
             for mode, row in variant["halves"][half].items():
                 by_kind = "  ".join(
                     f"{row['by_kind'][kind]['passage_r5']:>12.3f}" for kind in KINDS
                 )
                 print(
-                    f"{mode:<12} {row['n']:>3} {row['doc_r5']:>6.3f} {row['passage_r5']:>8.3f} "
+                    f"{mode:<18} {row['n']:>3} {row['doc_r5']:>6.3f} {row['passage_r5']:>8.3f} "
                     f"{row['mrr']:>6.3f}  {by_kind}"
                 )
     for variant in quality["variants"]:

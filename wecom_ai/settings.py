@@ -288,13 +288,14 @@ KNOWLEDGE_EMBEDDING_THREADS = env.int("KNOWLEDGE_EMBEDDING_THREADS", default=1)
 # How the dense and lexical candidate lists are fused: "rrf" = weighted reciprocal rank
 # fusion, "score" = weighted min-max normalised scores. Defaults measured on the tune half
 # of bench/data/retrieval with the bundled encoder (bench/retrieval.py --only quality):
-# passage recall@5 0.937 / MRR 0.806 against 0.772 / 0.614 for equal-weight RRF, whose
-# lexical votes pull cross-lingual questions down (0.87 -> 0.45).
+# passage recall@5 0.975 / MRR 0.816 against 0.759 / 0.589 for equal-weight RRF, whose
+# lexical votes pull cross-lingual questions down (0.94 -> 0.45); with the question's
+# search words embedded (KNOWLEDGE_DENSE_QUERY_TERMS) lexical 0.3 edges out 0.1 on MRR.
 KNOWLEDGE_FUSION = env.str("KNOWLEDGE_FUSION", default="score")
 if KNOWLEDGE_FUSION not in {"rrf", "score"}:
     raise ImproperlyConfigured("KNOWLEDGE_FUSION must be rrf or score")
 KNOWLEDGE_FUSION_DENSE_WEIGHT = env.float("KNOWLEDGE_FUSION_DENSE_WEIGHT", default=1.0)
-KNOWLEDGE_FUSION_LEXICAL_WEIGHT = env.float("KNOWLEDGE_FUSION_LEXICAL_WEIGHT", default=0.1)
+KNOWLEDGE_FUSION_LEXICAL_WEIGHT = env.float("KNOWLEDGE_FUSION_LEXICAL_WEIGHT", default=0.3)
 KNOWLEDGE_RRF_K = _positive_int("KNOWLEDGE_RRF_K", 60)
 # Whether a passage's heading path is part of the text that is embedded (it always is
 # part of the search words); measured: passage recall@5 0.937 with, 0.873 without.
@@ -304,11 +305,20 @@ KNOWLEDGE_EMBED_HEADINGS = env.bool("KNOWLEDGE_EMBED_HEADINGS", default=True)
 # passage's relevance (cosine similarity + LEXICAL_WEIGHT x share of the question's search
 # words in it; `retrieval.hits_relevance`) reaches THRESHOLD. Measured on the tune half of
 # bench/data/retrieval (bench/retrieval.py --only quality, "relevance threshold" table).
-KNOWLEDGE_RELEVANCE_THRESHOLD = env.float("KNOWLEDGE_RELEVANCE_THRESHOLD", default=0.28)
+KNOWLEDGE_RELEVANCE_THRESHOLD = env.float("KNOWLEDGE_RELEVANCE_THRESHOLD", default=0.24)
 KNOWLEDGE_RELEVANCE_LEXICAL_WEIGHT = env.float("KNOWLEDGE_RELEVANCE_LEXICAL_WEIGHT", default=0.2)
 # Matching passages ranked by the lexical search at most (those with every search word
 # first): ranking reads each row, and a common word matches most of a large corpus.
 KNOWLEDGE_LEXICAL_RANK_LIMIT = _positive_int("KNOWLEDGE_LEXICAL_RANK_LIMIT", 300)
+# Whether the vector search embeds the question's search words (function words dropped)
+# rather than the question as asked; measured in bench/retrieval.py (tune half).
+KNOWLEDGE_DENSE_QUERY_TERMS = env.bool("KNOWLEDGE_DENSE_QUERY_TERMS", default=True)
+# Neighbouring passages shown to the model around each hit (same document, adjacent
+# position): at most NEIGHBOUR_TOKENS tokens per hit (0 = none), and with SAME_HEADING only
+# those under the hit's own heading. Measured on the tune half of bench/data/retrieval
+# (bench/retrieval.py --only quality, "+nb" rows).
+KNOWLEDGE_NEIGHBOUR_TOKENS = env.int("KNOWLEDGE_NEIGHBOUR_TOKENS", default=200)
+KNOWLEDGE_NEIGHBOUR_SAME_HEADING = env.bool("KNOWLEDGE_NEIGHBOUR_SAME_HEADING", default=False)
 
 # --- WeCom ---------------------------------------------------------------------------------
 WECOM_API_BASE = env.str("WECOM_API_BASE", default="https://qyapi.weixin.qq.com").rstrip("/")

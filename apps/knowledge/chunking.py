@@ -29,6 +29,12 @@ _LATIN_TOKENS_PER_WORD = 1.3
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 # CJK sentence ends need no following space; Latin ones do, so "3.14" or "v1.2" stay whole.
 _SENTENCE_END = re.compile(r"(?:[。！？；]+|[!?]+|…+|\.+(?=\s|$|[\"'”’)\]]))[\"'”’」』）)\]]*")
+# A list item: a bullet, "1." / "1)" / "1、" / "(1)" / "一、" / "a)" numbering.
+_LIST_ITEM = re.compile(
+    r"\s*(?:[-*+•·‣▪●○]\s|\d{1,3}[.)、．]|[（(]\d{1,3}[)）]|[一二三四五六七八九十]{1,3}、|[a-zA-Z][.)]\s)"
+)
+# The line that introduces a list ends with a colon.
+_INTRODUCES = re.compile(r"[:：]\s*$")
 # Hard-split atoms: one CJK character, or a run of anything else up to whitespace.
 _ATOM = re.compile(rf"\s*(?:[{_CJK_RANGES}]|[^\s{_CJK_RANGES}]+)")
 
@@ -104,21 +110,41 @@ class _SectionSplitter:
         self.count = count
 
     def split(self, text: str) -> list[str]:
-        """Greedy packing of units; each new chunk is seeded with the previous one's tail."""
+        """Greedy packing of units; each new chunk is seeded with the previous one's tail.
+
+        A list stays with the line that introduces it ("…as follows:"): that line moves
+        to the next chunk rather than end one without its items, and a list that goes on
+        past a chunk repeats it first, so every part of the list says what it lists.
+        """
         chunks: list[str] = []
         current: list[_Unit] = []
+        intro: _Unit | None = None  # the introducing line of the list being packed
         for unit in self._units(text):
+            is_item = _LIST_ITEM.match(unit.text) is not None
+            if not is_item:
+                intro = None
             if current and self._fits([*current, unit]):
                 current.append(unit)
-                continue
-            if current:
+            elif not current:
+                current = [unit]
+            elif is_item and len(current) > 1 and _INTRODUCES.search(current[-1].text):
+                chunks.append(_join(current[:-1]))
+                current = [current[-1], unit]
+                if not self._fits(current):
+                    chunks.append(_join(current[:1]))
+                    current = [unit]
+            else:
                 chunks.append(_join(current))
                 seed = self._tail(current)
                 while seed and not self._fits([*seed, unit]):
                     seed.pop(0)
+                if is_item and intro is not None and self._fits([intro, unit]):
+                    seed = [intro, *(part for part in seed if part != intro)]
+                    while len(seed) > 1 and not self._fits([*seed, unit]):
+                        seed.pop(1)
                 current = [*seed, unit]
-            else:
-                current = [unit]
+            if not is_item and _INTRODUCES.search(unit.text):
+                intro = unit
         if current:
             chunks.append(_join(current))
         return chunks
@@ -189,13 +215,36 @@ class _SectionSplitter:
         return [_Unit("".join(atoms[-size:]).strip(), last.sep)] if size else []
 
 
+def text_within(
+    text: str, *, tokens: int, from_end: bool = False, count_tokens: CountTokens | None = None
+) -> str:
+    """The leading (or trailing) whole sentences of `text` worth at most `tokens`.
+
+    For showing part of a neighbouring passage: a cut inside a sentence would hand the
+    model a fragment that reads like a different rule.
+    """
+    count = count_tokens or estimate_tokens
+    sentences = [s for p in _PARAGRAPH_BREAK.split(text.strip()) for s in _sentences(p, "\n\n")]
+    if from_end:
+        sentences.reverse()
+    taken: list[_Unit] = []
+    for sentence in sentences:
+        candidate = [sentence, *taken] if from_end else [*taken, sentence]
+        if count(_join(candidate)) > tokens:
+            break
+        taken = candidate
+    return _join(taken)
+
+
 def _sentences(paragraph: str, sep: str) -> list[_Unit]:
     """Split at CJK and Latin sentence ends and at line breaks, remembering the separators."""
     units: list[_Unit] = []
     for line_number, line in enumerate(paragraph.split("\n")):
         line_sep: str | None = sep if line_number == 0 else "\n"
         start = 0
-        ends = [match.end() for match in _SENTENCE_END.finditer(line)]
+        # A list item's number ("1. ") is not a sentence of its own.
+        marker = _LIST_ITEM.match(line)
+        ends = [m.end() for m in _SENTENCE_END.finditer(line, marker.end() if marker else 0)]
         for end in [*ends, len(line)]:
             raw = line[start:end]
             start = end

@@ -292,7 +292,10 @@ class Chunk(models.Model):
         verbose_name_plural = _("passages")
         ordering = ["document", "generation", "position"]
         indexes = [
-            models.Index(fields=["document", "generation"], name="chunk_document_generation"),
+            # Also finds a passage's neighbours (retrieval._neighbours_attach) directly.
+            models.Index(
+                fields=["document", "generation", "position"], name="chunk_document_position"
+            ),
             GinIndex(fields=["search_vector"], name="chunk_search_vector"),
         ]
 

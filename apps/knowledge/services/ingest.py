@@ -297,9 +297,17 @@ def _run_build(run: _Run, reporter: _ProgressReporter) -> None:
     model_key = embedder.model_key
     batch_size = settings.KNOWLEDGE_EMBEDDING_BATCH
     reporter.report(Document.Stage.EMBEDDING, _EMBEDDING, total=len(chunks), force=True)
+    # The title the document will show (an admin's own wins, as in `_run_finish`).
+    title = (
+        Document.objects.filter(pk=run.document_id).values_list("title", flat=True).first()
+        or parsed.title
+        or ""
+    )
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start : start + batch_size]
-        vectors = embedder.embed([embedded_text(c.heading_path, c.text) for c in batch])
+        vectors = embedder.embed(
+            [embedded_text(c.heading_path, c.text, title=title) for c in batch]
+        )
         _check_latest(run)
         Chunk.objects.bulk_create(
             Chunk(
@@ -332,12 +340,20 @@ def _run_build(run: _Run, reporter: _ProgressReporter) -> None:
     ).update(embedding_dimensions=embedder.dimensions)
 
 
-def embedded_text(heading_path: Iterable[str], text: str) -> str:
-    """What is embedded for a chunk: with its headings unless `KNOWLEDGE_EMBED_HEADINGS` is off
-    (the bench measures both)."""
-    if settings.KNOWLEDGE_EMBED_HEADINGS:
-        return passage_text(heading_path, text)
-    return text
+def embedded_text(heading_path: Iterable[str], text: str, *, title: str = "") -> str:
+    """What is embedded for a chunk: with the document's title and its headings unless
+    `KNOWLEDGE_EMBED_HEADINGS` is off (the bench measures both).
+
+    A passage often never names its subject ("must be filed within 15 days"); the title
+    says what it is about. Markdown's top heading usually is the title already; PDFs,
+    DOCX and plain text often have a title but no heading path.
+    """
+    if not settings.KNOWLEDGE_EMBED_HEADINGS:
+        return text
+    path = list(heading_path)
+    if title and (not path or path[0] != title):
+        path.insert(0, title)
+    return passage_text(path, text)
 
 
 def passage_text(heading_path: Iterable[str], text: str) -> str:

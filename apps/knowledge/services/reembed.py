@@ -106,10 +106,13 @@ def _copy_write(document_id: int, source: int, generation: int, *, embedder: Emb
     chunks = list(
         Chunk.objects.filter(document_id=document_id, generation=source).order_by("position")
     )
+    title = Document.objects.filter(pk=document_id).values_list("title", flat=True).first()
     batch_size = settings.KNOWLEDGE_EMBEDDING_BATCH
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start : start + batch_size]
-        vectors = embedder.embed([embedded_text(c.heading_path, c.text) for c in batch])
+        vectors = embedder.embed(
+            [embedded_text(c.heading_path, c.text, title=title or "") for c in batch]
+        )
         for chunk, vector in zip(batch, vectors, strict=True):
             chunk.pk = None
             chunk.generation = generation
