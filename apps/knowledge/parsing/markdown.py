@@ -9,17 +9,29 @@ from bs4 import BeautifulSoup
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from .document import ParsedDocument, SectionBuilder, render_records, tidy_inline
+from .document import (
+    MAX_PARAGRAPHS,
+    ParsedDocument,
+    SectionBuilder,
+    render_records,
+    tidy_inline,
+    too_many_paragraphs,
+)
 from .text import decode_text
 
 _FRONT_MATTER = re.compile(r"\A---\n.*?\n(?:---|\.\.\.)\n", re.DOTALL)
 _PARSER = MarkdownIt("commonmark").enable("table").enable("strikethrough")
+_BLANK_LINES = re.compile(r"\n[ \t]*\n")
 
 
 def parse_markdown(path: Path, *, title: str) -> ParsedDocument:
     """Headings become the heading path; lists, tables and code become paragraphs."""
     source = decode_text(path.read_bytes()).replace("\r\n", "\n")
     source = _FRONT_MATTER.sub("", source, count=1)
+    # Refused before the parse, which would take seconds of CPU on such a file: blocks
+    # between blank lines bound the paragraphs (a fenced block may hold several of them).
+    if len(_BLANK_LINES.findall(source)) > MAX_PARAGRAPHS:
+        raise too_many_paragraphs()
     tokens = _PARSER.parse(source)
     builder = SectionBuilder()
     first_h1: str | None = None
