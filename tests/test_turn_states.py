@@ -232,7 +232,7 @@ def test_create_rejected_is_born_in_its_end_state(bot):
 # --- selections ---------------------------------------------------------------------------------
 
 
-def test_claimable_and_stale_select_the_turns_the_worker_and_sweeper_may_take(bot):
+def test_claimable_selects_the_turns_a_worker_may_take(bot):
     now = timezone.now()
     old = now - dt.timedelta(minutes=10)
     queued_new = _turn(bot, msgid="q-new")
@@ -243,10 +243,6 @@ def test_claimable_and_stale_select_the_turns_the_worker_and_sweeper_may_take(bo
 
     claimable = set(Turn.objects.claimable(now=now, lease=LEASE).values_list("msgid", flat=True))
     assert claimable == {queued_new.msgid, queued_old.msgid, silent.msgid}
-    stale = Turn.objects.stale(
-        queued_before=now - dt.timedelta(minutes=5), heartbeat_before=now - dt.timedelta(minutes=1)
-    )
-    assert set(stale.values_list("msgid", flat=True)) == {queued_old.msgid, silent.msgid}
     assert alive.msgid not in claimable
 
 

@@ -236,13 +236,6 @@ class TurnQuerySet(models.QuerySet["Turn"]):
             | Q(status=Turn.Status.GENERATING, heartbeat_at__isnull=True)
         )
 
-    def stale(self, *, queued_before: datetime, heartbeat_before: datetime) -> TurnQuerySet:
-        """Turns no worker is going to finish: queued too long, or a silent worker."""
-        return self.filter(
-            Q(status=Turn.Status.QUEUED, received_at__lt=queued_before)
-            | Q(status=Turn.Status.GENERATING, heartbeat_at__lt=heartbeat_before)
-        )
-
     def sweepable(self, *, now: datetime, lease: timedelta, grace: timedelta) -> TurnQuerySet:
         """Open turns the sweeper looks at: never enqueued, waiting a while, or orphaned.
 
