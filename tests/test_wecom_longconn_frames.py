@@ -129,13 +129,29 @@ def test_media_encryption_round_trips_with_32_byte_padding(size: int) -> None:
 
 
 def test_media_decrypt_refuses_a_wrong_key_or_a_bad_aeskey() -> None:
-    encrypted = media_encrypt(data=b"%PDF-1.7 quarterly report", aeskey=_aeskey())
+    # Media carries no MAC, so a wrong key is caught only by the padding check, which a
+    # random key passes about once in 256 tries: these two fixed keys are known to fail it.
+    key = base64.b64encode(bytes(range(32))).decode()
+    wrong = base64.b64encode(bytes(range(1, 33))).decode()
+    encrypted = media_encrypt(data=b"%PDF-1.7 quarterly report", aeskey=key)
     with pytest.raises(MediaError, match="could not be decrypted"):
-        media_decrypt(data=encrypted, aeskey=_aeskey())
+        media_decrypt(data=encrypted, aeskey=wrong)
     with pytest.raises(MediaError, match="32 bytes"):
         media_decrypt(data=encrypted, aeskey=base64.b64encode(b"short").decode())
     with pytest.raises(MediaError, match="base64"):
         media_decrypt(data=encrypted, aeskey="not base64 !!")
+
+
+def test_media_decrypt_with_a_random_wrong_key_never_returns_the_plaintext() -> None:
+    data = b"%PDF-1.7 quarterly report"
+    encrypted = media_encrypt(data=data, aeskey=_aeskey())
+    refused = 0
+    for _ in range(300):
+        try:
+            assert media_decrypt(data=encrypted, aeskey=_aeskey()) != data
+        except MediaError:
+            refused += 1
+    assert refused >= 270
 
 
 def test_file_callback_media_downloads_and_decrypts_from_the_simulator() -> None:
