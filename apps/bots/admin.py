@@ -15,6 +15,7 @@ from django.utils.translation import gettext_lazy as _
 from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin, request_id_of
 from apps.bots.admin_setup import BotSetupAdminMixin, callback_url_html
+from apps.bots.admin_trial import BotTrialChatAdminMixin
 from apps.bots.forms import BotForm
 from apps.bots.models import Bot, Conversation, LongConnection, Turn
 from apps.bots.services.config import (
@@ -133,7 +134,9 @@ CONNECTION_PHASES = {
 
 
 @admin.register(Bot)
-class BotAdmin(BotSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin):
+class BotAdmin(
+    BotTrialChatAdminMixin, BotSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin
+):
     audit_action_prefix = "bots.bot"
     form = BotForm
     list_display = (

@@ -90,14 +90,20 @@ class Admission:
 
 
 def mention_receive(
-    *, bot: Bot, message: InboundMessage, received_at: datetime, longconn_req_id: str = ""
+    *,
+    bot: Bot,
+    message: InboundMessage,
+    received_at: datetime,
+    longconn_req_id: str = "",
+    test: bool = False,
 ) -> Turn:
     """Record the turn once per (bot, msgid) and enqueue its answer after commit.
 
     A repeated delivery (WeCom retries when the ack is slow) finds the same row through the
     unique constraint and gets the same stream id back, so one question is answered once.
     Both doors call this: a callback, and the long-connection connector, which passes the
-    frame's req_id so that any connector replica can send the answer under it.
+    frame's req_id so that any connector replica can send the answer under it. The admin's
+    test chat is a third door (`test=True`): the same pipeline, the turn marked as a test.
     """
     existing = Turn.objects.filter(bot=bot, msgid=message.msgid).first()
     if existing is not None:
@@ -125,6 +131,7 @@ def mention_receive(
         "response_url": _response_url_accepted(bot=bot, url=message.response_url),
         "received_at": received_at,
         "longconn_req_id": longconn_req_id,
+        "is_test": test,
     }
     try:
         with transaction.atomic():
