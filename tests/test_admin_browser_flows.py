@@ -89,7 +89,7 @@ def test_test_chat_streams_an_answer_with_sources_and_timings(
     page.type_text("#test-chat-userid", "zhangsan")
     page.type_text("#test-chat-question", "入职一年有几天年假")
     page.click("#test-chat-ask")
-    page.wait_for("document.querySelector('.test-chat-reply[data-finished]')", timeout=180)
+    page.wait_for("!!document.querySelector('.test-chat-reply[data-finished]')", timeout=180)
     page.snap(f"test-chat-{language}")
 
     turn = Turn.objects.get(is_test=True)
@@ -112,9 +112,9 @@ def test_an_officer_opens_a_conversation_as_a_thread_under_one_reason(
     live_server,
     page,
     make_bot,
-    policy,
+    policy,  # noqa: F811
     admin_user,
-    language,  # noqa: F811
+    language,
 ):
     bot = make_bot()
     policy.bots.add(bot)
@@ -172,8 +172,8 @@ def test_list_pages_fit_a_390px_phone(
     live_server,
     page,
     make_bot,
-    policy,
-    language,  # noqa: F811
+    policy,  # noqa: F811
+    language,
 ):
     bot = make_bot()
     flagged_turn(bot, policy, "内部价格是一百元")
