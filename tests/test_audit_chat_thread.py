@@ -122,6 +122,9 @@ def test_one_reason_per_conversation_and_every_turn_shown_is_logged(scenario) ->
         [str(older.pk), str(newer.pk)]
     )
     assert {(row.reason, row.opened_with_id) for row in shown} == {(opened.reason, opened.pk)}
+    # The cited passage the thread shows is logged too, as a knowledge search logs it
+    passage = AccessLog.objects.get(object_type="knowledge.chunk")
+    assert (passage.object_id, passage.opened_with_id) == (str(Chunk.objects.get().pk), opened.pk)
 
     # A turn opened from the thread opens without asking again, logged under that reason
     turn_page = client.get(reverse("admin:bots_turn_change", args=[newer.pk])).content.decode()

@@ -24,7 +24,7 @@ from apps.bots.services.config import (
     model_profile_delete,
     model_profile_save,
 )
-from apps.bots.thread import turns_thread
+from apps.bots.thread import cited_chunks, turns_thread
 from apps.bots.transcripts import conversations_for_user, turns_for_user
 from apps.core.admin import ReadOnlyAdminMixin
 from apps.core.fields import is_undecryptable
@@ -347,7 +347,7 @@ class ConversationAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAd
             .order_by("-received_at", "-pk")[:THREAD_TURNS]
         )
         request._thread_turns = turns  # type: ignore[attr-defined]
-        return list(turns)
+        return [*turns, *cited_chunks(turns)]
 
     def render_change_form(
         self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
@@ -400,6 +400,9 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:
         return turns_for_user(user=request.user).select_related("bot", "conversation")
+
+    def access_shown_with(self, request: HttpRequest, obj: Model) -> list[Model]:
+        return list(cited_chunks([obj]))  # type: ignore[list-item]
 
     @admin.display(description=_("as the chat shows it"))
     def as_chat(self, obj: Turn) -> str:

@@ -100,6 +100,13 @@ def _feedback_note(detail: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def cited_chunks(turns: Iterable[Turn]) -> list[Chunk]:
+    """The stored passages the turns cite: the thread shows their text, so they are logged
+    with the turns (as a knowledge search logs the passages it returns)."""
+    ids = {source.get("chunk") for turn in turns for source in turn.sources or []}
+    return list(Chunk.objects.select_related("document").filter(pk__in=ids).order_by("pk"))
+
+
 def turns_thread(turns: Sequence[Turn]) -> list[TurnBubbles]:
     """The turns oldest first, with policy names and cited passages fetched in two queries."""
     ordered = sorted(turns, key=lambda turn: (turn.received_at, turn.pk))
