@@ -21,6 +21,7 @@ from apps.audit.models import (
     SensitiveWordList,
 )
 from apps.bots.models import Conversation, Turn
+from apps.bots.ratelimit import rate_limit_exceeded
 from apps.bots.services.trial import EXTERNAL_USERID, TRIAL_CHAT_PREFIX
 from apps.directory.models import DirectoryUser
 from apps.knowledge.models import KnowledgeBase
@@ -119,6 +120,21 @@ def test_a_test_question_goes_through_admission_and_policies(hr, admin_client) -
     # The admin's act is audited, the question itself stays on the turn
     entry = OperatorAuditEntry.objects.get(action="bots.test_chat.ask")
     assert entry.object_id == str(turn.pk) and "内部价格" not in str(entry.after)
+
+
+def test_test_questions_are_rate_limited_apart_from_the_employee(hr, admin_client) -> None:
+    hr.rate_limit_per_minute = 2
+    hr.save()
+    reasons = [
+        ask(admin_client, hr, userid="zhangsan", question=f"问题{n}").json()["rejection_reason"]
+        for n in range(3)
+    ]
+    assert reasons == ["", "", "rate_limited"]
+    # The employee's own bucket is untouched: their next two questions pass
+    scope = f"bot:{hr.pk}:user:zhangsan"
+    assert not rate_limit_exceeded(scope=scope, limit=2)
+    assert not rate_limit_exceeded(scope=scope, limit=2)
+    assert rate_limit_exceeded(scope=scope, limit=2)
 
 
 def test_an_admitted_test_turn_is_polled_by_its_own_session_only(hr, admin_client) -> None:

@@ -118,7 +118,7 @@ def mention_receive(
         userid=message.userid,
     )
     question = strip_mention(message.text or "")
-    admission = admission_decide(bot=bot, message=message, question=question)
+    admission = admission_decide(bot=bot, message=message, question=question, test=test)
     fields: dict[str, Any] = {
         "bot": bot,
         "conversation": conversation,
@@ -171,8 +171,14 @@ def _turn_create(*, admission: Admission, fields: dict[str, Any]) -> Turn:
     return turn
 
 
-def admission_decide(*, bot: Bot, message: InboundMessage, question: str) -> Admission:
-    """Answered by the model or politely declined; the policies see the question once."""
+def admission_decide(
+    *, bot: Bot, message: InboundMessage, question: str, test: bool = False
+) -> Admission:
+    """Answered by the model or politely declined; the policies see the question once.
+
+    A test question is rate-limited like any, but in a bucket of its own: an admin testing
+    as an employee must not use up that employee's questions.
+    """
     with reply_language():
         if message.msgtype not in ANSWERABLE_TYPES or message.text is None:
             return Admission(
@@ -189,9 +195,10 @@ def admission_decide(*, bot: Bot, message: InboundMessage, question: str) -> Adm
                     "Please contact your administrator."
                 ),
             )
-        if rate_limit_exceeded(
-            scope=f"bot:{bot.pk}:user:{message.userid}", limit=bot.rate_limit_per_minute
-        ):
+        scope = f"bot:{bot.pk}:user:{message.userid}"
+        if test:
+            scope += f":test:{message.chatid}"
+        if rate_limit_exceeded(scope=scope, limit=bot.rate_limit_per_minute):
             return Admission(
                 reason="rate_limited",
                 reply=_("You are asking too quickly. Please wait a minute and try again."),
