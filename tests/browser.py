@@ -7,8 +7,11 @@ needed. Only loopback is used: the DevTools port and the live server are both lo
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -32,6 +35,8 @@ class Page:
     def __init__(self, socket: ClientConnection) -> None:
         self.socket = socket
         self._ids = itertools.count(1)
+        # Real mouse clicks made through `click`: a flow's click count (issue 17's closing note).
+        self.clicks = 0
 
     def send(self, method: str, **params: Any) -> dict[str, Any]:
         call_id = next(self._ids)
@@ -73,6 +78,93 @@ class Page:
 
     def wait_for_load(self, timeout: float = 30.0) -> None:
         self.wait_for("document.readyState === 'complete'", timeout)
+
+    def click(self, selector: str) -> None:
+        """A real mouse click in the middle of the element (a user gesture), counted."""
+        box = self.evaluate(
+            f"""(() => {{ const e = document.querySelector({json.dumps(selector)});
+            if (!e) return null; e.scrollIntoView({{block: 'center'}});
+            const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2];
+            }})()"""
+        )
+        if box is None:
+            raise BrowserError(f"nothing to click at {selector}")
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send(
+                "Input.dispatchMouseEvent",
+                type=kind,
+                x=box[0],
+                y=box[1],
+                button="left",
+                clickCount=1,
+            )
+        self.clicks += 1
+
+    def click_away(self, selector: str) -> None:
+        """Click something that loads another page, and wait for it."""
+        self.evaluate("window.__leaving = true")
+        self.click(selector)
+        self.wait_for("window.__leaving === undefined && document.readyState === 'complete'")
+
+    def type_text(self, selector: str, text: str) -> None:
+        """Focus the field and type as a keyboard would (no click counted: typing is not one)."""
+        self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
+        self.send("Input.insertText", text=text)
+
+    def viewport(self, width: int, height: int = 844) -> None:
+        """A phone-sized window (390 px is a common phone width) with touch-style metrics."""
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=width < 768,
+        )
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data["data"]))
+        return path
+
+    def snap(self, name: str) -> None:
+        """Keep a screenshot of a page for the closing note when BROWSER_SNAPSHOTS=1."""
+        if os.environ.get("BROWSER_SNAPSHOTS") == "1":
+            self.screenshot(SCREENSHOTS / "pages" / f"{name}.png")
+
+
+# Where failed browser tests leave their last screen (var/ is not tracked by git).
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
+
+
+def sign_in(page: Page, base_url: str, user: Any, language: str) -> None:
+    """Sign `user` in through a session cookie and pick the admin's language."""
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    for name, value in [
+        (settings.SESSION_COOKIE_NAME, client.cookies[settings.SESSION_COOKIE_NAME].value),
+        (settings.LANGUAGE_COOKIE_NAME, language),
+    ]:
+        page.send("Network.setCookie", name=name, value=value, url=base_url)
+
+
+def browser_tab(request: pytest.FixtureRequest) -> Iterator[Page]:
+    """For a `page` fixture: a headless chromium tab, and a test that fails leaves a
+    screenshot of it in var/screenshots."""
+    failed_before = request.session.testsfailed
+    for page in browser_page():
+        yield page
+        # The call's report is logged (and counted) before fixtures are torn down.
+        if request.session.testsfailed > failed_before:
+            name = re.sub(r"[^\w.-]+", "_", request.node.nodeid)
+            try:
+                path = page.screenshot(SCREENSHOTS / f"{name}.png")
+                print(f"screenshot of the failure: {path}")
+            except Exception as exc:  # the browser may be what failed
+                print(f"no screenshot: {exc}")
 
 
 def chromium_path() -> str:

@@ -14,15 +14,15 @@ from django.urls import reverse
 
 from apps.audit.models import ReviewCase
 from apps.audit.services.review import review_scope, review_scope_set
-from tests.browser import Page, browser_page
+from tests.browser import Page, browser_tab
 from tests.test_audit_review import flagged_turn, policy  # noqa: F401 - the policy fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def page() -> Iterator[Page]:
-    yield from browser_page()
+def page(request: pytest.FixtureRequest) -> Iterator[Page]:
+    yield from browser_tab(request)  # a screenshot in var/screenshots when the test fails
 
 
 def sign_in(page: Page, live_server, user: User) -> None:

@@ -13,15 +13,15 @@ from django.test import Client
 from django.urls import reverse
 
 from apps.bots.models import Bot
-from tests.browser import Page, browser_page
+from tests.browser import Page, browser_tab
 from wecom.crypto import validate_encoding_aes_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def page() -> Iterator[Page]:
-    yield from browser_page()
+def page(request: pytest.FixtureRequest) -> Iterator[Page]:
+    yield from browser_tab(request)  # a screenshot in var/screenshots when the test fails
 
 
 def click(page: Page, selector: str) -> None:

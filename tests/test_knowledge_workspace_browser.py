@@ -16,7 +16,7 @@ from django.test import Client
 from django.urls import reverse
 
 from apps.knowledge.models import Chunk, Document, KnowledgeBase
-from tests.browser import Page, browser_page
+from tests.browser import Page, browser_tab
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -39,8 +39,8 @@ def _media(settings, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def page() -> Iterator[Page]:
-    yield from browser_page()
+def page(request: pytest.FixtureRequest) -> Iterator[Page]:
+    yield from browser_tab(request)  # a screenshot in var/screenshots when the test fails
 
 
 def navigating(page: Page, action: str) -> None:

@@ -115,6 +115,31 @@ def access_reason_recent(
     )
 
 
+def access_reason_inherited(
+    *, user: Any, obj: Model, within: timedelta = ACCESS_REASON_REUSE
+) -> AccessLog | None:
+    """The entry where `user` gave a reason for another record whose page showed `obj`
+    (the conversation around a turn or a message), given within `within`, if any.
+
+    A reason given for `obj` itself opens its page once; one given for its conversation
+    covers each record the conversation showed, for `within` from when it was given.
+    """
+    shown = (
+        AccessLog.objects.filter(
+            user_id=user.pk,
+            action=AccessLog.Action.VIEW,
+            object_type=obj._meta.label_lower,
+            object_id=str(obj.pk),
+            opened_with__isnull=False,
+            opened_with__created_at__gte=timezone.now() - within,
+        )
+        .select_related("opened_with")
+        .order_by("-created_at")
+        .first()
+    )
+    return shown.opened_with if shown is not None else None
+
+
 def quarantined_for_user(*, user: Any) -> QuerySet[ArchiveQuarantine]:
     """Quarantined records of the archive sources assigned to `user`."""
     records = ArchiveQuarantine.objects.all()

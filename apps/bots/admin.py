@@ -6,6 +6,7 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, JsonResponse
+from django.template.loader import render_to_string
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext
@@ -14,6 +15,7 @@ from django.utils.translation import gettext_lazy as _
 from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin, request_id_of
 from apps.bots.admin_setup import BotSetupAdminMixin, callback_url_html
+from apps.bots.admin_trial import BotTrialChatAdminMixin
 from apps.bots.forms import BotForm
 from apps.bots.models import Bot, Conversation, LongConnection, Turn
 from apps.bots.services.config import (
@@ -22,6 +24,7 @@ from apps.bots.services.config import (
     model_profile_delete,
     model_profile_save,
 )
+from apps.bots.thread import cited_chunks, turns_thread
 from apps.bots.transcripts import conversations_for_user, turns_for_user
 from apps.core.admin import ReadOnlyAdminMixin
 from apps.core.fields import is_undecryptable
@@ -131,7 +134,9 @@ CONNECTION_PHASES = {
 
 
 @admin.register(Bot)
-class BotAdmin(BotSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin):
+class BotAdmin(
+    BotTrialChatAdminMixin, BotSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin
+):
     audit_action_prefix = "bots.bot"
     form = BotForm
     list_display = (
@@ -312,31 +317,48 @@ class TranscriptAccessMixin(AccessReasonAdminMixin):
         return gettext("Opened by a superuser (no reason asked).")
 
 
-class TurnInline(ReadOnlyAdminMixin, admin.TabularInline):
-    model = Turn
-    fields = ("received_at", "status", "question", "answer")
-    readonly_fields = fields
-    extra = 0
-    show_change_link = True
-    ordering = ("-received_at",)
+# The latest turns a conversation page shows (and logs); older ones stay on the turn list.
+THREAD_TURNS = 200
 
 
 @admin.register(Conversation)
 class ConversationAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    """The conversation as a chat thread: one reason opens it, every turn shown is logged."""
+
     list_display = ("bot", "userid", "chat_type", "chat_id", "last_turn_at")
     list_filter = (ReviewBotFilter, "chat_type")
     list_select_related = ("bot",)
     search_fields = ("userid", "chat_id")
     date_hierarchy = "last_turn_at"
-    inlines = (TurnInline,)
     show_full_result_count = False
+    fields = ("bot", "userid", "chat_type", "chat_id", "created_at", "last_turn_at")
+    readonly_fields = fields
+    change_form_template = "admin/bots/conversation/change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         return conversations_for_user(user=request.user).select_related("bot")
 
     def access_shown_with(self, request: HttpRequest, obj: Model) -> list[Model]:
-        # The inline lists every turn of the conversation, questions and answers included.
-        return list(Turn.objects.filter(conversation=obj).only("pk", "question"))
+        # The thread shows these turns, questions and answers included: the same list is
+        # logged and rendered, so a turn arriving in between is neither shown nor logged.
+        turns = list(
+            Turn.objects.filter(conversation=obj)
+            .select_related("bot", "conversation")
+            .order_by("-received_at", "-pk")[:THREAD_TURNS]
+        )
+        request._thread_turns = turns  # type: ignore[attr-defined]
+        return [*turns, *cited_chunks(turns)]
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        turns = getattr(request, "_thread_turns", [])
+        context["thread"] = turns_thread(turns)
+        context["thread_truncated"] = len(turns) >= THREAD_TURNS
+        return super().render_change_form(request, context, *args, **kwargs)
+
+
+TURN_HIDDEN_FIELDS = ("response_url", "filter_decisions", "sources", "feedback_detail")
 
 
 @admin.register(Turn)
@@ -350,9 +372,11 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "first_token_seconds",
         "total_seconds",
         "completion_tokens",
+        "is_test",
     )
     list_filter = (
         ReviewBotFilter,
+        "is_test",
         "status",
         "rejection_reason",
         "fixed_reply_reason",
@@ -362,13 +386,35 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("question", "answer", "msgid", "conversation__userid", "conversation__chat_id")
     date_hierarchy = "received_at"
     show_full_result_count = False
-    # response_url is a bearer capability (anyone holding it can post into the chat): never shown.
-    exclude = ("response_url",)
-    readonly_fields = [field.name for field in Turn._meta.fields if field.name != "response_url"]
+    # response_url is a bearer capability (anyone holding it can post into the chat): never
+    # shown. The JSON fields are read as words in the chat bubble instead.
+    exclude = TURN_HIDDEN_FIELDS
+    readonly_fields = [
+        "as_chat",
+        "conversation_link",
+        *(field.name for field in Turn._meta.fields if field.name not in TURN_HIDDEN_FIELDS),
+    ]
     change_form_template = "admin/bots/turn/change_form.html"
+    # Opened from its conversation's thread: the reason given there covers it.
+    access_reason_reuse = True
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:
         return turns_for_user(user=request.user).select_related("bot", "conversation")
+
+    def access_shown_with(self, request: HttpRequest, obj: Model) -> list[Model]:
+        return list(cited_chunks([obj]))  # type: ignore[list-item]
+
+    @admin.display(description=_("as the chat shows it"))
+    def as_chat(self, obj: Turn) -> str:
+        return render_to_string("admin/bots/chat_thread.html", {"thread": turns_thread([obj])})
+
+    @admin.display(description=_("conversation"))
+    def conversation_link(self, obj: Turn) -> str:
+        return format_html(
+            '<a href="{}" id="turn-conversation">{}</a>',
+            reverse(f"{self.admin_site.name}:bots_conversation_change", args=[obj.conversation_id]),
+            _("Open the whole conversation"),
+        )
 
     @admin.display(description=_("user"), ordering="conversation__userid")
     def user(self, obj: Turn) -> str:

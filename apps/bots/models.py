@@ -387,6 +387,14 @@ class Turn(models.Model):
     )
     feedback_detail = models.JSONField(_("feedback detail"), default=dict, blank=True)
     feedback_at = models.DateTimeField(_("feedback received"), null=True, blank=True)
+    is_test = models.BooleanField(
+        _("test chat"),
+        default=False,
+        help_text=_(
+            "Asked from the bot's test chat in the admin, not by an employee in WeCom; "
+            "marked in the turn and review lists so it is not counted as real use."
+        ),
+    )
 
     objects = TurnQuerySet.as_manager()
 

@@ -10,8 +10,7 @@ from django.contrib import admin
 from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest
-from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.template.loader import render_to_string
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit import selectors
@@ -25,13 +24,46 @@ from apps.audit.admin.mixins import (
     shorten,
 )
 from apps.audit.forms import ArchiveKeyForm, ArchiveSourceForm
-from apps.audit.models import ArchivedMessage, ArchiveKey, ArchiveQuarantine, ArchiveSource
+from apps.audit.models import (
+    ArchivedMessage,
+    ArchiveKey,
+    ArchiveQuarantine,
+    ArchiveSource,
+    AuditPolicy,
+)
 from apps.audit.services.configuration import (
     archive_source_delete,
     archive_source_save,
     archive_source_snapshot,
 )
 from apps.core.fields import is_undecryptable
+
+
+def archive_thread(rows: list[ArchivedMessage]) -> list[dict[str, Any]]:
+    """Each message with its LLM reviews in words (policy name, label, risk, reason)."""
+    ids = {key for row in rows for key in (row.llm_review or {})}
+    names = {
+        str(pk): name
+        for pk, name in AuditPolicy.objects.filter(
+            pk__in=[int(key) for key in ids if str(key).isdigit()]
+        ).values_list("pk", "name")
+    }
+    return [
+        {
+            "message": row,
+            "reviews": [
+                {
+                    "policy": names.get(str(key), f"#{key}"),
+                    "label": verdict.get("label", ""),
+                    "risk": verdict.get("risk", ""),
+                    "reason": verdict.get("reason", ""),
+                }
+                for key, verdict in (row.llm_review or {}).items()
+                if isinstance(verdict, dict)
+            ],
+        }
+        for row in rows
+    ]
 
 
 class ArchiveKeyInline(admin.TabularInline):
@@ -184,12 +216,14 @@ class ArchivedMessageAdmin(AccessReasonAdminMixin, ReadOnlyAdminMixin, admin.Mod
         "media_error",
         "policy_action",
         "llm_reviewed_at",
-        "llm_review",
         "llm_review_error",
         "purged_at",
         "transcript",
     )
     readonly_fields = fields
+
+    # A message shown in the chat around another one was opened under that reason.
+    access_reason_reuse = True
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ArchivedMessage]:
         return selectors.archived_messages_for_user(user=request.user).select_related("source")
@@ -212,22 +246,9 @@ class ArchivedMessageAdmin(AccessReasonAdminMixin, ReadOnlyAdminMixin, admin.Mod
     @admin.display(description=_("conversation"))
     def transcript(self, obj: ArchivedMessage) -> str:
         rows = selectors.archive_conversation(message=obj)
-        return format_html(
-            '<table class="transcript">{}</table>',
-            format_html_join(
-                "",
-                '<tr style="{}"><td style="white-space: nowrap">{}</td><td>{}</td><td>{}</td></tr>',
-                (
-                    (
-                        "background: #ffd" if row.pk == obj.pk else "",
-                        timezone.localtime(row.msgtime).strftime("%Y-%m-%d %H:%M:%S"),
-                        row.sender,
-                        (row.text or f"[{row.msgtype}]")
-                        + (f" ({_('recalled')})" if row.recalled_at else ""),
-                    )
-                    for row in rows
-                ),
-            ),
+        return render_to_string(
+            "admin/audit/archive_thread.html",
+            {"thread": archive_thread(rows), "focus": obj},
         )
 
     @admin.action(

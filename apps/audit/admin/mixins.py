@@ -144,6 +144,9 @@ class AccessReasonAdminMixin:
     """
 
     access_reason_template = "admin/audit/access_reason.html"
+    # Whether a reason given for the conversation that showed this record covers opening
+    # it (`selectors.access_reason_inherited`): one reason per conversation.
+    access_reason_reuse = False
 
     def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None):
         obj = super().get_object(request, object_id, from_field)  # type: ignore[misc]
@@ -178,17 +181,23 @@ class AccessReasonAdminMixin:
                 raise PermissionDenied
             return None
         reason = _reason_grant_pop(request, request.path)
+        given_with: AccessLog | None = None
+        if reason is None and self.access_reason_reuse:
+            given_with = selectors.access_reason_inherited(user=request.user, obj=obj)
+            if given_with is not None:
+                reason = given_with.reason
         if reason is None and not self.access_reason_required(request):
             reason = self.access_reason_default(request)
         if not reason:
             return self._access_reason_form(request, obj, AccessReasonForm())
         with transaction.atomic():
-            access_log_record(
+            entry = access_log_record(
                 user=request.user,
                 obj=obj,
                 action=AccessLog.Action.VIEW,
                 reason=reason,
                 request_id=request_id_of(request),
+                opened_with=given_with,
             )
             access_log_record_many(
                 user=request.user,
@@ -196,6 +205,7 @@ class AccessReasonAdminMixin:
                 action=AccessLog.Action.VIEW,
                 reason=reason,
                 request_id=request_id_of(request),
+                opened_with=given_with or entry,
             )
         return None
 

@@ -81,6 +81,7 @@ class ReviewCaseAdmin(AccessReasonAdminMixin, admin.ModelAdmin):
         ReviewBotFilter,
         ReviewSourceFilter,
         ReviewDepartmentFilter,
+        "turn__is_test",
     )
     search_fields = ("note", "turn__msgid", "archived_message__msgid")
     date_hierarchy = "created_at"

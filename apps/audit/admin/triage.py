@@ -15,6 +15,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import SuspiciousOperation
 from django.http import HttpRequest, QueryDict
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext
 
 from apps.audit.models import ReviewCase
 
@@ -36,6 +37,8 @@ def case_text(case: ReviewCase) -> tuple[str, list[dict[str, Any]]]:
 
 def case_user(case: ReviewCase) -> str:
     if case.turn is not None:
+        if case.turn.is_test:  # asked from a bot's test chat, not by this employee
+            return f"{case.turn.conversation.userid} ({gettext('test chat')})"
         return case.turn.conversation.userid
     if case.archived_message is not None:
         return case.archived_message.sender

@@ -29,6 +29,18 @@ class AccessLog(models.Model):
     object_repr = models.CharField(_("object"), max_length=200, blank=True)
     reason = models.TextField(_("reason"))
     request_id = models.CharField(_("request id"), max_length=64, blank=True)
+    opened_with = models.ForeignKey(
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("reason given with"),
+        help_text=_(
+            "The entry where the reason was given, when it was given for another record: "
+            "the conversation whose page showed this turn."
+        ),
+    )
     created_at = models.DateTimeField(_("when"), auto_now_add=True, db_index=True)
 
     class Meta:

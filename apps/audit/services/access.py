@@ -12,10 +12,21 @@ from apps.audit.services.operator_audit import request_id_current, user_name, us
 
 
 def access_log_record(
-    *, user: Any, obj: Model, action: str, reason: str, request_id: str = ""
+    *,
+    user: Any,
+    obj: Model,
+    action: str,
+    reason: str,
+    request_id: str = "",
+    opened_with: AccessLog | None = None,
 ) -> AccessLog:
-    """Record that `user` opened (view) or exported `obj`, and why."""
+    """Record that `user` opened (view) or exported `obj`, and why.
+
+    `opened_with` is the row where the reason was given, when it was given for another
+    record (the conversation that showed this turn).
+    """
     return AccessLog.objects.create(
+        opened_with=opened_with,
         user=user_or_none(user),
         username=user_name(user),
         action=action,
@@ -28,11 +39,19 @@ def access_log_record(
 
 
 def access_log_record_many(
-    *, user: Any, objects: list[Model], action: str, reason: str, request_id: str = ""
+    *,
+    user: Any,
+    objects: list[Model],
+    action: str,
+    reason: str,
+    request_id: str = "",
+    opened_with: AccessLog | None = None,
 ) -> int:
-    """One row per object, in bulk (exports touch thousands of records)."""
+    """One row per object, in bulk (exports touch thousands of records), each linked to
+    the row where the reason was given (`opened_with`), when there is one."""
     rows = [
         AccessLog(
+            opened_with=opened_with,
             user=user_or_none(user),
             username=user_name(user),
             action=action,

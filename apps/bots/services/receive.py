@@ -90,14 +90,20 @@ class Admission:
 
 
 def mention_receive(
-    *, bot: Bot, message: InboundMessage, received_at: datetime, longconn_req_id: str = ""
+    *,
+    bot: Bot,
+    message: InboundMessage,
+    received_at: datetime,
+    longconn_req_id: str = "",
+    test: bool = False,
 ) -> Turn:
     """Record the turn once per (bot, msgid) and enqueue its answer after commit.
 
     A repeated delivery (WeCom retries when the ack is slow) finds the same row through the
     unique constraint and gets the same stream id back, so one question is answered once.
     Both doors call this: a callback, and the long-connection connector, which passes the
-    frame's req_id so that any connector replica can send the answer under it.
+    frame's req_id so that any connector replica can send the answer under it. The admin's
+    test chat is a third door (`test=True`): the same pipeline, the turn marked as a test.
     """
     existing = Turn.objects.filter(bot=bot, msgid=message.msgid).first()
     if existing is not None:
@@ -112,7 +118,7 @@ def mention_receive(
         userid=message.userid,
     )
     question = strip_mention(message.text or "")
-    admission = admission_decide(bot=bot, message=message, question=question)
+    admission = admission_decide(bot=bot, message=message, question=question, test=test)
     fields: dict[str, Any] = {
         "bot": bot,
         "conversation": conversation,
@@ -125,6 +131,7 @@ def mention_receive(
         "response_url": _response_url_accepted(bot=bot, url=message.response_url),
         "received_at": received_at,
         "longconn_req_id": longconn_req_id,
+        "is_test": test,
     }
     try:
         with transaction.atomic():
@@ -164,8 +171,14 @@ def _turn_create(*, admission: Admission, fields: dict[str, Any]) -> Turn:
     return turn
 
 
-def admission_decide(*, bot: Bot, message: InboundMessage, question: str) -> Admission:
-    """Answered by the model or politely declined; the policies see the question once."""
+def admission_decide(
+    *, bot: Bot, message: InboundMessage, question: str, test: bool = False
+) -> Admission:
+    """Answered by the model or politely declined; the policies see the question once.
+
+    A test question is rate-limited like any, but in a bucket of its own: an admin testing
+    as an employee must not use up that employee's questions.
+    """
     with reply_language():
         if message.msgtype not in ANSWERABLE_TYPES or message.text is None:
             return Admission(
@@ -182,9 +195,10 @@ def admission_decide(*, bot: Bot, message: InboundMessage, question: str) -> Adm
                     "Please contact your administrator."
                 ),
             )
-        if rate_limit_exceeded(
-            scope=f"bot:{bot.pk}:user:{message.userid}", limit=bot.rate_limit_per_minute
-        ):
+        scope = f"bot:{bot.pk}:user:{message.userid}"
+        if test:
+            scope += f":test:{message.chatid}"
+        if rate_limit_exceeded(scope=scope, limit=bot.rate_limit_per_minute):
             return Admission(
                 reason="rate_limited",
                 reply=_("You are asking too quickly. Please wait a minute and try again."),
