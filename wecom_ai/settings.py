@@ -12,6 +12,7 @@ and the runner (`make run`) put into the environment first.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -101,9 +102,11 @@ INSTALLED_APPS = [
     "apps.bots",
     "apps.knowledge",
     "apps.audit",
+    "apps.monitoring",
 ]
 
 MIDDLEWARE = [
+    "apps.monitoring.middleware.RequestMetricsMiddleware",
     "wecom_ai.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -539,3 +542,24 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
     "address": env.str("API_RATE_PER_ADDRESS", default="300/min"),
     "anon": env.str("API_RATE_ANONYMOUS", default="30/min"),
 }
+
+
+# --- monitoring: /metrics (issue 16) -------------------------------------------------------------
+# Prometheus scrapes /metrics with `Authorization: Bearer METRICS_TOKEN`, or from an address in
+# METRICS_ALLOWED_NETWORKS (comma-separated CIDRs; behind proxies see TRUSTED_PROXY_COUNT).
+# With neither set the endpoint refuses everyone.
+METRICS_TOKEN = _secret("METRICS_TOKEN") or ""
+
+
+def _networks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        return [ipaddress.ip_network(item, strict=False) for item in env.list(name, default=[])]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must list networks like 10.0.0.0/8: {exc}") from exc
+
+
+METRICS_ALLOWED_NETWORKS = _networks("METRICS_ALLOWED_NETWORKS")
+# Where every process of this host writes its samples (prometheus_client's multiprocess
+# mode; the runner and compose set it and empty it at start). Unset: each process counts
+# only for itself, and /metrics shows the web process's own figures.
+METRICS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")

@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from apps.bots.metrics import turn_claim_observe, turn_end_observe
 from apps.core.fields import EncryptedTextField
 from apps.inference.engine.base import SamplingParams
 from apps.inference.models import ModelProfile
@@ -278,7 +279,7 @@ class TurnQuerySet(models.QuerySet["Turn"]):
 
     def create_rejected(self, *, reason: str, answer: str, now: datetime, **fields: Any) -> Turn:
         """A turn refused at admission is born in its end state: no half-made queued row."""
-        return self.create(
+        turn = self.create(
             status=Turn.Status.REJECTED,
             rejection_reason=reason,
             answer=answer,
@@ -286,6 +287,8 @@ class TurnQuerySet(models.QuerySet["Turn"]):
             stream_closed_at=now,
             **fields,
         )
+        turn_end_observe(turn)
+        return turn
 
 
 class Turn(models.Model):
@@ -443,6 +446,7 @@ class Turn(models.Model):
         )
         if updated:
             self.refresh_from_db(fields=["status", "attempts", "heartbeat_at"])
+            turn_claim_observe(self)
         return bool(updated)
 
     def heartbeat(self) -> bool:
@@ -486,7 +490,7 @@ class Turn(models.Model):
             "error": error,
         }
         updated = self._held().filter(status=self.Status.GENERATING).update(**fields)
-        return self._won(updated, fields)
+        return self._ended(updated, fields)
 
     def fail(self, *, error: str) -> bool:
         """End the turn failed; loses when it already ended or another attempt holds it."""
@@ -495,7 +499,13 @@ class Turn(models.Model):
             "error": error[:4000],
             "finished_at": timezone.now(),
         }
-        return self._won(self._held().update(**fields), fields)
+        return self._ended(self._held().update(**fields), fields)
+
+    def _ended(self, updated: int, fields: dict[str, Any]) -> bool:
+        won = self._won(updated, fields)
+        if won:
+            turn_end_observe(self)
+        return won
 
     def response_url_take(self) -> tuple[str, str]:
         """Claim the response_url once: `(url, "")`, or `("", why not)`.
