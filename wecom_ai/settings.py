@@ -244,6 +244,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.audit.tasks.retention_purge",
         "schedule": crontab(hour=3, minute=30),
     },
+    "alerts-evaluate": {"task": "apps.monitoring.tasks.alerts_evaluate", "schedule": 60.0},
 }
 
 # --- audit --------------------------------------------------------------------------------
@@ -563,3 +564,17 @@ METRICS_ALLOWED_NETWORKS = _networks("METRICS_ALLOWED_NETWORKS")
 # mode; the runner and compose set it and empty it at start). Unset: each process counts
 # only for itself, and /metrics shows the web process's own figures.
 METRICS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+
+# Alert e-mail (Admin → Alert channels): EMAIL_URL like smtp+tls://user:password@host:587
+# (django-environ's email_url; the password may come from EMAIL_URL_FILE). Unset: mail is
+# written to the log (console backend), so nothing leaves a development machine.
+_email = env.email_url_config(_secret("EMAIL_URL") or "consolemail://")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email.get("EMAIL_HOST") or "localhost"
+EMAIL_PORT = _email.get("EMAIL_PORT") or 25
+EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = _email.get("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = bool(_email.get("EMAIL_USE_TLS"))
+EMAIL_USE_SSL = bool(_email.get("EMAIL_USE_SSL"))
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="wecom-ai@localhost")
