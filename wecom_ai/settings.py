@@ -245,6 +245,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(hour=3, minute=30),
     },
     "alerts-evaluate": {"task": "apps.monitoring.tasks.alerts_evaluate", "schedule": 60.0},
+    "dashboard-rollup": {"task": "apps.monitoring.tasks.dashboard_rollup", "schedule": 60.0},
 }
 
 # --- audit --------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -373,6 +374,8 @@ class Turn(models.Model):
     stream_closed_at = models.DateTimeField(_("stream finished"), null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
     heartbeat_at = models.DateTimeField(_("worker heartbeat"), null=True, blank=True)
+    # The first claim: with queued_at it gives the queue wait (the dashboard's).
+    claimed_at = models.DateTimeField(_("first claimed"), null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(_("prompt tokens"), default=0)
     completion_tokens = models.PositiveIntegerField(_("answer tokens"), default=0)
     finish_reason = models.CharField(
@@ -403,6 +406,8 @@ class Turn(models.Model):
         indexes = [
             models.Index(fields=["conversation", "received_at"], name="turn_conversation_time"),
             models.Index(fields=["status", "received_at"], name="turn_status_time"),
+            # The dashboard's hourly summaries read turns by arrival time.
+            models.Index(fields=["received_at"], name="turn_received"),
             # What every connector tick asks: long-connection answers still to be sent.
             models.Index(
                 fields=["bot", "received_at"],
@@ -442,10 +447,15 @@ class Turn(models.Model):
         updated = (
             Turn.objects.filter(pk=self.pk)
             .claimable(now=now, lease=lease)
-            .update(status=self.Status.GENERATING, attempts=F("attempts") + 1, heartbeat_at=now)
+            .update(
+                status=self.Status.GENERATING,
+                attempts=F("attempts") + 1,
+                heartbeat_at=now,
+                claimed_at=Coalesce(F("claimed_at"), Value(now)),
+            )
         )
         if updated:
-            self.refresh_from_db(fields=["status", "attempts", "heartbeat_at"])
+            self.refresh_from_db(fields=["status", "attempts", "heartbeat_at", "claimed_at"])
             turn_claim_observe(self)
         return bool(updated)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
@@ -127,3 +128,51 @@ class AlertIncident(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rule} · {self.subject}"
+
+
+# Upper edges (seconds) of the latency histograms kept per hour; the last bucket is open.
+LATENCY_EDGES = (0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 240, 330)
+
+
+class TurnRollup(models.Model):
+    """One hour of one bot's turns on one channel, summed for the dashboard.
+
+    Beat recomputes the current and the previous hour every minute; the dashboard reads
+    these rows (a few thousand for a month) instead of millions of turns. Latencies are
+    histograms over `LATENCY_EDGES`, so percentiles over any period are merged exactly
+    bucket by bucket and interpolated within one bucket.
+    """
+
+    hour = models.DateTimeField(_("hour"))
+    bot = models.ForeignKey("bots.Bot", on_delete=models.CASCADE, verbose_name=_("bot"))
+    channel = models.CharField(_("channel"), max_length=20)
+    questions = models.PositiveIntegerField(default=0)
+    users = models.PositiveIntegerField(default=0)
+    answered = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    fixed_replies = models.PositiveIntegerField(default=0)
+    with_sources = models.PositiveIntegerField(default=0)
+    blocked = models.PositiveIntegerField(default=0)
+    masked = models.PositiveIntegerField(default=0)
+    flagged = models.PositiveIntegerField(default=0)
+    feedback_up = models.PositiveIntegerField(default=0)
+    feedback_down = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    decode_seconds = models.FloatField(default=0.0)
+    first_token_histogram = ArrayField(models.PositiveIntegerField(), default=list)
+    total_histogram = ArrayField(models.PositiveIntegerField(), default=list)
+    queue_wait_histogram = ArrayField(models.PositiveIntegerField(), default=list)
+    computed_at = models.DateTimeField(_("computed"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("hourly turn summary")
+        verbose_name_plural = _("hourly turn summaries")
+        constraints = [
+            models.UniqueConstraint(fields=["hour", "bot", "channel"], name="turn_rollup_hour")
+        ]
+        permissions = [("view_dashboard", _("Can view the operations dashboard"))]
+
+    def __str__(self) -> str:
+        return f"{self.bot_id} {self.channel} {self.hour:%Y-%m-%d %H:00}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from apps.monitoring.services.alerts import alerts_run
+from apps.monitoring.services.rollup import rollup_recent
 from wecom_ai import queues
 
 
@@ -12,3 +13,8 @@ from wecom_ai import queues
 def alerts_evaluate() -> int:
     run = alerts_run()
     return 0 if run is None else run.sent
+
+
+@shared_task(queue=queues.DEFAULT, ignore_result=True)
+def dashboard_rollup() -> int:
+    return rollup_recent()
