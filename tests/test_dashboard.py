@@ -77,6 +77,7 @@ def test_the_hourly_summary_counts_exactly_what_the_turns_say(make_bot, hour):
     callback = rows[("hr", "callback", hour)]
     assert (callback.questions, callback.users, callback.answered) == (6, 3, 4)
     assert (callback.failed, callback.rejected, callback.blocked) == (1, 1, 1)
+    assert callback.failure_reasons == {"failed:worker lost": 1, "rejected:not_allowed": 1}
     assert (callback.feedback_up, callback.feedback_down, callback.with_sources) == (3, 1, 3)
     assert (callback.completion_tokens, callback.prompt_tokens) == (40, 120)
     assert sum(callback.total_histogram) == 4 and sum(callback.first_token_histogram) == 4

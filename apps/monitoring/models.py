@@ -164,6 +164,8 @@ class TurnRollup(models.Model):
     first_token_histogram = ArrayField(models.PositiveIntegerField(), default=list)
     total_histogram = ArrayField(models.PositiveIntegerField(), default=list)
     queue_wait_histogram = ArrayField(models.PositiveIntegerField(), default=list)
+    # "failed:<first line of the error>" or "rejected:<reason>" → turns.
+    failure_reasons = models.JSONField(default=dict)
     computed_at = models.DateTimeField(_("computed"), auto_now=True)
 
     class Meta:

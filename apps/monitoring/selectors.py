@@ -1,22 +1,21 @@
 """The dashboard's figures for a period, bots and channel, read from the hourly summaries.
 
 A month of summaries is a few thousand rows whatever the number of turns, so the page
-stays fast; only the failure reasons and active users are read live, from small indexed
-sets (failed and rejected turns; conversations).
+stays fast; only active users are read live, from the conversations (one row per user
+and chat, far fewer than turns).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, QuerySet
-from django.db.models.functions import Left
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from apps.bots.models import Bot, Conversation, Turn
+from apps.bots.models import Bot, Conversation
 from apps.monitoring.models import LATENCY_EDGES, TurnRollup
 
 PERIODS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
@@ -81,36 +80,18 @@ def _bucket_start(moment: datetime, bucket: timedelta) -> datetime:
     return local.replace(minute=0, second=0, microsecond=0)
 
 
-def _failure_reasons(query: DashboardQuery) -> list[dict[str, Any]]:
-    turns = Turn.objects.filter(
-        status__in=(Turn.Status.FAILED, Turn.Status.REJECTED),
-        received_at__gte=query.start,
-        received_at__lt=query.end,
-        bot_id__in=query.bot_ids,
-    )
-    if query.channel == "longconn":
-        turns = turns.exclude(longconn_req_id="")
-    elif query.channel == "callback":
-        turns = turns.filter(longconn_req_id="")
-    rows = (
-        turns.annotate(reason=Left("error", 80))
-        .values("status", "rejection_reason", "reason")
-        .annotate(n=Count("id"))
-        .order_by("-n")[:10]
-    )
-    return [
-        {
-            "status": row["status"],
-            "reason": row["rejection_reason"] or row["reason"].split("\n", 1)[0],
-            "count": row["n"],
-        }
-        for row in rows
-    ]
+def _failure_rows(reasons: Counter[str]) -> list[dict[str, Any]]:
+    rows = []
+    for key, count in reasons.most_common(10):
+        status, _sep, reason = key.partition(":")
+        rows.append({"status": status, "reason": reason, "count": count})
+    return rows
 
 
 def dashboard_data(query: DashboardQuery) -> dict[str, Any]:
     totals: dict[str, float] = dict.fromkeys(SUMMED, 0)
     histograms: dict[str, list[int]] = {name: [] for name in HISTOGRAMS}
+    reasons: Counter[str] = Counter()
     series: dict[datetime, dict[str, Any]] = defaultdict(
         lambda: {**dict.fromkeys(SUMMED, 0), **{name: [] for name in HISTOGRAMS}}
     )
@@ -120,6 +101,7 @@ def dashboard_data(query: DashboardQuery) -> dict[str, Any]:
             value = getattr(row, name)
             totals[name] += value
             point[name] += value
+        reasons.update(row.failure_reasons)
         for name in HISTOGRAMS:
             histograms[name] = _merge(histograms[name], getattr(row, name))
             point[name] = _merge(point[name], getattr(row, name))
@@ -167,7 +149,7 @@ def dashboard_data(query: DashboardQuery) -> dict[str, Any]:
             for name in HISTOGRAMS
         },
         "series": points,
-        "failures": _failure_reasons(query),
+        "failures": _failure_rows(reasons),
     }
 
 

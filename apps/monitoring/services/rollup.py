@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.bots.models import Conversation, Turn
@@ -68,6 +68,7 @@ def _statement() -> str:
             QUEUE_WAIT_SQL, "t.claimed_at IS NOT NULL AND t.queued_at IS NOT NULL"
         ),
     }
+    columns["failure_reasons"] = "'{}'::jsonb"  # filled by the second statement
     names = ", ".join(columns)
     updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in [*columns, "computed_at"])
     return f"""
@@ -84,6 +85,25 @@ def _statement() -> str:
 
 _STATEMENT = _statement()
 
+_REASONS_STATEMENT = f"""
+    UPDATE {TurnRollup._meta.db_table} r SET failure_reasons = s.reasons
+    FROM (
+        SELECT hour, bot_id, channel, jsonb_object_agg(reason, n) AS reasons
+        FROM (
+            SELECT date_trunc('hour', t.received_at) AS hour, t.bot_id, {CHANNEL_SQL} AS channel,
+                   t.status || ':' || CASE WHEN t.rejection_reason <> '' THEN t.rejection_reason
+                       ELSE split_part(left(t.error, 80), E'\n', 1) END AS reason,
+                   count(*) AS n
+            FROM {Turn._meta.db_table} t
+            WHERE t.received_at >= %s AND t.received_at < %s
+              AND t.status IN ('{Turn.Status.FAILED}', '{Turn.Status.REJECTED}')
+            GROUP BY 1, 2, 3, 4
+        ) per_reason
+        GROUP BY 1, 2, 3
+    ) s
+    WHERE r.hour = s.hour AND r.bot_id = s.bot_id AND r.channel = s.channel
+"""  # noqa: S608 - names from the models and constants, values as parameters
+
 
 def _hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
@@ -91,9 +111,11 @@ def _hour(moment: datetime) -> datetime:
 
 def rollup_refresh(*, since: datetime, until: datetime) -> int:
     """Recompute every hour from `since`'s hour up to `until`; returns the rows written."""
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_STATEMENT, [_hour(since), until])
-        return cursor.rowcount
+        written = cursor.rowcount
+        cursor.execute(_REASONS_STATEMENT, [_hour(since), until])
+    return written
 
 
 def rollup_recent(*, now: datetime | None = None) -> int:
