@@ -297,6 +297,31 @@ def test_figures_from_two_worker_processes_match_the_turns(
     assert samples[("wecomai_tokens_generated_total", key)] == tokens
     assert samples[("wecomai_time_to_first_token_seconds_count", key)] == len(turns)
     assert samples[("wecomai_queue_wait_seconds_count", (("model", model),))] == len(turns)
+    # The dashboard reads the same turns through its hourly summaries: counts match exactly
+    # and the median answer time lies in the histogram bucket of the true median.
+    from apps.monitoring.models import LATENCY_EDGES
+    from apps.monitoring.selectors import DashboardQuery, dashboard_data
+    from apps.monitoring.services.rollup import rollup_recent
+
+    rollup_recent()
+    data = dashboard_data(
+        DashboardQuery(
+            start=timezone.now() - dt.timedelta(hours=1),
+            end=timezone.now() + dt.timedelta(minutes=1),
+            bot_ids=(bot.pk,),
+        )
+    )
+    assert (data["totals"]["questions"], data["totals"]["answered"]) == (4, 4)
+    assert data["totals"]["completion_tokens"] == tokens
+    seconds = sorted((turn.finished_at - turn.received_at).total_seconds() for turn in turns)
+    edges = (0.0, *LATENCY_EDGES, float("inf"))
+
+    def bucket(value: float) -> int:
+        return next(i for i, edge in enumerate(LATENCY_EDGES) if value < edge)
+
+    # Four answers: the median lies between the second and third, bucket-wise.
+    low, high = bucket(seconds[1]), bucket(seconds[2])
+    assert edges[low] <= data["latency"]["total"]["p50"] <= edges[high + 1]
 
 
 def test_a_metrics_failure_never_costs_the_turn(make_bot, monkeypatch, caplog):
