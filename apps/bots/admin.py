@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin, request_id_of
+from apps.bots.admin_health import DeliveryHealthAdminMixin
 from apps.bots.admin_setup import BotSetupAdminMixin, callback_url_html
 from apps.bots.forms import BotForm
 from apps.bots.models import Bot, Conversation, LongConnection, Turn
@@ -131,7 +132,9 @@ CONNECTION_PHASES = {
 
 
 @admin.register(Bot)
-class BotAdmin(BotSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin):
+class BotAdmin(
+    BotSetupAdminMixin, DeliveryHealthAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin
+):
     audit_action_prefix = "bots.bot"
     form = BotForm
     list_display = (
@@ -141,6 +144,7 @@ class BotAdmin(BotSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin):
         "connection_mode",
         "model_profile",
         "rate_limit_per_minute",
+        "delivery_health",
     )
     list_filter = ("enabled", "connection_mode", "model_profile")
     list_select_related = ("model_profile",)
@@ -152,6 +156,7 @@ class BotAdmin(BotSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin):
         "callback_url_copy",
         "secrets_state",
         "connection_state",
+        "delivery_health_detail",
         "created_at",
         "updated_at",
     )
@@ -167,6 +172,7 @@ class BotAdmin(BotSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin):
                     "new_encoding_aes_key",
                     "new_longconn_secret",
                     "connection_state",
+                    "delivery_health_detail",
                 ),
                 "description": _(
                     "Callback mode: copy the callback URL above into the bot's API settings "

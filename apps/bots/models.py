@@ -156,6 +156,12 @@ class Bot(models.Model):
             "of staying empty. 0 = say so whenever the question has to wait."
         ),
     )
+    url_verified_at = models.DateTimeField(
+        _("callback URL verified"),
+        null=True,
+        blank=True,
+        help_text=_("When WeCom last verified the callback URL (saving it in WeCom's console)."),
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -166,6 +172,11 @@ class Bot(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def url_verified_record(self) -> None:
+        """WeCom verified the callback URL just now (its console's Save button)."""
+        self.url_verified_at = timezone.now()
+        Bot.objects.filter(pk=self.pk).update(url_verified_at=self.url_verified_at)
 
     def welcome_question_list(self) -> list[str]:
         return [line.strip() for line in self.welcome_questions.splitlines() if line.strip()][:6]
