@@ -225,6 +225,7 @@ def test_core_imports_no_domain_app():
 # --- The import contracts (pyproject.toml, [tool.importlinter]; `lint-imports` in make test) ---
 
 LAYERS = [
+    "apps.monitoring",
     "apps.bots",
     "apps.knowledge",
     "apps.audit",
@@ -313,6 +314,7 @@ def _contract_project(tmp_path: Path, modules: dict[str, str]) -> Path:
 
 # Imports along the agreed direction, present in every tree below.
 DOWNWARD = {
+    "apps/monitoring/views.py": "from apps.bots import models\nfrom apps.audit import models\n",
     "apps/bots/services.py": "from apps.knowledge import models\nfrom apps.audit import models\n",
     "apps/knowledge/services.py": "from apps.audit.models import *\n",
     "apps/audit/services.py": "import apps.inference.models\nimport apps.directory.models\n",
@@ -339,6 +341,12 @@ def test_the_contracts_pass_a_tree_that_imports_only_downward(tmp_path):
 @pytest.mark.parametrize(
     ("module", "source", "reported"),
     [
+        # Monitoring reads every app; no app may depend on it.
+        (
+            "apps/bots/views.py",
+            "from apps.monitoring import models\n",
+            "apps.bots is not allowed to import apps.monitoring",
+        ),
         # The import this issue removed: audit reading bots' models.
         (
             "apps/audit/selectors.py",

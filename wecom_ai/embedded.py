@@ -446,6 +446,7 @@ _DEVELOPMENT_SECRETS: tuple[tuple[str, str, Callable[[], str]], ...] = (
     ("SECRET_KEY", "secret_key", lambda: secrets.token_urlsafe(50)),
     ("FIELD_ENCRYPTION_KEYS", "field_encryption_key", lambda: _fernet_key()),
     ("AUDIT_LEDGER_KEY", "ledger_key", lambda: secrets.token_urlsafe(48)),
+    ("METRICS_TOKEN", "metrics_token", lambda: secrets.token_urlsafe(32)),
 )
 
 

@@ -163,12 +163,25 @@ def environments(base: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     return env | {"DATABASE_URL": owner_url or env["DATABASE_URL"]}, env
 
 
+def metrics_dir_fresh(path: str) -> str:
+    """Empty the processes' shared metrics directory: samples of a previous run would
+    otherwise be added to this one's (prometheus_client's multiprocess mode)."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    return str(directory)
+
+
 def main() -> int:
     port = int(os.environ.get("PORT", "8000"))
     env = dict(os.environ)
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     env.setdefault("DJANGO_SETTINGS_MODULE", "wecom_ai.settings")
     migrate_env, env = environments(env)
+    env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir_fresh(
+        env.get("PROMETHEUS_MULTIPROC_DIR") or str(embedded.data_dir() / "metrics")
+    )
     supervisor = Supervisor(_children(port, embedded.data_dir()), env)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
@@ -182,6 +195,7 @@ def main() -> int:
             base = env["PUBLIC_BASE_URL"]
             print(
                 f"\n  admin:              {base}/admin/\n"
+                f"  metrics:            {base}/metrics (bearer token: var/metrics_token)\n"
                 f"  demo bot callback:  {base}/wecom/aibot/demo/callback\n"
                 f'  try:                .venv/bin/python manage.py wecom_sim demo "@demo hello"\n'
                 "  stop:               Ctrl-C\n",

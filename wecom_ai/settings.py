@@ -12,6 +12,7 @@ and the runner (`make run`) put into the environment first.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -101,9 +102,11 @@ INSTALLED_APPS = [
     "apps.bots",
     "apps.knowledge",
     "apps.audit",
+    "apps.monitoring",
 ]
 
 MIDDLEWARE = [
+    "apps.monitoring.middleware.RequestMetricsMiddleware",
     "wecom_ai.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -241,6 +244,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.audit.tasks.retention_purge",
         "schedule": crontab(hour=3, minute=30),
     },
+    "alerts-evaluate": {"task": "apps.monitoring.tasks.alerts_evaluate", "schedule": 60.0},
+    "dashboard-rollup": {"task": "apps.monitoring.tasks.dashboard_rollup", "schedule": 60.0},
 }
 
 # --- audit --------------------------------------------------------------------------------
@@ -539,3 +544,38 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
     "address": env.str("API_RATE_PER_ADDRESS", default="300/min"),
     "anon": env.str("API_RATE_ANONYMOUS", default="30/min"),
 }
+
+
+# --- monitoring: /metrics (issue 16) -------------------------------------------------------------
+# Prometheus scrapes /metrics with `Authorization: Bearer METRICS_TOKEN`, or from an address in
+# METRICS_ALLOWED_NETWORKS (comma-separated CIDRs; behind proxies see TRUSTED_PROXY_COUNT).
+# With neither set the endpoint refuses everyone.
+METRICS_TOKEN = _secret("METRICS_TOKEN") or ""
+
+
+def _networks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        return [ipaddress.ip_network(item, strict=False) for item in env.list(name, default=[])]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must list networks like 10.0.0.0/8: {exc}") from exc
+
+
+METRICS_ALLOWED_NETWORKS = _networks("METRICS_ALLOWED_NETWORKS")
+# Where every process of this host writes its samples (prometheus_client's multiprocess
+# mode; the runner and compose set it and empty it at start). Unset: each process counts
+# only for itself, and /metrics shows the web process's own figures.
+METRICS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+
+# Alert e-mail (Admin → Alert channels): EMAIL_URL like smtp+tls://user:password@host:587
+# (django-environ's email_url; the password may come from EMAIL_URL_FILE). Unset: mail is
+# written to the log (console backend), so nothing leaves a development machine.
+_email = env.email_url_config(_secret("EMAIL_URL") or "consolemail://")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email.get("EMAIL_HOST") or "localhost"
+EMAIL_PORT = _email.get("EMAIL_PORT") or 25
+EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = _email.get("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = bool(_email.get("EMAIL_USE_TLS"))
+EMAIL_USE_SSL = bool(_email.get("EMAIL_USE_SSL"))
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="wecom-ai@localhost")

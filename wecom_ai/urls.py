@@ -5,6 +5,8 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.utils.translation import gettext_lazy as _
 
+from apps.monitoring.dashboard import home_view
+from apps.monitoring.views import metrics_view
 from wecom_ai.status import status_view
 
 # There is no public site: the header names the product, and "View site" (a 404) is replaced
@@ -38,9 +40,12 @@ def readyz(request: HttpRequest) -> HttpResponse:
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("wecom/", include("apps.bots.urls")),
     path("api/", include("apps.knowledge.urls")),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/status/", admin.site.admin_view(status_view), name="admin-status"),
+    # The admin's home page: the dashboard for those who may see it, else Django's index.
+    path("admin/", admin.site.admin_view(home_view), name="admin-home"),
     path("admin/", admin.site.urls),
 ]

@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin, request_id_of
+from apps.bots.admin_health import DeliveryHealthAdminMixin
 from apps.bots.admin_setup import BotSetupAdminMixin, callback_url_html
 from apps.bots.admin_trial import BotTrialChatAdminMixin
 from apps.bots.forms import BotForm
@@ -135,7 +136,11 @@ CONNECTION_PHASES = {
 
 @admin.register(Bot)
 class BotAdmin(
-    BotTrialChatAdminMixin, BotSetupAdminMixin, OperatorAuditAdminMixin, admin.ModelAdmin
+    BotTrialChatAdminMixin,
+    BotSetupAdminMixin,
+    DeliveryHealthAdminMixin,
+    OperatorAuditAdminMixin,
+    admin.ModelAdmin,
 ):
     audit_action_prefix = "bots.bot"
     form = BotForm
@@ -146,6 +151,7 @@ class BotAdmin(
         "connection_mode",
         "model_profile",
         "rate_limit_per_minute",
+        "delivery_health",
     )
     list_filter = ("enabled", "connection_mode", "model_profile")
     list_select_related = ("model_profile",)
@@ -157,6 +163,7 @@ class BotAdmin(
         "callback_url_copy",
         "secrets_state",
         "connection_state",
+        "delivery_health_detail",
         "created_at",
         "updated_at",
     )
@@ -172,6 +179,7 @@ class BotAdmin(
                     "new_encoding_aes_key",
                     "new_longconn_secret",
                     "connection_state",
+                    "delivery_health_detail",
                 ),
                 "description": _(
                     "Callback mode: copy the callback URL above into the bot's API settings "

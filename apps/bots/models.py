@@ -9,11 +9,13 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from apps.bots.metrics import turn_claim_observe, turn_end_observe
 from apps.core.fields import EncryptedTextField
 from apps.inference.engine.base import SamplingParams
 from apps.inference.models import ModelProfile
@@ -154,6 +156,12 @@ class Bot(models.Model):
             "of staying empty. 0 = say so whenever the question has to wait."
         ),
     )
+    url_verified_at = models.DateTimeField(
+        _("callback URL verified"),
+        null=True,
+        blank=True,
+        help_text=_("When WeCom last verified the callback URL (saving it in WeCom's console)."),
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -164,6 +172,11 @@ class Bot(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def url_verified_record(self) -> None:
+        """WeCom verified the callback URL just now (its console's Save button)."""
+        self.url_verified_at = timezone.now()
+        Bot.objects.filter(pk=self.pk).update(url_verified_at=self.url_verified_at)
 
     def welcome_question_list(self) -> list[str]:
         return [line.strip() for line in self.welcome_questions.splitlines() if line.strip()][:6]
@@ -278,7 +291,7 @@ class TurnQuerySet(models.QuerySet["Turn"]):
 
     def create_rejected(self, *, reason: str, answer: str, now: datetime, **fields: Any) -> Turn:
         """A turn refused at admission is born in its end state: no half-made queued row."""
-        return self.create(
+        turn = self.create(
             status=Turn.Status.REJECTED,
             rejection_reason=reason,
             answer=answer,
@@ -286,6 +299,8 @@ class TurnQuerySet(models.QuerySet["Turn"]):
             stream_closed_at=now,
             **fields,
         )
+        turn_end_observe(turn)
+        return turn
 
 
 class Turn(models.Model):
@@ -370,6 +385,8 @@ class Turn(models.Model):
     stream_closed_at = models.DateTimeField(_("stream finished"), null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
     heartbeat_at = models.DateTimeField(_("worker heartbeat"), null=True, blank=True)
+    # The first claim: with queued_at it gives the queue wait (the dashboard's).
+    claimed_at = models.DateTimeField(_("first claimed"), null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(_("prompt tokens"), default=0)
     completion_tokens = models.PositiveIntegerField(_("answer tokens"), default=0)
     finish_reason = models.CharField(
@@ -408,6 +425,8 @@ class Turn(models.Model):
         indexes = [
             models.Index(fields=["conversation", "received_at"], name="turn_conversation_time"),
             models.Index(fields=["status", "received_at"], name="turn_status_time"),
+            # The dashboard's hourly summaries read turns by arrival time.
+            models.Index(fields=["received_at"], name="turn_received"),
             # What every connector tick asks: long-connection answers still to be sent.
             models.Index(
                 fields=["bot", "received_at"],
@@ -447,10 +466,16 @@ class Turn(models.Model):
         updated = (
             Turn.objects.filter(pk=self.pk)
             .claimable(now=now, lease=lease)
-            .update(status=self.Status.GENERATING, attempts=F("attempts") + 1, heartbeat_at=now)
+            .update(
+                status=self.Status.GENERATING,
+                attempts=F("attempts") + 1,
+                heartbeat_at=now,
+                claimed_at=Coalesce(F("claimed_at"), Value(now)),
+            )
         )
         if updated:
-            self.refresh_from_db(fields=["status", "attempts", "heartbeat_at"])
+            self.refresh_from_db(fields=["status", "attempts", "heartbeat_at", "claimed_at"])
+            turn_claim_observe(self)
         return bool(updated)
 
     def heartbeat(self) -> bool:
@@ -494,7 +519,7 @@ class Turn(models.Model):
             "error": error,
         }
         updated = self._held().filter(status=self.Status.GENERATING).update(**fields)
-        return self._won(updated, fields)
+        return self._ended(updated, fields)
 
     def fail(self, *, error: str) -> bool:
         """End the turn failed; loses when it already ended or another attempt holds it."""
@@ -503,7 +528,13 @@ class Turn(models.Model):
             "error": error[:4000],
             "finished_at": timezone.now(),
         }
-        return self._won(self._held().update(**fields), fields)
+        return self._ended(self._held().update(**fields), fields)
+
+    def _ended(self, updated: int, fields: dict[str, Any]) -> bool:
+        won = self._won(updated, fields)
+        if won:
+            turn_end_observe(self)
+        return won
 
     def response_url_take(self) -> tuple[str, str]:
         """Claim the response_url once: `(url, "")`, or `("", why not)`.

@@ -72,13 +72,14 @@ def callback(request: HttpRequest, slug: str) -> HttpResponse:
         logger.error("bot %s has an invalid EncodingAESKey; fix it in the admin", slug)
         return _plain(503, "bot misconfigured")
     if request.method == "GET":
-        return _verify_url(request, crypto, params, slug)
+        return _verify_url(request, crypto, params, bot)
     return _receive(request, bot, crypto, params, received_at)
 
 
 def _verify_url(
-    request: HttpRequest, crypto: WeComCrypto, params: dict[str, str], slug: str
+    request: HttpRequest, crypto: WeComCrypto, params: dict[str, str], bot: Bot
 ) -> HttpResponse:
+    slug = bot.slug
     echostr = request.GET.get("echostr", "")
     if not echostr:
         return _bad_request()
@@ -90,6 +91,7 @@ def _verify_url(
     except WeComCryptoError:
         logger.warning("bot %s: URL verification echostr does not decrypt", slug)
         return _bad_request()
+    bot.url_verified_record()
     return HttpResponse(echo, content_type="text/plain; charset=utf-8")
 
 
