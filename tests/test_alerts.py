@@ -334,3 +334,19 @@ def test_incidents_are_read_only_in_the_admin(admin_client, bot, robot, robot_ch
     page = admin_client.get(f"/admin/monitoring/alertincident/{incident.pk}/change/")
     assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
     assert admin_client.get("/admin/monitoring/alertincident/add/").status_code == 403
+
+
+def test_a_full_data_disk_fires(robot, robot_channel):
+    import shutil
+    import socket
+
+    from django.conf import settings
+
+    usage = shutil.disk_usage(settings.DATA_DIR)
+    used = usage.used / usage.total
+    _rule(robot_channel, kind=AlertRule.Kind.DISK_USAGE, threshold=used / 2)
+    _rule(robot_channel, name="disk, lenient", kind=AlertRule.Kind.DISK_USAGE, threshold=0.9999)
+    assert alerts_run().opened == 1
+    incident = AlertIncident.objects.get()
+    assert incident.subject == f"disk:{socket.gethostname()}"
+    assert incident.value == pytest.approx(used, abs=0.01)

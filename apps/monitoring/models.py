@@ -52,6 +52,7 @@ class AlertRule(models.Model):
         LEDGER = "ledger", _("ledger verification fails")
         DELIVERY = "delivery", _("failed answer deliveries")
         DATABASE_SIZE = "database_size", _("database size (GB)")
+        DISK_USAGE = "disk_usage", _("share of the data disk used (0–1)")
 
     name = models.CharField(_("name"), max_length=100, unique=True)
     kind = models.CharField(_("measure"), max_length=20, choices=Kind.choices)

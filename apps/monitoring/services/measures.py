@@ -7,6 +7,8 @@ so an incident keeps its identity from one evaluation to the next.
 
 from __future__ import annotations
 
+import shutil
+import socket
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -112,6 +114,13 @@ def database_gigabytes(rule: AlertRule, now: datetime) -> dict[str, float]:
     return {"database": size / 1e9}
 
 
+def disk_used_share(rule: AlertRule, now: datetime) -> dict[str, float]:
+    """The disk holding the data directory (uploads, models, ledger anchors) of the host
+    that evaluates the rules (the default worker)."""
+    usage = shutil.disk_usage(settings.DATA_DIR)
+    return {f"disk:{socket.gethostname()}": usage.used / usage.total}
+
+
 MEASURES: dict[str, Callable[[AlertRule, datetime], dict[str, float]]] = {
     AlertRule.Kind.FAILURE_RATE: failure_share,
     AlertRule.Kind.LATENCY: answer_time_p95,
@@ -120,4 +129,5 @@ MEASURES: dict[str, Callable[[AlertRule, datetime], dict[str, float]]] = {
     AlertRule.Kind.LEDGER: ledger_broken,
     AlertRule.Kind.DELIVERY: delivery_failures,
     AlertRule.Kind.DATABASE_SIZE: database_gigabytes,
+    AlertRule.Kind.DISK_USAGE: disk_used_share,
 }
