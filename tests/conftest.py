@@ -398,13 +398,25 @@ def asgi_server() -> Iterator[str]:
     process.wait(timeout=20)
 
 
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real OpenAI-compatible server (`llama_cpp.server`) with the bundled model."""
+    from tests.openai_server import OpenAIServer
+
+    model_path = os.environ.get("WECOM_AI_MODEL_PATH", settings.DEFAULT_MODEL_PATH)
+    log_path = tmp_path_factory.mktemp("openai-server") / "server.log"
+    server = OpenAIServer(model_path=model_path, log_path=log_path).start()
+    yield server
+    server.stop()
+
+
 # --- lanes: `make test-fast` runs every test not marked slow ---------------------------------
 
 # Fixtures that start a process or serve the app on a live port. A test whose fixture closure
 # reaches one of them is slow, however it got there (`simulator_for` through `live_server`,
 # module fixtures through `start_worker`); tests that spawn a process themselves carry an
 # explicit `@pytest.mark.slow`.
-PROCESS_FIXTURES = frozenset({"start_worker", "asgi_server", "live_server"})
+PROCESS_FIXTURES = frozenset({"start_worker", "asgi_server", "live_server", "openai_server"})
 
 # Short-lived build tools a fast test may still run: the C compiler that builds the archive
 # SDK stand-in and the test libraries (a fraction of a second, needed by `make` anyway).
