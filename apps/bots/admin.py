@@ -37,17 +37,39 @@ class ModelProfileAdmin(ModelProfileSetupAdminMixin, OperatorAuditAdminMixin, ad
     form = ModelProfileForm
     list_display = (
         "name",
-        "gguf_path",
+        "kind",
+        "model_location",
         "context_size",
         "n_gpu_layers",
         "slots",
         "live_load",
         "bot_count",
     )
-    search_fields = ("name", "gguf_path")
-    readonly_fields = ("gpu_build", "live_load", "trial_load", "created_at", "updated_at")
+    list_filter = ("kind",)
+    search_fields = ("name", "gguf_path", "base_url", "remote_model")
+    readonly_fields = (
+        "gpu_build",
+        "live_load",
+        "trial_load",
+        "api_key_state",
+        "created_at",
+        "updated_at",
+    )
     fieldsets = (
-        (None, {"fields": ("name", "gguf_file", "gguf_path", "trial_load")}),
+        (None, {"fields": ("name", "kind", "trial_load")}),
+        (_("Local model (llama.cpp)"), {"fields": ("gguf_file", "gguf_path")}),
+        (
+            _("Remote engine"),
+            {
+                "fields": (
+                    "base_url",
+                    "remote_model",
+                    "api_key_state",
+                    "new_api_key",
+                    "clear_api_key",
+                )
+            },
+        ),
         (
             _("Runtime"),
             {"fields": ("context_size", "n_gpu_layers", "gpu_build", "threads", "batch_size")},
@@ -84,6 +106,21 @@ class ModelProfileAdmin(ModelProfileSetupAdminMixin, OperatorAuditAdminMixin, ad
 
     def audit_delete(self, request: HttpRequest, obj: ModelProfile) -> None:
         model_profile_delete(profile=obj, actor=request.user, request_id=request_id_of(request))
+
+    @admin.display(description=_("model"), ordering="gguf_path")
+    def model_location(self, obj: ModelProfile) -> str:
+        return f"{obj.remote_model} @ {obj.base_url}" if obj.is_remote else obj.gguf_path
+
+    @admin.display(description=_("stored API key"))
+    def api_key_state(self, obj: ModelProfile) -> str:
+        if is_undecryptable(obj.api_key):
+            return str(
+                _(
+                    "The stored API key cannot be decrypted: check FIELD_ENCRYPTION_KEYS "
+                    "or enter it again."
+                )
+            )
+        return str(_("API key set") if obj.api_key else _("no API key"))
 
     @admin.display(description=_("bots"))
     def bot_count(self, obj: ModelProfile) -> int:
