@@ -225,7 +225,13 @@ class WorkerProcess:
     """A real `celery worker` (prefork unless told otherwise) on the test database and Redis."""
 
     def __init__(
-        self, *, queues: str, concurrency: int = 1, pool: str = "prefork", **env: str
+        self,
+        *,
+        queues: str,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        args: Sequence[str] = (),
+        **env: str,
     ) -> None:
         self.log_path = Path(settings.DATA_DIR) / f"test-worker-{os.getpid()}-{time.time_ns()}.log"
         self._log = self.log_path.open("wb")
@@ -234,7 +240,7 @@ class WorkerProcess:
                 sys.executable, "-m", "celery", "-A", "wecom_ai", "worker",
                 "-Q", queues, "-c", str(concurrency), "-P", pool,
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-n", f"test-{time.time_ns()}@%h", "--loglevel", "INFO",
+                "-n", f"test-{time.time_ns()}@%h", "--loglevel", "INFO", *args,
             ],
             cwd=BASE_DIR,
             env=worker_env(**env),
@@ -289,9 +295,10 @@ def start_worker(transactional_db: None) -> Iterator[Callable[..., WorkerProcess
         queues: str = "inference,default",
         concurrency: int = 1,
         pool: str = "prefork",
+        args: Sequence[str] = (),
         **env: str,
     ) -> WorkerProcess:
-        worker = WorkerProcess(queues=queues, concurrency=concurrency, pool=pool, **env)
+        worker = WorkerProcess(queues=queues, concurrency=concurrency, pool=pool, args=args, **env)
         workers.append(worker)
         return worker
 

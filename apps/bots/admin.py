@@ -8,7 +8,7 @@ from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, JsonResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit.admin.filters import ReviewBotFilter
@@ -28,6 +28,7 @@ from apps.core.fields import is_undecryptable
 from apps.inference.admin_setup import ModelProfileSetupAdminMixin
 from apps.inference.forms import ModelProfileForm
 from apps.inference.model_load import model_load_get
+from apps.inference.model_workers import profile_workers
 from apps.inference.models import ModelProfile
 
 
@@ -42,6 +43,7 @@ class ModelProfileAdmin(ModelProfileSetupAdminMixin, OperatorAuditAdminMixin, ad
         "context_size",
         "n_gpu_layers",
         "slots",
+        "serving_workers",
         "live_load",
         "bot_count",
     )
@@ -51,6 +53,7 @@ class ModelProfileAdmin(ModelProfileSetupAdminMixin, OperatorAuditAdminMixin, ad
         "gpu_build",
         "live_load",
         "trial_load",
+        "serving_workers",
         "api_key_state",
         "created_at",
         "updated_at",
@@ -76,7 +79,7 @@ class ModelProfileAdmin(ModelProfileSetupAdminMixin, OperatorAuditAdminMixin, ad
         ),
         (
             _("Concurrency"),
-            {"fields": ("slots", "prefix_cache_size", "live_load")},
+            {"fields": ("slots", "prefix_cache_size", "serving_workers", "live_load")},
         ),
         (
             _("Sampling defaults"),
@@ -125,6 +128,26 @@ class ModelProfileAdmin(ModelProfileSetupAdminMixin, OperatorAuditAdminMixin, ad
     @admin.display(description=_("bots"))
     def bot_count(self, obj: ModelProfile) -> int:
         return obj.bots.count()
+
+    @admin.display(description=_("inference workers"))
+    def serving_workers(self, obj: ModelProfile) -> str:
+        if not obj.pk:
+            return "—"
+        names = [worker.name for worker in profile_workers(profile_id=obj.pk)]
+        if not names:
+            return str(
+                _(
+                    "No live inference worker serves this model: its bots cannot answer. "
+                    "Start one (celery -A wecom_ai worker -Q inference, or --profiles %(id)s)."
+                )
+                % {"id": obj.pk}
+            )
+        return ngettext(
+            "%(count)s worker: %(names)s", "%(count)s workers: %(names)s", len(names)
+        ) % {
+            "count": len(names),
+            "names": ", ".join(names),
+        }
 
     @admin.display(description=_("load now"))
     def live_load(self, obj: ModelProfile) -> str:
