@@ -30,8 +30,11 @@ class OpenAIServer:
     would end a queued conversation's neighbour early; the server serves one at a time.
     """
 
-    def __init__(self, *, model_path: str, log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self, *, model_path: str, log_path: Path, port: int | None = None, embedding: bool = False
+    ) -> None:
         self.port = port or free_port()
+        self.embedding = embedding  # serve /v1/embeddings (llama.cpp's embedding mode)
         self.model_path = model_path
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -48,6 +51,7 @@ class OpenAIServer:
                 "--model_alias", MODEL_ALIAS, "--api_key", API_KEY,
                 "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048",
                 "--n_threads", "1", "--interrupt_requests", "False",
+                *(["--embedding", "True"] if self.embedding else []),
             ],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
