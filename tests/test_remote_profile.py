@@ -90,6 +90,38 @@ def test_a_remote_profile_needs_no_model_file_and_keeps_its_key_encrypted(admin_
 
 
 @pytest.mark.django_db
+def test_only_superusers_choose_where_questions_and_the_key_go():
+    from django.contrib.auth.models import Permission, User
+    from django.test import Client
+
+    user = User.objects.create_user("clerk", password="x-Very-Long-Pass-1", is_staff=True)
+    for codename in ("add_modelprofile", "change_modelprofile", "view_modelprofile"):
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    clerk = Client()
+    clerk.force_login(user)
+    response = clerk.post(reverse(ADD), _form(), HTTP_ACCEPT_LANGUAGE="en")
+    assert (
+        "Only superusers may set or change the server URL."
+        in (response.context["adminform"].form.errors["base_url"])
+    )
+    profile = ModelProfile.objects.create(
+        name="gpu-cluster", kind="remote", base_url="http://gpu-1.internal:8000/v1",
+        remote_model="qwen3-8b",
+    )  # fmt: skip
+    # The clerk may tune the profile as long as the address stays.
+    response = clerk.post(reverse(CHANGE, args=[profile.pk]), _form(slots=2))
+    assert response.status_code == 302
+    profile.refresh_from_db()
+    assert profile.slots == 2
+    response = clerk.post(
+        reverse(CHANGE, args=[profile.pk]), _form(base_url="http://elsewhere.example/v1")
+    )
+    assert "base_url" in response.context["adminform"].form.errors
+    profile.refresh_from_db()
+    assert profile.base_url == "http://gpu-1.internal:8000/v1"
+
+
+@pytest.mark.django_db
 def test_a_remote_profile_needs_the_url_and_the_model_name(admin_client):
     response = admin_client.post(reverse(ADD), _form(base_url="", remote_model=""))
     errors = response.context["adminform"].form.errors

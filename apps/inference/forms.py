@@ -99,6 +99,14 @@ class ModelProfileForm(forms.ModelForm):
     def _remote(self) -> bool:
         return self.cleaned_data.get("kind") == ModelProfile.Kind.REMOTE
 
+    def clean_base_url(self) -> str:
+        # Every question of the profile's bots, and its API key, go to this address: only
+        # superusers (`allow_free_path`) may choose it, like a model file outside the folder.
+        value: str = self.cleaned_data["base_url"].strip()
+        if value != self.instance.base_url and not self.allow_free_path:
+            raise forms.ValidationError(_("Only superusers may set or change the server URL."))
+        return value
+
     def clean_gguf_path(self) -> str:
         if self._remote():
             return self.cleaned_data["gguf_path"].strip()
