@@ -200,3 +200,43 @@ def test_a_request_is_retried_until_the_server_is_up(tmp_path: Path, settings):
     assert generation.attempts > 1
     assert "".join(result)
     assert generation.stats.finish_reason == FinishReason.LENGTH
+
+
+@pytest.mark.slow
+def test_the_queue_notice_shows_a_waiting_remote_requests_place(openai_server):
+    from apps.bots.services.generate import _QueueNotice
+    from apps.bots.streams import StreamFlusher, stream_state_get
+    from tests.test_queue_notice import QUEUE_NOTICE, _wait_until
+
+    with RemoteEngine(_spec(openai_server, concurrency=1)) as engine:
+        # Given a long answer holding the profile's only slot, and a question behind it
+        running = engine.submit(_request(max_tokens=1000))
+        stream = iter(running)
+        next(stream)
+        waiting = engine.submit(_request())
+        flusher = StreamFlusher(
+            turn_id=0, stream_id="s-remote-queued", deadline=time.time() + 300, interval=0.01
+        )
+        notice = _QueueNotice(generation=waiting, engine=engine, threshold=0, flusher=flusher)
+        try:
+            with notice:
+                # Then the employee's stream shows their place, as with a local engine
+                _wait_until(
+                    lambda: (
+                        (state := stream_state_get("s-remote-queued")) is not None
+                        and QUEUE_NOTICE in state.content
+                    )
+                )
+                assert "第 1 位" in stream_state_get("s-remote-queued").content
+                thread = notice._thread
+                assert thread is not None and thread.is_alive()
+                # When the slot frees up, the pushed position 0 ends the notice
+                running.cancel()
+                list(stream)
+                thread.join(timeout=60)
+                assert not thread.is_alive()
+                assert waiting.queue_position == 0
+        finally:
+            flusher.stop()
+            waiting.cancel()
+            list(waiting)
