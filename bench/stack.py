@@ -135,8 +135,10 @@ class BenchStack:
         env: dict[str, str] | None = None,
         profile_fields: dict[str, Any] | None = None,
         bot_fields: dict[str, Any] | None = None,
+        inference_pool: tuple[str, int] = ("prefork", 1),
     ) -> None:
         self.with_inference_worker = with_inference_worker
+        self.inference_pool = inference_pool  # (pool, concurrency) of the inference worker
         self.extra_env = dict(env or {})
         self.profile_fields = dict(profile_fields or {})
         self.bot_fields = dict(bot_fields or {})
@@ -210,7 +212,8 @@ class BenchStack:
                 "inference",
                 [
                     sys.executable, "-m", "celery", "-A", "wecom_ai", "worker",
-                    "-Q", queues.INFERENCE, "-c", "1", "-P", "prefork",
+                    "-Q", queues.INFERENCE, "-c", str(self.inference_pool[1]),
+                    "-P", self.inference_pool[0],
                     "--without-gossip", "--without-mingle", "--without-heartbeat",
                     "-n", f"bench-{os.getpid()}@%h", "--loglevel", "INFO",
                 ],

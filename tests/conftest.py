@@ -225,7 +225,13 @@ class WorkerProcess:
     """A real `celery worker` (prefork unless told otherwise) on the test database and Redis."""
 
     def __init__(
-        self, *, queues: str, concurrency: int = 1, pool: str = "prefork", **env: str
+        self,
+        *,
+        queues: str,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        args: Sequence[str] = (),
+        **env: str,
     ) -> None:
         self.log_path = Path(settings.DATA_DIR) / f"test-worker-{os.getpid()}-{time.time_ns()}.log"
         self._log = self.log_path.open("wb")
@@ -234,7 +240,7 @@ class WorkerProcess:
                 sys.executable, "-m", "celery", "-A", "wecom_ai", "worker",
                 "-Q", queues, "-c", str(concurrency), "-P", pool,
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-n", f"test-{time.time_ns()}@%h", "--loglevel", "INFO",
+                "-n", f"test-{time.time_ns()}@%h", "--loglevel", "INFO", *args,
             ],
             cwd=BASE_DIR,
             env=worker_env(**env),
@@ -289,9 +295,10 @@ def start_worker(transactional_db: None) -> Iterator[Callable[..., WorkerProcess
         queues: str = "inference,default",
         concurrency: int = 1,
         pool: str = "prefork",
+        args: Sequence[str] = (),
         **env: str,
     ) -> WorkerProcess:
-        worker = WorkerProcess(queues=queues, concurrency=concurrency, pool=pool, **env)
+        worker = WorkerProcess(queues=queues, concurrency=concurrency, pool=pool, args=args, **env)
         workers.append(worker)
         return worker
 
@@ -398,13 +405,25 @@ def asgi_server() -> Iterator[str]:
     process.wait(timeout=20)
 
 
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real OpenAI-compatible server (`llama_cpp.server`) with the bundled model."""
+    from tests.openai_server import OpenAIServer
+
+    model_path = os.environ.get("WECOM_AI_MODEL_PATH", settings.DEFAULT_MODEL_PATH)
+    log_path = tmp_path_factory.mktemp("openai-server") / "server.log"
+    server = OpenAIServer(model_path=model_path, log_path=log_path).start()
+    yield server
+    server.stop()
+
+
 # --- lanes: `make test-fast` runs every test not marked slow ---------------------------------
 
 # Fixtures that start a process or serve the app on a live port. A test whose fixture closure
 # reaches one of them is slow, however it got there (`simulator_for` through `live_server`,
 # module fixtures through `start_worker`); tests that spawn a process themselves carry an
 # explicit `@pytest.mark.slow`.
-PROCESS_FIXTURES = frozenset({"start_worker", "asgi_server", "live_server"})
+PROCESS_FIXTURES = frozenset({"start_worker", "asgi_server", "live_server", "openai_server"})
 
 # Short-lived build tools a fast test may still run: the C compiler that builds the archive
 # SDK stand-in and the test libraries (a fraction of a second, needed by `make` anyway).

@@ -184,7 +184,10 @@ def test_same_msgid_four_times_at_once_gives_one_turn_and_one_stream(bot, simula
     from django.conf import settings
 
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    assert broker.llen("inference") == 1  # one generation enqueued
+    from wecom_ai.queues import inference_queue
+
+    # one generation enqueued, in the queue of the bot's model profile
+    assert broker.llen(inference_queue(bot.model_profile_id)) == 1
 
 
 def test_stream_refresh_returns_the_whole_content_from_redis(bot, simulator_for):

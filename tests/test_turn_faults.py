@@ -25,9 +25,10 @@ from apps.bots import tasks
 from apps.bots.models import Conversation, Turn
 from apps.bots.services import deliver, generate, receive, stream
 from apps.bots.streams import StreamFlusher, StreamState, stream_state_get, stream_state_set
+from apps.inference.models import ModelProfile
 from wecom.messages import InboundMessage, StreamRefresh
 from wecom_ai.celery import app as celery_app
-from wecom_ai.queues import INFERENCE
+from wecom_ai.queues import INFERENCE, inference_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,8 +86,13 @@ def _refresh(turn: Turn) -> dict:
 
 
 def _inference_messages() -> int:
+    """Answer tasks waiting in the inference queues (one per model profile)."""
+    names = [
+        INFERENCE,
+        *(inference_queue(pk) for pk in ModelProfile.objects.values_list("pk", flat=True)),
+    ]
     with celery_app.connection_for_write() as conn:
-        return int(conn.default_channel._size(INFERENCE))
+        return sum(int(conn.default_channel._size(name)) for name in names)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
-from wecom_ai import queues
+from wecom_ai import inference_worker, queues
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wecom_ai.settings")
 
@@ -19,6 +19,10 @@ app.conf.task_routes = {
     "apps.bots.tasks.turn_generate": {"queue": queues.INFERENCE},
 }
 app.autodiscover_tasks()
+# Answers go to their profile's queue (`services.receive.turn_enqueue`); `--profiles` limits
+# an inference worker to some profiles.
+app.user_options["worker"].add(inference_worker.PROFILES_OPTION)
+app.steps["consumer"].add(inference_worker.ProfileQueues)
 
 
 @worker_process_init.connect
@@ -52,7 +56,10 @@ def _warm_in_background() -> None:
         from apps.bots.services.generate import engines_warm
 
         try:
-            engines_warm()
+            selected = os.environ.get(inference_worker.PROFILES_ENV)
+            engines_warm(
+                profile_ids=inference_worker.profiles_resolve(selected) if selected else None
+            )
         finally:
             connection.close()
 

@@ -9,7 +9,7 @@ from django.http import Http404, HttpRequest, JsonResponse
 from django.template.loader import render_to_string
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from apps.audit.admin.filters import ReviewBotFilter
@@ -32,6 +32,7 @@ from apps.core.fields import is_undecryptable
 from apps.inference.admin_setup import ModelProfileSetupAdminMixin
 from apps.inference.forms import ModelProfileForm
 from apps.inference.model_load import model_load_get
+from apps.inference.model_workers import profile_workers
 from apps.inference.models import ModelProfile
 
 
@@ -41,24 +42,48 @@ class ModelProfileAdmin(ModelProfileSetupAdminMixin, OperatorAuditAdminMixin, ad
     form = ModelProfileForm
     list_display = (
         "name",
-        "gguf_path",
+        "kind",
+        "model_location",
         "context_size",
         "n_gpu_layers",
         "slots",
+        "serving_workers",
         "live_load",
         "bot_count",
     )
-    search_fields = ("name", "gguf_path")
-    readonly_fields = ("gpu_build", "live_load", "trial_load", "created_at", "updated_at")
+    list_filter = ("kind",)
+    search_fields = ("name", "gguf_path", "base_url", "remote_model")
+    readonly_fields = (
+        "gpu_build",
+        "live_load",
+        "trial_load",
+        "serving_workers",
+        "api_key_state",
+        "created_at",
+        "updated_at",
+    )
     fieldsets = (
-        (None, {"fields": ("name", "gguf_file", "gguf_path", "trial_load")}),
+        (None, {"fields": ("name", "kind", "trial_load")}),
+        (_("Local model (llama.cpp)"), {"fields": ("gguf_file", "gguf_path")}),
+        (
+            _("Remote engine"),
+            {
+                "fields": (
+                    "base_url",
+                    "remote_model",
+                    "api_key_state",
+                    "new_api_key",
+                    "clear_api_key",
+                )
+            },
+        ),
         (
             _("Runtime"),
             {"fields": ("context_size", "n_gpu_layers", "gpu_build", "threads", "batch_size")},
         ),
         (
             _("Concurrency"),
-            {"fields": ("slots", "prefix_cache_size", "live_load")},
+            {"fields": ("slots", "prefix_cache_size", "serving_workers", "live_load")},
         ),
         (
             _("Sampling defaults"),
@@ -89,9 +114,44 @@ class ModelProfileAdmin(ModelProfileSetupAdminMixin, OperatorAuditAdminMixin, ad
     def audit_delete(self, request: HttpRequest, obj: ModelProfile) -> None:
         model_profile_delete(profile=obj, actor=request.user, request_id=request_id_of(request))
 
+    @admin.display(description=_("model"), ordering="gguf_path")
+    def model_location(self, obj: ModelProfile) -> str:
+        return f"{obj.remote_model} @ {obj.base_url}" if obj.is_remote else obj.gguf_path
+
+    @admin.display(description=_("stored API key"))
+    def api_key_state(self, obj: ModelProfile) -> str:
+        if is_undecryptable(obj.api_key):
+            return str(
+                _(
+                    "The stored API key cannot be decrypted: check FIELD_ENCRYPTION_KEYS "
+                    "or enter it again."
+                )
+            )
+        return str(_("API key set") if obj.api_key else _("no API key"))
+
     @admin.display(description=_("bots"))
     def bot_count(self, obj: ModelProfile) -> int:
         return obj.bots.count()
+
+    @admin.display(description=_("inference workers"))
+    def serving_workers(self, obj: ModelProfile) -> str:
+        if not obj.pk:
+            return "—"
+        names = [worker.name for worker in profile_workers(profile_id=obj.pk)]
+        if not names:
+            return str(
+                _(
+                    "No live inference worker serves this model: its bots cannot answer. "
+                    "Start one (celery -A wecom_ai worker -Q inference, or --profiles %(id)s)."
+                )
+                % {"id": obj.pk}
+            )
+        return ngettext(
+            "%(count)s worker: %(names)s", "%(count)s workers: %(names)s", len(names)
+        ) % {
+            "count": len(names),
+            "names": ", ".join(names),
+        }
 
     @admin.display(description=_("load now"))
     def live_load(self, obj: ModelProfile) -> str:

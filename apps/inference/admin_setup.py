@@ -21,10 +21,18 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
+from apps.inference.engine.base import RemoteSpec
 from apps.inference.forms import ModelDownloadForm
 from apps.inference.model_download import model_download_progress, model_download_start
 from apps.inference.models import ModelProfile
-from apps.inference.trial_load import TrialBusy, TrialFailed, TrialLoad, model_trial_load
+from apps.inference.trial_load import (
+    RemoteTrial,
+    TrialBusy,
+    TrialFailed,
+    TrialLoad,
+    model_trial_load,
+    model_trial_remote,
+)
 
 
 def trial_load_text(trial: TrialLoad) -> str:
@@ -45,6 +53,17 @@ def trial_load_text(trial: TrialLoad) -> str:
         "memory": filesizeformat(trial.memory_bytes),
         "weights": filesizeformat(trial.weights_bytes),
         "kv": filesizeformat(trial.kv_cache_bytes),
+    }
+
+
+def remote_trial_text(trial: RemoteTrial) -> str:
+    return gettext(
+        "The server answered: model list in %(health)s s (%(models)s models), first token "
+        "in %(first)s s"
+    ) % {
+        "health": f"{trial.health_seconds:.2f}",
+        "models": len(trial.models),
+        "first": f"{trial.first_token_seconds:.2f}",
     }
 
 
@@ -83,8 +102,10 @@ class ModelProfileSetupAdminMixin(admin.ModelAdmin):
             raise Http404
         if not self.has_change_permission(request, profile):
             return JsonResponse({"ok": False, "text": gettext("Permission denied.")}, status=403)
+        if profile.is_remote:
+            return self._trial_remote(profile)
         try:
-            trial = model_trial_load(spec=profile.spec())
+            trial = model_trial_load(spec=profile.local_spec())
         except TrialBusy:
             text = gettext("Another trial load is running; try again when it has finished.")
             return JsonResponse({"ok": False, "text": text}, status=409)
@@ -103,6 +124,23 @@ class ModelProfileSetupAdminMixin(admin.ModelAdmin):
             }
         )
 
+    def _trial_remote(self, profile: ModelProfile) -> JsonResponse:
+        spec = profile.spec()
+        assert isinstance(spec, RemoteSpec)
+        try:
+            trial = model_trial_remote(spec=spec)
+        except TrialFailed as exc:
+            text = gettext("The server did not answer: %(error)s") % {"error": exc}
+            return JsonResponse({"ok": False, "text": text}, status=422)
+        return JsonResponse(
+            {
+                "ok": True,
+                "text": remote_trial_text(trial),
+                "first_token_seconds": trial.first_token_seconds,
+                "models": list(trial.models),
+            }
+        )
+
     @admin.display(description=_("trial load"))
     def trial_load(self, obj: ModelProfile) -> str:
         if not obj.pk:
@@ -113,7 +151,9 @@ class ModelProfileSetupAdminMixin(admin.ModelAdmin):
             reverse(f"{self.admin_site.name}:inference_modelprofile_trial_load", args=[obj.pk]),
             gettext("Loading…"),
             gettext("Test load"),
-            gettext("Loads the saved settings once in the web process and frees them again."),
+            gettext("Asks the server for its models and a one-token answer.")
+            if obj.is_remote
+            else gettext("Loads the saved settings once in the web process and frees them again."),
         )
 
     def render_change_form(

@@ -1,4 +1,4 @@
-"""Admin forms: model files are checked before a bot can use them."""
+"""Admin forms: model files are checked before a bot can use them; API keys are write-only."""
 
 from __future__ import annotations
 
@@ -33,12 +33,35 @@ class ModelProfileForm(forms.ModelForm):
         ),
     )
 
+    base_url = forms.URLField(
+        label=_("server URL"),
+        required=False,
+        max_length=500,
+        assume_scheme="http",
+        help_text=ModelProfile._meta.get_field("base_url").help_text,
+    )
+    new_api_key = forms.CharField(
+        label=_("API key"),
+        required=False,
+        max_length=500,
+        strip=True,
+        widget=forms.PasswordInput(render_value=True, attrs={"autocomplete": "off"}),
+        help_text=_(
+            "Remote engines: sent as a bearer token. Never shown again; leave empty to keep "
+            "the stored one."
+        ),
+    )
+    clear_api_key = forms.BooleanField(label=_("remove the stored API key"), required=False)
+
     class Meta:
         model = ModelProfile
         fields = (
             "name",
+            "kind",
             "gguf_file",
             "gguf_path",
+            "base_url",
+            "remote_model",
             "context_size",
             "n_gpu_layers",
             "threads",
@@ -63,12 +86,30 @@ class ModelProfileForm(forms.ModelForm):
         if self.instance.gguf_path in {str(path) for path in files}:
             self.fields["gguf_file"].initial = self.instance.gguf_path
         self.fields["gguf_path"].required = False
+        # A form posted without a kind (older scripts, API clients) means a local model.
+        self.fields["kind"].required = False
         if not self.allow_free_path:
             self.fields["gguf_path"].help_text = _(
                 "Only superusers may type a path outside the models folder."
             )
 
+    def clean_kind(self) -> str:
+        return self.cleaned_data.get("kind") or ModelProfile.Kind.LOCAL
+
+    def _remote(self) -> bool:
+        return self.cleaned_data.get("kind") == ModelProfile.Kind.REMOTE
+
+    def clean_base_url(self) -> str:
+        # Every question of the profile's bots, and its API key, go to this address: only
+        # superusers (`allow_free_path`) may choose it, like a model file outside the folder.
+        value: str = self.cleaned_data["base_url"].strip()
+        if value != self.instance.base_url and not self.allow_free_path:
+            raise forms.ValidationError(_("Only superusers may set or change the server URL."))
+        return value
+
     def clean_gguf_path(self) -> str:
+        if self._remote():
+            return self.cleaned_data["gguf_path"].strip()
         chosen = self.cleaned_data.get("gguf_file")
         value = chosen or self.cleaned_data["gguf_path"].strip()
         if not value:
@@ -95,6 +136,11 @@ class ModelProfileForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        if self._remote():
+            if not cleaned.get("base_url") and "base_url" not in self.errors:
+                self.add_error("base_url", _("A remote engine needs the server's URL."))
+            if not cleaned.get("remote_model", "").strip():
+                self.add_error("remote_model", _("A remote engine needs the model's name."))
         slots, batch_size = cleaned.get("slots"), cleaned.get("batch_size")
         if slots is not None and batch_size is not None and slots > batch_size:
             # Every running conversation decodes one token per batch.
@@ -104,6 +150,17 @@ class ModelProfileForm(forms.ModelForm):
                 % {"batch": batch_size},
             )
         return cleaned
+
+    def save(self, commit: bool = True) -> ModelProfile:
+        profile: ModelProfile = super().save(commit=False)
+        if self.cleaned_data.get("clear_api_key"):
+            profile.api_key = ""
+        elif self.cleaned_data.get("new_api_key"):
+            profile.api_key = self.cleaned_data["new_api_key"]
+        if commit:
+            profile.save()
+            self.save_m2m()
+        return profile
 
 
 class ModelDownloadForm(forms.Form):

@@ -1,4 +1,5 @@
-"""The local models that bots, knowledge bases and LLM review run, and how llama.cpp loads them.
+"""The models that bots, knowledge bases and LLM review run: a GGUF that llama.cpp loads in
+the worker, or a model on an OpenAI-compatible server (vLLM, SGLang, llama-server).
 
 `ModelProfile` moved here from the bots app (issue 10) and keeps its table,
 `bots_modelprofile`: moving a table buys nothing and would break every raw query and
@@ -11,7 +12,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from apps.inference.engine.base import ModelSpec
+from apps.core.fields import EncryptedTextField
+from apps.inference.engine.base import EngineSpec, ModelSpec, RemoteSpec
 
 # llama.cpp caps the sequences of one context (LLAMA_MAX_SEQ = 256); stay well inside it.
 MAX_SLOTS = 64
@@ -19,16 +21,52 @@ MAX_PREFIX_CACHE = 32
 
 
 class ModelProfile(models.Model):
-    """A GGUF model and how llama.cpp runs it; bots share profiles, workers cache by profile."""
+    """A model and how it runs (llama.cpp in the worker, or a remote server); bots share
+    profiles, workers cache engines by profile."""
+
+    class Kind(models.TextChoices):
+        LOCAL = "local", _("llama.cpp in the inference worker")
+        REMOTE = "remote", _("OpenAI-compatible server")
 
     name = models.CharField(_("name"), max_length=100, unique=True)
+    kind = models.CharField(
+        _("engine"),
+        max_length=10,
+        choices=Kind.choices,
+        default=Kind.LOCAL,
+        help_text=_(
+            "Where the model runs: loaded by each inference worker from a GGUF file, or on a "
+            "server that speaks the OpenAI chat-completions API (vLLM, SGLang, llama-server, "
+            "TGI)."
+        ),
+    )
     gguf_path = models.CharField(
         _("GGUF path"),
         max_length=500,
+        blank=True,
         help_text=_(
             "Absolute path of the .gguf file. The admin checks it here; inference workers load "
             "it from the same path, so mount the models folder on both."
         ),
+    )
+    base_url = models.URLField(
+        _("server URL"),
+        max_length=500,
+        blank=True,
+        help_text=_(
+            "Remote engines: the API's base URL up to its version, e.g. http://gpu-1:8000/v1."
+        ),
+    )
+    remote_model = models.CharField(
+        _("model name on the server"),
+        max_length=200,
+        blank=True,
+        help_text=_("Remote engines: the name the server serves the model under."),
+    )
+    api_key = EncryptedTextField(
+        _("API key"),
+        blank=True,
+        help_text=_("Remote engines: sent as a bearer token; empty = none."),
     )
     context_size = models.PositiveIntegerField(
         _("context size"),
@@ -62,7 +100,8 @@ class ModelProfile(models.Model):
         help_text=_(
             "Conversations each inference worker decodes together in one batch. More slots "
             "raise total throughput at some cost per answer; each slot reserves a context "
-            "window of KV cache memory. 1 = one answer at a time."
+            "window of KV cache memory. 1 = one answer at a time. Remote engines: requests "
+            "each inference worker keeps in flight on the server; more wait in line."
         ),
     )
     prefix_cache_size = models.PositiveSmallIntegerField(
@@ -111,7 +150,21 @@ class ModelProfile(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    def spec(self) -> ModelSpec:
+    @property
+    def is_remote(self) -> bool:
+        return self.kind == self.Kind.REMOTE
+
+    def spec(self) -> EngineSpec:
+        if self.is_remote:
+            return RemoteSpec(
+                base_url=self.base_url,
+                model=self.remote_model,
+                api_key=self.api_key or "",
+                concurrency=self.slots,
+            )
+        return self.local_spec()
+
+    def local_spec(self) -> ModelSpec:
         return ModelSpec(
             path=self.gguf_path,
             n_ctx=self.context_size,

@@ -1,4 +1,5 @@
-"""Model setup helpers for the admin: the GGUF files an admin can choose, and a trial load.
+"""Model setup helpers for the admin: the GGUF files an admin can choose, and a trial load
+(for a remote engine: a health check and a one-token answer).
 
 A trial load answers "will this profile load, and how big is it?" before any bot depends
 on it. It runs in the web process, in one background thread with a timeout, and frees the
@@ -9,12 +10,19 @@ instead of doubling the memory.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps.inference.engine.base import ModelSpec
+from apps.inference.engine.base import (
+    ChatRequest,
+    EngineError,
+    ModelSpec,
+    RemoteSpec,
+    SamplingParams,
+)
 
 # More files than this in the models folder are not offered (a mis-set folder, e.g. "/").
 MAX_LISTED_FILES = 200
@@ -114,3 +122,43 @@ def model_trial_load(*, spec: ModelSpec, timeout: float = TRIAL_TIMEOUT_SECONDS)
         return future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
         raise TrialFailed(f"still loading after {timeout:.0f} s") from None
+
+
+@dataclass(frozen=True)
+class RemoteTrial:
+    health_seconds: float
+    models: tuple[str, ...]
+    first_token_seconds: float
+
+
+def model_trial_remote(*, spec: RemoteSpec, timeout: float = 30.0) -> RemoteTrial:
+    """Ask the server for its models, then for a one-token answer; raises TrialFailed.
+
+    A fresh engine of its own, without retries: the workers' engines and their queues stay
+    untouched, and a server that fails says so at once.
+    """
+    from apps.inference.engine.remote import RemoteEngine, remote_health
+
+    health = remote_health(spec=spec)
+    if not health.ok:
+        raise TrialFailed(health.error)
+    started = time.monotonic()
+    request = ChatRequest(
+        messages=({"role": "user", "content": "Hi"},),
+        sampling=SamplingParams(max_tokens=1, temperature=0.0),
+        deadline=started + timeout,
+    )
+    with RemoteEngine(dataclasses.replace(spec, concurrency=1, retries=0)) as engine:
+        try:
+            generation = engine.submit(request)
+            for _piece in generation:
+                break
+        except EngineError as exc:
+            raise TrialFailed(str(exc)) from exc
+    if generation.stats.first_token_at is None:
+        raise TrialFailed(f"no answer within {timeout:.0f} s")
+    return RemoteTrial(
+        health_seconds=health.seconds,
+        models=health.models,
+        first_token_seconds=generation.stats.first_token_at - started,
+    )

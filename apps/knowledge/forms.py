@@ -59,7 +59,7 @@ class KnowledgeBaseForm(forms.ModelForm):
 
     def clean_embedding_profile(self) -> Any:
         profile = self.cleaned_data.get("embedding_profile")
-        if profile is not None and not Path(profile.gguf_path).is_file():
+        if profile is not None and not profile.is_remote and not Path(profile.gguf_path).is_file():
             raise forms.ValidationError(
                 _("The model file of this profile does not exist: %(path)s"),
                 params={"path": profile.gguf_path},

@@ -536,10 +536,14 @@ def _masker(policies: list[AuditPolicy]) -> Callable[[str], str] | None:
     return lambda text: policy_evaluate(policies=policies, text=text).masked_text
 
 
-def engines_warm() -> int:
-    """Load the models of enabled bots, so the first question after a restart is not slow."""
+def engines_warm(*, profile_ids: frozenset[int] | None = None) -> int:
+    """Load the models of enabled bots, so the first question after a restart is not slow;
+    a worker started with `--profiles` loads only its own (`profile_ids`)."""
     loaded = 0
-    for profile in ModelProfile.objects.filter(bots__enabled=True).distinct():
+    profiles = ModelProfile.objects.filter(bots__enabled=True).distinct()
+    if profile_ids is not None:
+        profiles = profiles.filter(pk__in=profile_ids)
+    for profile in profiles:
         try:
             profile_engine(profile=profile)
             loaded += 1

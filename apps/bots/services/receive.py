@@ -40,6 +40,7 @@ from wecom.messages import (
     strip_mention,
 )
 from wecom.outbound import ResponseUrlRefused, response_url_check
+from wecom_ai import queues
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ def mention_receive(
     existing = Turn.objects.filter(bot=bot, msgid=message.msgid).first()
     if existing is not None:
         if existing.status == Turn.Status.QUEUED and existing.queued_at is None:
-            turn_enqueue(turn_id=existing.pk)  # its first enqueue failed: WeCom's retry sends it
+            # Its first enqueue failed: WeCom's retry sends it.
+            turn_enqueue(turn_id=existing.pk, profile_id=bot.model_profile_id)
         return existing
     chat_type = Conversation.ChatType.GROUP if message.is_group else Conversation.ChatType.SINGLE
     conversation, _created = Conversation.objects.get_or_create(
@@ -166,8 +168,8 @@ def _turn_create(*, admission: Admission, fields: dict[str, Any]) -> Turn:
         logger.info("turn %s rejected: %s", turn.pk, turn.rejection_reason)
     else:
         stream_state_set(turn.stream_id, StreamState(deadline=deadline))
-        turn_id = turn.pk
-        transaction.on_commit(lambda: turn_enqueue(turn_id=turn_id))
+        turn_id, profile_id = turn.pk, turn.bot.model_profile_id
+        transaction.on_commit(lambda: turn_enqueue(turn_id=turn_id, profile_id=profile_id))
     return turn
 
 
@@ -232,8 +234,9 @@ def _response_url_accepted(*, bot: Bot, url: str | None) -> str:
     return url
 
 
-def turn_enqueue(*, turn_id: int) -> bool:
-    """Send the answer task, then stamp `queued_at`; False when the broker refused it.
+def turn_enqueue(*, turn_id: int, profile_id: int | None = None) -> bool:
+    """Send the answer task to its model profile's queue, then stamp `queued_at`; False when
+    the broker refused it.
 
     Stamped only after the broker took the task, so a turn without `queued_at` was never
     enqueued: the sweeper and a WeCom retry of the same message send it again. A broker
@@ -241,8 +244,12 @@ def turn_enqueue(*, turn_id: int) -> bool:
     """
     from apps.bots.tasks import turn_generate as turn_generate_task
 
+    if profile_id is None:
+        profile_id = (
+            Turn.objects.filter(pk=turn_id).values_list("bot__model_profile_id", flat=True).get()
+        )
     try:
-        turn_generate_task.delay(turn_id)
+        turn_generate_task.apply_async((turn_id,), queue=queues.inference_queue(profile_id))
     except BROKER_ERRORS:
         logger.warning("turn %s could not be enqueued; the sweeper retries", turn_id, exc_info=True)
         return False

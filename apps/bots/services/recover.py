@@ -16,14 +16,21 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from apps.bots.models import Turn
 from apps.bots.services.deliver import turn_fail
+from apps.bots.services.stream import reply_language
+from apps.inference.model_workers import InferenceWorker, inference_workers_live
 
 logger = logging.getLogger(__name__)
 
 # A turn saved this recently may still have its enqueue in flight (on_commit).
 ENQUEUE_GRACE = timedelta(seconds=10)
+# A queued turn whose model no live inference worker serves is failed after this long, with
+# a message saying why, instead of waiting out WeCom's window (a worker that starts later,
+# or restarts, is given this much time to come up and announce itself).
+NO_WORKER_GRACE = timedelta(seconds=30)
 # Turns not answered this long before the stream deadline are failed: the sweep runs every
 # 10 s, so the apology is in the bubble before WeCom stops polling.
 WINDOW_MARGIN = timedelta(seconds=30)
@@ -34,9 +41,17 @@ def turns_recover() -> int:
     now = timezone.now()
     lease = timedelta(seconds=settings.TURN_LEASE_SECONDS)
     failed = 0
+    workers: list[InferenceWorker] | None = None  # read once per sweep, when first needed
     for turn in Turn.objects.sweepable(now=now, lease=lease, grace=ENQUEUE_GRACE).select_related(
-        "bot"
+        "bot__model_profile"
     ):
+        if _unserved_for_long(turn, now=now):
+            if workers is None:
+                workers = inference_workers_live()
+            profile_id = turn.bot.model_profile_id
+            if not any(worker.serves(profile_id) for worker in workers):
+                failed += turn_fail_unserved(turn=turn)
+                continue
         failed += turn_recover(turn=turn, now=now)
     Turn.objects.response_url_expired(now=now).response_url_forget()
     return failed
@@ -47,6 +62,30 @@ def turn_closing_at(turn: Turn) -> datetime:
     window = timedelta(seconds=settings.WECOM_STREAM_DEADLINE_SECONDS) - WINDOW_MARGIN
     timeout = timedelta(seconds=settings.TURN_GENERATION_TIMEOUT_SECONDS)
     return turn.received_at + min(window, timeout)
+
+
+def _unserved_for_long(turn: Turn, *, now: datetime) -> bool:
+    """Queued (sent, not started) for longer than a live worker needs to take it."""
+    return (
+        turn.status == Turn.Status.QUEUED
+        and turn.queued_at is not None
+        and turn.queued_at < now - NO_WORKER_GRACE
+    )
+
+
+def turn_fail_unserved(*, turn: Turn) -> bool:
+    """Fail a turn whose model no inference worker serves, saying so in the bubble."""
+    profile = turn.bot.model_profile
+    with reply_language():
+        shown = _(
+            "No inference worker is running for this bot's model right now, so the "
+            "question cannot be answered. Please tell your IT department."
+        )
+    return turn_fail(
+        turn=turn,
+        error=f"no live inference worker serves model profile {profile.name!r} (id {profile.pk})",
+        shown=shown,
+    )
 
 
 def turn_recover(*, turn: Turn, now: datetime) -> bool:
@@ -71,5 +110,5 @@ def turn_recover(*, turn: Turn, now: datetime) -> bool:
     if once_key and not cache.add(once_key, 1, timeout=max(1, int(requeue_after.total_seconds()))):
         return False
     logger.info("turn %s (%s, attempt %s) enqueued again", turn.pk, turn.status, turn.attempts)
-    turn_enqueue(turn_id=turn.pk)
+    turn_enqueue(turn_id=turn.pk, profile_id=turn.bot.model_profile_id)
     return False

@@ -11,9 +11,10 @@ import atexit
 from apps.core.process_cache import ProcessCache
 from apps.inference.embedders.base import Embedder
 from apps.inference.embedders.llama import EmbeddingSpec, LlamaEmbedder
+from apps.inference.embedders.remote import RemoteEmbedder, RemoteEmbeddingSpec
 from apps.inference.embedders.use import UseEmbedder, UseSpec
 
-EmbedderSpec = EmbeddingSpec | UseSpec
+EmbedderSpec = EmbeddingSpec | UseSpec | RemoteEmbeddingSpec
 
 _embedders: ProcessCache[EmbedderSpec, Embedder] = ProcessCache()
 
@@ -26,6 +27,8 @@ def get_embedder(spec: EmbedderSpec) -> Embedder:
 def _load(spec: EmbedderSpec) -> Embedder:
     if isinstance(spec, UseSpec):
         return UseEmbedder(spec)
+    if isinstance(spec, RemoteEmbeddingSpec):
+        return RemoteEmbedder(spec)
     return LlamaEmbedder(spec)
 
 

@@ -53,6 +53,22 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class RemoteSpec:
+    """An OpenAI-compatible server and how hard to use it; hashable, the engine cache key."""
+
+    base_url: str  # up to and including the API version, e.g. "http://gpu-1:8000/v1"
+    model: str  # the server's name for the model ("model" in every request)
+    api_key: str = field(default="", repr=False)
+    concurrency: int = 4  # requests one process keeps in flight; the rest wait in line
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0  # longest silence between two streamed chunks
+    retries: int = 2  # further attempts, only while nothing was generated yet
+
+
+EngineSpec = ModelSpec | RemoteSpec
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling knobs; frozen so a request can be shared between threads safely."""
 
@@ -144,7 +160,7 @@ class Generation(ABC):
 class Engine(ABC):
     """A loaded model that answers chat requests; safe to share between threads."""
 
-    spec: ModelSpec
+    spec: EngineSpec
 
     @abstractmethod
     def submit(self, request: ChatRequest) -> Generation:

@@ -96,7 +96,7 @@ class BatchingEngine(Engine):
                 f"slots + prefix_cache_size = {n_seq} exceeds llama.cpp's limit of "
                 f"{llama_cpp.llama_max_parallel_sequences()} sequences"
             )
-        self.spec = spec
+        self.spec: ModelSpec = spec
         self.slots = slots
         self.prefix_cache_size = prefix_cache_size
         self.pid = os.getpid()

@@ -50,7 +50,7 @@ class LlamaEngine(Engine):
     """
 
     def __init__(self, spec: ModelSpec) -> None:
-        self.spec = spec
+        self.spec: ModelSpec = spec
         self.pid = os.getpid()  # the process that owns the llama.cpp (and GPU) state
         if not os.path.isfile(spec.path):
             raise EngineError(f"Model file not found: {spec.path}")

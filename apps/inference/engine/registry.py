@@ -1,4 +1,4 @@
-"""Process-wide cache of loaded engines, one per ModelSpec.
+"""Process-wide cache of loaded engines, one per spec (a local model or a remote server).
 
 Loading a model takes seconds and a lot of memory, so each worker process loads a spec
 once and every task in it shares the engine. Engines never cross a fork: llama.cpp (and
@@ -11,14 +11,19 @@ import threading
 from collections.abc import Callable
 
 from apps.core.process_cache import ProcessCache
-from apps.inference.engine.base import Engine, ModelSpec
+from apps.inference.engine.base import Engine, EngineSpec, RemoteSpec
 
-EngineFactory = Callable[[ModelSpec], Engine]
+EngineFactory = Callable[[EngineSpec], Engine]
 
 
-def _default_engine(spec: ModelSpec) -> Engine:
-    """The batching engine when the spec asks for several slots, else the single-stream one."""
+def _default_engine(spec: EngineSpec) -> Engine:
+    """The remote engine for a server; locally the batching engine when the spec asks for
+    several slots, else the single-stream one."""
     # Imported here so that importing the registry does not load libllama.
+    if isinstance(spec, RemoteSpec):
+        from apps.inference.engine.remote import RemoteEngine
+
+        return RemoteEngine(spec)
     if spec.slots > 1:
         from apps.inference.engine.batching import BatchingEngine
 
@@ -30,7 +35,7 @@ def _default_engine(spec: ModelSpec) -> Engine:
 
 _factory: EngineFactory = _default_engine
 _factory_lock = threading.Lock()
-_engines: ProcessCache[ModelSpec, Engine] = ProcessCache()
+_engines: ProcessCache[EngineSpec, Engine] = ProcessCache()
 
 
 def register_engine_factory(factory: EngineFactory) -> EngineFactory:
@@ -44,7 +49,7 @@ def register_engine_factory(factory: EngineFactory) -> EngineFactory:
     return previous
 
 
-def get_engine(spec: ModelSpec) -> Engine:
+def get_engine(spec: EngineSpec) -> Engine:
     """Return this process's engine for `spec`, loading it on first use (once, even if racing)."""
     with _factory_lock:
         factory = _factory
@@ -57,6 +62,6 @@ def close_all() -> None:
         engine.close()
 
 
-def loaded_specs() -> list[ModelSpec]:
+def loaded_specs() -> list[EngineSpec]:
     """The specs with an engine loaded in this process, for health checks and the admin."""
     return _engines.keys()

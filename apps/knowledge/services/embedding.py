@@ -19,6 +19,7 @@ from apps.inference.embedders import (
     EmbedderSpec,
     EmbeddingError,
     EmbeddingSpec,
+    RemoteEmbeddingSpec,
     UseSpec,
     embedders_close,
     get_embedder,
@@ -48,9 +49,18 @@ _MAX_CONTEXT = 2048
 _DEFAULT_CONTEXT = 1024
 
 
-def embedding_spec_for(profile: ModelProfile | None) -> EmbeddingSpec:
-    """A GGUF embedding profile, or the default GGUF model when there is none."""
+def embedding_spec_for(profile: ModelProfile | None) -> EmbeddingSpec | RemoteEmbeddingSpec:
+    """A GGUF embedding profile (or a remote one's server), or the default GGUF model when
+    there is none."""
     cache_size = settings.KNOWLEDGE_EMBEDDING_CACHE_SIZE
+    if profile is not None and profile.is_remote:
+        return RemoteEmbeddingSpec(
+            base_url=profile.base_url,
+            model=profile.remote_model,
+            api_key=profile.api_key or "",
+            max_tokens=min(profile.context_size, _MAX_CONTEXT),
+            cache_size=cache_size,
+        )
     if profile is None:
         path = settings.KNOWLEDGE_EMBEDDING_MODEL_PATH or settings.DEFAULT_MODEL_PATH
         return EmbeddingSpec(path=str(path), n_ctx=_DEFAULT_CONTEXT, cache_size=cache_size)
