@@ -52,7 +52,8 @@ def _generate(turns: int) -> float:
                 answer, reasoning, withheld_answer, filter_decisions, sources, status,
                 rejection_reason, fixed_reply_reason, error, response_url, longconn_req_id,
                 attempts, prompt_tokens, completion_tokens, finish_reason, received_at,
-                queued_at, claimed_at, first_token_at, finished_at, feedback, feedback_detail)
+                queued_at, claimed_at, first_token_at, finished_at, feedback, feedback_detail,
+                is_test)
             SELECT %s, c.id, 'dash-' || g.i, 'dash-s-' || g.i, 'text', 'q', '', 'a', '', '',
                    CASE WHEN g.r < 0.01 THEN '[{{"action": "block", "matches": []}}]'::jsonb
                         WHEN g.r < 0.03 THEN '[{{"action": "mask", "matches": []}}]'::jsonb
@@ -67,7 +68,7 @@ def _generate(turns: int) -> float:
                    g.t + make_interval(secs => g.r * 2),
                    g.t + make_interval(secs => 0.5 + g.r * 3),
                    g.t + make_interval(secs => 2 + g.r * 20),
-                   CASE WHEN g.r < 0.1 THEN 1 WHEN g.r < 0.12 THEN 2 END, '{{}}'::jsonb
+                   CASE WHEN g.r < 0.1 THEN 1 WHEN g.r < 0.12 THEN 2 END, '{{}}'::jsonb, false
             FROM (SELECT i, random() AS r, now() - (random() * interval '30 days') AS t
                   FROM generate_series(1, %s) i) g
             JOIN {Conversation._meta.db_table} c
