@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from celery.exceptions import Retry
 from django.db import OperationalError
 from django.test import override_settings
 from django.utils import timezone
@@ -208,6 +209,57 @@ def test_the_sweeper_requeues_an_orphaned_turn_once_while_attempts_remain(bot, s
     # The requeued task takes the turn over: its lease ran out.
     claimed = generate.turn_claim(turn_id=turn.pk)
     assert claimed is not None and claimed.attempts == 2
+
+
+def _taken_in_order(count: int) -> list[int]:
+    """Turn ids as a worker takes them off the inference queue (BRPOP, like `celery worker`)."""
+    taken: list[int] = []
+
+    def on_message(body, message) -> None:
+        taken.append(int(body[0][0]))  # task protocol 2: (args, kwargs, embed)
+        message.ack()
+
+    with celery_app.connection_for_read() as conn:
+        queue = celery_app.amqp.queues[INFERENCE]
+        with conn.Consumer(queue, callbacks=[on_message], accept=["json"], prefetch_count=1):
+            while len(taken) < count:
+                conn.drain_events(timeout=5)
+    return taken
+
+
+def test_a_requeued_turn_is_taken_before_fresh_ones(bot, settings):
+    # The previous chaos run: turns re-queued after a worker kill joined the back of a long
+    # queue and missed WeCom's window. A turn sent again goes first, a resumed one before all.
+    settings.TURN_MAX_ATTEMPTS = 3
+    settings.TURN_REQUEUE_SECONDS = 15
+    fresh = [_turn(bot, msgid=f"m-fresh-{i}") for i in range(3)]
+    for turn in fresh:
+        assert receive.turn_enqueue(turn_id=turn.pk)
+    stale = _turn(bot, msgid="m-stale", ago=60, queued_at=timezone.now() - dt.timedelta(seconds=60))
+    orphan = _orphan(bot, msgid="m-resumed", attempts=1, ago=40)
+    assert deliver.turns_sweep() == 0
+    assert _inference_messages() == 5
+    assert _taken_in_order(5) == [orphan.pk, stale.pk, *(turn.pk for turn in fresh)]
+
+
+def test_a_task_retried_after_a_transient_error_goes_before_fresh_ones(bot, monkeypatch):
+    fresh = _turn(bot, msgid="m-fresh")
+    assert receive.turn_enqueue(turn_id=fresh.pk)
+
+    def down(*, turn_id: int) -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(generate, "turn_generate", down)
+    monkeypatch.setattr(tasks, "retry_countdown", lambda **kw: None if kw["retries"] else 0.0)
+    # Run as a worker would (not eagerly): the retry is published to the broker.
+    task = tasks.turn_generate
+    task.push_request(id="t-1", retries=0, delivery_info={}, called_directly=False)
+    try:
+        with pytest.raises(Retry):
+            task.run(4242)
+    finally:
+        task.pop_request()
+    assert _taken_in_order(2) == [4242, fresh.pk]
 
 
 def test_an_orphan_out_of_attempts_fails_with_the_apology_in_the_bubble(bot, settings):

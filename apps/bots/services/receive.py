@@ -40,6 +40,7 @@ from wecom.messages import (
     strip_mention,
 )
 from wecom.outbound import ResponseUrlRefused, response_url_check
+from wecom_ai import queues
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def mention_receive(
     existing = Turn.objects.filter(bot=bot, msgid=message.msgid).first()
     if existing is not None:
         if existing.status == Turn.Status.QUEUED and existing.queued_at is None:
-            turn_enqueue(turn_id=existing.pk)  # its first enqueue failed: WeCom's retry sends it
+            # Its first enqueue failed: WeCom's retry sends it.
+            turn_enqueue(turn_id=existing.pk, priority=queues.PRIORITY_RESENT)
         return existing
     chat_type = Conversation.ChatType.GROUP if message.is_group else Conversation.ChatType.SINGLE
     conversation, _created = Conversation.objects.get_or_create(
@@ -218,17 +220,19 @@ def _response_url_accepted(*, bot: Bot, url: str | None) -> str:
     return url
 
 
-def turn_enqueue(*, turn_id: int) -> bool:
+def turn_enqueue(*, turn_id: int, priority: int = queues.PRIORITY_FRESH) -> bool:
     """Send the answer task, then stamp `queued_at`; False when the broker refused it.
 
     Stamped only after the broker took the task, so a turn without `queued_at` was never
     enqueued: the sweeper and a WeCom retry of the same message send it again. A broker
-    outage never fails the callback; the turn row is already saved.
+    outage never fails the callback; the turn row is already saved. A turn sent again
+    passes a lower `priority` (taken first): it has less of WeCom's window left than the
+    fresh questions queued behind it.
     """
     from apps.bots.tasks import turn_generate as turn_generate_task
 
     try:
-        turn_generate_task.delay(turn_id)
+        turn_generate_task.apply_async(args=(turn_id,), priority=priority)
     except BROKER_ERRORS:
         logger.warning("turn %s could not be enqueued; the sweeper retries", turn_id, exc_info=True)
         return False
