@@ -309,6 +309,46 @@ def test_a_late_refresh_promises_a_follow_up_only_while_really_generating(bot):
     assert live.status == Turn.Status.GENERATING and live.stream_closed_at is not None
 
 
+def test_a_database_error_closing_the_stream_at_its_deadline_does_not_end_the_decode(
+    bot, monkeypatch
+):
+    # Seen in the chaos bench after a PostgreSQL kill -9: the decode thread's connection was
+    # dead, its first query was the close at the stream deadline, and the error ended the
+    # task (too late for a retry) with the answer half written and the bubble left open.
+    turn = _turn(bot, msgid="m-closing", ago=400, status=Turn.Status.GENERATING, attempts=1,
+                 queued_at=timezone.now(), heartbeat_at=timezone.now())  # fmt: skip
+    flusher = StreamFlusher(
+        turn_id=turn.pk, stream_id=turn.stream_id, deadline=time.time() - 1, interval=0.05
+    )
+    answering = generate._Answering(
+        turn=turn, policies=[], knowledge_bases=[], flusher=flusher, deadline=time.time() - 1
+    )
+    answering.first_token = True
+    answering.splitter.feed("The first half of the answer")
+    real_close = Turn.close_stream
+    calls: list[int] = []
+
+    def close_once_broken(self: Turn) -> bool:
+        calls.append(self.pk)
+        if len(calls) == 1:
+            raise OperationalError("terminating connection due to unexpected postmaster exit")
+        return real_close(self)
+
+    monkeypatch.setattr(Turn, "close_stream", close_once_broken)
+    try:
+        assert generate._answer_progress(answering) is True
+        assert turn.stream_closed_at is None
+        answering.last_flush = 0.0
+        assert generate._answer_progress(answering) is True  # the next flush closes it
+    finally:
+        flusher.stop()
+    assert len(calls) == 2
+    turn.refresh_from_db()
+    assert turn.stream_closed_at is not None
+    state = stream_state_get(turn.stream_id)
+    assert state is not None and state.finish and "The first half" in state.content
+
+
 # --- 4. the lease lives as long as the claim; one end per turn ------------------------------------
 
 
