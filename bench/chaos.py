@@ -245,6 +245,35 @@ class Chaos:
             time.sleep(0.1)
         return found
 
+    def settle(self, timeout: float = 120.0) -> None:
+        """Wait for the last row's leftovers (late follow-ups) so each fault starts idle."""
+        from django.db import close_old_connections
+
+        from apps.bots.models import Turn
+
+        busy = (Turn.Status.QUEUED, Turn.Status.GENERATING)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            close_old_connections()
+            with contextlib.suppress(Exception):
+                if not Turn.objects.filter(status__in=busy).exists():
+                    return
+            time.sleep(1.0)
+
+    def wait_saved(self, msgids: list[str], timeout: float = 30.0) -> None:
+        """Block until every question has its turn: the fault hits answers, not callbacks."""
+        from django.db import close_old_connections
+
+        from apps.bots.models import Turn
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            close_old_connections()
+            with contextlib.suppress(Exception):
+                if Turn.objects.filter(msgid__in=msgids).count() >= len(msgids):
+                    return
+            time.sleep(0.1)
+
     @contextlib.contextmanager
     def answer_tokens(self, tokens: int) -> Iterator[None]:
         """The bench bot writes answers of up to `tokens` for the faults inside the block."""
@@ -423,6 +452,7 @@ def fault_broker(chaos: Chaos, count: int) -> Row:
 def fault_redis(chaos: Chaos, count: int) -> Row:
     with chaos.answer_tokens(LONG_ANSWER_TOKENS):
         run = chaos.load(count, long_first=min(count, SLOTS))
+        chaos.wait_saved(run.sent)
         hit = chaos.wait_generating(run.sent, at_least=min(count, SLOTS))
         embedded.redis_stop()
         time.sleep(14.0)
@@ -468,6 +498,7 @@ def _postgres_fault(chaos: Chaos, count: int, *, fault: str, kill: bool) -> Row:
     socket_dir = info.socket_dir if info is not None else None
     with chaos.answer_tokens(LONG_ANSWER_TOKENS):
         run = chaos.load(count, long_first=min(count, SLOTS))
+        chaos.wait_saved(run.sent)
         hit = chaos.wait_generating(run.sent, at_least=min(count, SLOTS))
         if kill:
             _postgres_kill(pgdata)
@@ -566,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         chaos.start()
         for name in names:
             fault, quick_count, full_count = FAULTS[name]
+            chaos.settle()
             started = time.monotonic()
             try:
                 row = fault(chaos, quick_count if args.quick else full_count)
