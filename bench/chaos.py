@@ -49,6 +49,7 @@ FOLLOW_NOTES = ("完整回答稍后发送", "完整内容将在新消息中发�
 CUT_NOTE = "回答到此被截断"
 # Answers long enough to be mid-generation when Redis or PostgreSQL goes away.
 ANSWER_TOKENS = 48
+ENGINE_THREADS = 1
 LONG_ANSWER_TOKENS = 120
 ACK_RETRIES = (0.0, 2.0, 5.0, 10.0)
 QUESTION = "What is a good way to plan annual leave? Answer in two sentences."
@@ -97,7 +98,14 @@ class Chaos:
             "WECOM_RESPONSE_URL_HOSTS": "127.0.0.1",
         }
         self.stack = BenchStack(
-            with_inference_worker=False, env=env, bot_fields={"max_tokens": ANSWER_TOKENS}
+            with_inference_worker=False,
+            env=env,
+            bot_fields={"max_tokens": ANSWER_TOKENS},
+            # One decode thread: on a host whose cores are oversubscribed, llama.cpp's
+            # threads spin at their barriers while descheduled, and a batch decode with two
+            # threads ran over ten times slower than with one (100 tokens: 13 s against more
+            # than 120 s at load average 23 on 2 cores); the faults, not the host, are measured.
+            profile_fields={"threads": ENGINE_THREADS},
         )
         self.children: dict[str, _Child] = {}
         self.response_server: Any = None
