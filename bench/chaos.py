@@ -439,11 +439,16 @@ def fault_kill_worker(chaos: Chaos, count: int) -> Row:
 
 def fault_kill_web(chaos: Chaos, count: int) -> Row:
     run = chaos.load(count, spread=6.0)
+    down: list[float] = []
     for _ in range(2):
         time.sleep(1.5)
+        killed = time.monotonic()
         chaos.kill("web")
         chaos.spawn_web()
-    return tally("kill -9 the web server twice", run.join(), chaos.window)
+        down.append(time.monotonic() - killed)
+    # WeCom's last retry comes 10 s after the first POST: a longer gap loses messages.
+    note = "web down " + " + ".join(f"{seconds:.0f} s" for seconds in down)
+    return tally("kill -9 the web server twice", run.join(), chaos.window, note)
 
 
 def fault_broker(chaos: Chaos, count: int) -> Row:
