@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from celery.exceptions import Retry
 from django.db import OperationalError
 from django.test import override_settings
 from django.utils import timezone
@@ -216,6 +217,57 @@ def test_the_sweeper_requeues_an_orphaned_turn_once_while_attempts_remain(bot, s
     assert claimed is not None and claimed.attempts == 2
 
 
+def _taken_in_order(count: int) -> list[int]:
+    """Turn ids as a worker takes them off the inference queue (BRPOP, like `celery worker`)."""
+    taken: list[int] = []
+
+    def on_message(body, message) -> None:
+        taken.append(int(body[0][0]))  # task protocol 2: (args, kwargs, embed)
+        message.ack()
+
+    with celery_app.connection_for_read() as conn:
+        queue = celery_app.amqp.queues[INFERENCE]
+        with conn.Consumer(queue, callbacks=[on_message], accept=["json"], prefetch_count=1):
+            while len(taken) < count:
+                conn.drain_events(timeout=5)
+    return taken
+
+
+def test_a_requeued_turn_is_taken_before_fresh_ones(bot, settings):
+    # The previous chaos run: turns re-queued after a worker kill joined the back of a long
+    # queue and missed WeCom's window. A turn sent again goes first, a resumed one before all.
+    settings.TURN_MAX_ATTEMPTS = 3
+    settings.TURN_REQUEUE_SECONDS = 15
+    fresh = [_turn(bot, msgid=f"m-fresh-{i}") for i in range(3)]
+    for turn in fresh:
+        assert receive.turn_enqueue(turn_id=turn.pk)
+    stale = _turn(bot, msgid="m-stale", ago=60, queued_at=timezone.now() - dt.timedelta(seconds=60))
+    orphan = _orphan(bot, msgid="m-resumed", attempts=1, ago=40)
+    assert deliver.turns_sweep() == 0
+    assert _inference_messages() == 5
+    assert _taken_in_order(5) == [orphan.pk, stale.pk, *(turn.pk for turn in fresh)]
+
+
+def test_a_task_retried_after_a_transient_error_goes_before_fresh_ones(bot, monkeypatch):
+    fresh = _turn(bot, msgid="m-fresh")
+    assert receive.turn_enqueue(turn_id=fresh.pk)
+
+    def down(*, turn_id: int) -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(generate, "turn_generate", down)
+    monkeypatch.setattr(tasks, "retry_countdown", lambda **kw: None if kw["retries"] else 0.0)
+    # Run as a worker would (not eagerly): the retry is published to the broker.
+    task = tasks.turn_generate
+    task.push_request(id="t-1", retries=0, delivery_info={}, called_directly=False)
+    try:
+        with pytest.raises(Retry):
+            task.run(4242)
+    finally:
+        task.pop_request()
+    assert _taken_in_order(2) == [4242, fresh.pk]
+
+
 def test_an_orphan_out_of_attempts_fails_with_the_apology_in_the_bubble(bot, settings):
     settings.TURN_MAX_ATTEMPTS = 2
     turn = _orphan(bot, msgid="m-spent", attempts=2, ago=40)
@@ -261,6 +313,46 @@ def test_a_late_refresh_promises_a_follow_up_only_while_really_generating(bot):
     assert FOLLOW_UP_ZH in working["content"]
     live.refresh_from_db()
     assert live.status == Turn.Status.GENERATING and live.stream_closed_at is not None
+
+
+def test_a_database_error_closing_the_stream_at_its_deadline_does_not_end_the_decode(
+    bot, monkeypatch
+):
+    # Seen in the chaos bench after a PostgreSQL kill -9: the decode thread's connection was
+    # dead, its first query was the close at the stream deadline, and the error ended the
+    # task (too late for a retry) with the answer half written and the bubble left open.
+    turn = _turn(bot, msgid="m-closing", ago=400, status=Turn.Status.GENERATING, attempts=1,
+                 queued_at=timezone.now(), heartbeat_at=timezone.now())  # fmt: skip
+    flusher = StreamFlusher(
+        turn_id=turn.pk, stream_id=turn.stream_id, deadline=time.time() - 1, interval=0.05
+    )
+    answering = generate._Answering(
+        turn=turn, policies=[], knowledge_bases=[], flusher=flusher, deadline=time.time() - 1
+    )
+    answering.first_token = True
+    answering.splitter.feed("The first half of the answer")
+    real_close = Turn.close_stream
+    calls: list[int] = []
+
+    def close_once_broken(self: Turn) -> bool:
+        calls.append(self.pk)
+        if len(calls) == 1:
+            raise OperationalError("terminating connection due to unexpected postmaster exit")
+        return real_close(self)
+
+    monkeypatch.setattr(Turn, "close_stream", close_once_broken)
+    try:
+        assert generate._answer_progress(answering) is True
+        assert turn.stream_closed_at is None
+        answering.last_flush = 0.0
+        assert generate._answer_progress(answering) is True  # the next flush closes it
+    finally:
+        flusher.stop()
+    assert len(calls) == 2
+    turn.refresh_from_db()
+    assert turn.stream_closed_at is not None
+    state = stream_state_get(turn.stream_id)
+    assert state is not None and state.finish and "The first half" in state.content
 
 
 # --- 4. the lease lives as long as the claim; one end per turn ------------------------------------

@@ -23,6 +23,8 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
+from wecom_ai import queues
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Local state (embedded servers, default model, media, development secrets); created by
 # `wecom_ai.embedded`, not here.
@@ -230,7 +232,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Longer than any generation may run (WeCom's 6-minute window plus the response_url
 # follow-up), so a slow answer is never handed to a second worker while still running.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 1800}
+# Priority steps: a re-queued turn (see `wecom_ai.queues`) is taken before fresh ones.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 1800,
+    "priority_steps": queues.PRIORITY_STEPS,
+}
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {

@@ -13,6 +13,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
 from apps.bots.services import deliver, generate
+from wecom_ai import queues
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def turn_generate(self: Any, turn_id: int, give_up_at: float | None = None) -> N
             max_retries=None,
             args=(turn_id,),
             kwargs={"give_up_at": give_up_at},
+            priority=queues.PRIORITY_RESUMED,
         ) from exc
 
 

@@ -364,7 +364,13 @@ def _answer_progress(answering: _Answering) -> bool:
     )
     if turn.stream_closed_at is None and now_epoch() > answering.deadline:
         answering.flusher.close_stream()
-        stream_close_for_deadline(turn=turn, content=content, deadline=answering.deadline)
+        try:
+            stream_close_for_deadline(turn=turn, content=content, deadline=answering.deadline)
+        except DatabaseError:
+            # A connection cut by a database restart fails here first: raised out of the
+            # decode loop it cost the whole answer. The next flush tries the close again.
+            logger.warning("turn %s: stream not closed at its deadline", turn.pk, exc_info=True)
+            connection.close()
     answering.flusher.update(content)
     return True
 

@@ -110,7 +110,11 @@ def mention_receive(
     if existing is not None:
         if existing.status == Turn.Status.QUEUED and existing.queued_at is None:
             # Its first enqueue failed: WeCom's retry sends it.
-            turn_enqueue(turn_id=existing.pk, profile_id=bot.model_profile_id)
+            turn_enqueue(
+                turn_id=existing.pk,
+                profile_id=bot.model_profile_id,
+                priority=queues.PRIORITY_RESENT,
+            )
         return existing
     chat_type = Conversation.ChatType.GROUP if message.is_group else Conversation.ChatType.SINGLE
     conversation, _created = Conversation.objects.get_or_create(
@@ -234,13 +238,17 @@ def _response_url_accepted(*, bot: Bot, url: str | None) -> str:
     return url
 
 
-def turn_enqueue(*, turn_id: int, profile_id: int | None = None) -> bool:
-    """Send the answer task to its model profile's queue, then stamp `queued_at`; False when
-    the broker refused it.
+def turn_enqueue(
+    *, turn_id: int, profile_id: int | None = None, priority: int = queues.PRIORITY_FRESH
+) -> bool:
+    """Send the answer task to its model profile's queue at `priority` (a resumed or re-sent
+    turn goes before fresh ones), then stamp `queued_at`; False when the broker refused it.
 
     Stamped only after the broker took the task, so a turn without `queued_at` was never
     enqueued: the sweeper and a WeCom retry of the same message send it again. A broker
-    outage never fails the callback; the turn row is already saved.
+    outage never fails the callback; the turn row is already saved. A turn sent again
+    passes a lower `priority` (taken first): it has less of WeCom's window left than the
+    fresh questions queued behind it.
     """
     from apps.bots.tasks import turn_generate as turn_generate_task
 
@@ -249,7 +257,9 @@ def turn_enqueue(*, turn_id: int, profile_id: int | None = None) -> bool:
             Turn.objects.filter(pk=turn_id).values_list("bot__model_profile_id", flat=True).get()
         )
     try:
-        turn_generate_task.apply_async((turn_id,), queue=queues.inference_queue(profile_id))
+        turn_generate_task.apply_async(
+            args=(turn_id,), queue=queues.inference_queue(profile_id), priority=priority
+        )
     except BROKER_ERRORS:
         logger.warning("turn %s could not be enqueued; the sweeper retries", turn_id, exc_info=True)
         return False

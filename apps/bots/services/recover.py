@@ -22,6 +22,7 @@ from apps.bots.models import Turn
 from apps.bots.services.deliver import turn_fail
 from apps.bots.services.stream import reply_language
 from apps.inference.model_workers import InferenceWorker, inference_workers_live
+from wecom_ai import queues
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +96,12 @@ def turn_recover(*, turn: Turn, now: datetime) -> bool:
     requeue_after = timedelta(seconds=settings.TURN_REQUEUE_SECONDS)
     if now >= turn_closing_at(turn):
         return turn_fail(turn=turn, error="no worker finished this turn within WeCom's window")
+    priority = queues.PRIORITY_RESENT
     if turn.status == Turn.Status.GENERATING:
         if turn.attempts >= settings.TURN_MAX_ATTEMPTS:
             return turn_fail(turn=turn, error=f"its worker was lost {turn.attempts} times")
         once_key = f"turn-requeue:{turn.pk}:{turn.attempts}"
+        priority = queues.PRIORITY_RESUMED
     elif turn.queued_at is None:
         once_key = ""  # never enqueued: nothing can be in flight
     elif turn.queued_at < now - requeue_after:
@@ -110,5 +113,5 @@ def turn_recover(*, turn: Turn, now: datetime) -> bool:
     if once_key and not cache.add(once_key, 1, timeout=max(1, int(requeue_after.total_seconds()))):
         return False
     logger.info("turn %s (%s, attempt %s) enqueued again", turn.pk, turn.status, turn.attempts)
-    turn_enqueue(turn_id=turn.pk, profile_id=turn.bot.model_profile_id)
+    turn_enqueue(turn_id=turn.pk, profile_id=turn.bot.model_profile_id, priority=priority)
     return False
