@@ -25,6 +25,7 @@ from apps.inference.model_workers import (
 )
 from apps.inference.models import ModelProfile
 from tests.conftest import turn_terminal
+from wecom_ai.celery import app as celery_app
 from wecom_ai.queues import inference_queue
 
 NO_WORKER_ZH = "当前没有推理 worker"
@@ -56,10 +57,13 @@ def test_a_turn_is_sent_to_its_model_profiles_queue(bot):
     )  # fmt: skip
     assert receive.turn_enqueue(turn_id=turn.pk)
     broker = _broker()
-    assert broker.llen(inference_queue(bot.model_profile_id)) == 1
-    assert broker.llen(inference_queue(other.pk)) == 0
-    assert broker.llen("inference") == 0
-    message = json.loads(broker.lindex(inference_queue(bot.model_profile_id), 0))
+    # Counted over each queue's priority lists (kombu keeps one list per priority step).
+    with celery_app.connection_for_write() as conn:
+        names = (inference_queue(bot.model_profile_id), inference_queue(other.pk), "inference")
+        sizes = {name: int(conn.default_channel._size(name)) for name in names}
+    assert list(sizes.values()) == [1, 0, 0]
+    [listed] = [key for key in broker.keys(f"{inference_queue(bot.model_profile_id)}*")]
+    message = json.loads(broker.lindex(listed, 0))
     assert message["headers"]["task"] == "apps.bots.tasks.turn_generate"
 
 

@@ -20,12 +20,14 @@ from celery.exceptions import Retry
 from django.db import OperationalError
 from django.test import override_settings
 from django.utils import timezone
+from kombu import Queue
 
 from apps.audit.models import LedgerEntry
 from apps.bots import tasks
 from apps.bots.models import Conversation, Turn
 from apps.bots.services import deliver, generate, receive, stream
 from apps.bots.streams import StreamFlusher, StreamState, stream_state_get, stream_state_set
+from apps.inference.model_workers import inference_worker_publish
 from apps.inference.models import ModelProfile
 from wecom.messages import InboundMessage, StreamRefresh
 from wecom_ai.celery import app as celery_app
@@ -217,8 +219,8 @@ def test_the_sweeper_requeues_an_orphaned_turn_once_while_attempts_remain(bot, s
     assert claimed is not None and claimed.attempts == 2
 
 
-def _taken_in_order(count: int) -> list[int]:
-    """Turn ids as a worker takes them off the inference queue (BRPOP, like `celery worker`)."""
+def _taken_in_order(count: int, *, profile_id: int) -> list[int]:
+    """Turn ids as a worker takes them off the profile's queue (BRPOP, like `celery worker`)."""
     taken: list[int] = []
 
     def on_message(body, message) -> None:
@@ -226,7 +228,7 @@ def _taken_in_order(count: int) -> list[int]:
         message.ack()
 
     with celery_app.connection_for_read() as conn:
-        queue = celery_app.amqp.queues[INFERENCE]
+        queue = Queue(inference_queue(profile_id))
         with conn.Consumer(queue, callbacks=[on_message], accept=["json"], prefetch_count=1):
             while len(taken) < count:
                 conn.drain_events(timeout=5)
@@ -238,6 +240,8 @@ def test_a_requeued_turn_is_taken_before_fresh_ones(bot, settings):
     # queue and missed WeCom's window. A turn sent again goes first, a resumed one before all.
     settings.TURN_MAX_ATTEMPTS = 3
     settings.TURN_REQUEUE_SECONDS = 15
+    # A worker serves the profile (else the sweeper fails a turn waiting 30 s for none).
+    inference_worker_publish(name="inference@test", profile_ids=None)
     fresh = [_turn(bot, msgid=f"m-fresh-{i}") for i in range(3)]
     for turn in fresh:
         assert receive.turn_enqueue(turn_id=turn.pk)
@@ -245,7 +249,9 @@ def test_a_requeued_turn_is_taken_before_fresh_ones(bot, settings):
     orphan = _orphan(bot, msgid="m-resumed", attempts=1, ago=40)
     assert deliver.turns_sweep() == 0
     assert _inference_messages() == 5
-    assert _taken_in_order(5) == [orphan.pk, stale.pk, *(turn.pk for turn in fresh)]
+    assert _taken_in_order(5, profile_id=bot.model_profile_id) == [
+        orphan.pk, stale.pk, *(turn.pk for turn in fresh)
+    ]  # fmt: skip
 
 
 def test_a_task_retried_after_a_transient_error_goes_before_fresh_ones(bot, monkeypatch):
@@ -259,13 +265,15 @@ def test_a_task_retried_after_a_transient_error_goes_before_fresh_ones(bot, monk
     monkeypatch.setattr(tasks, "retry_countdown", lambda **kw: None if kw["retries"] else 0.0)
     # Run as a worker would (not eagerly): the retry is published to the broker.
     task = tasks.turn_generate
-    task.push_request(id="t-1", retries=0, delivery_info={}, called_directly=False)
+    # Delivered from the profile's queue, as a worker receives it: the retry goes back there.
+    delivery = {"exchange": "", "routing_key": inference_queue(bot.model_profile_id)}
+    task.push_request(id="t-1", retries=0, delivery_info=delivery, called_directly=False)
     try:
         with pytest.raises(Retry):
             task.run(4242)
     finally:
         task.pop_request()
-    assert _taken_in_order(2) == [4242, fresh.pk]
+    assert _taken_in_order(2, profile_id=bot.model_profile_id) == [4242, fresh.pk]
 
 
 def test_an_orphan_out_of_attempts_fails_with_the_apology_in_the_bubble(bot, settings):
