@@ -310,6 +310,7 @@ class Turn(models.Model):
         """Why a turn got a fixed text instead of the model's answer (dashboards count it)."""
 
         NO_RELEVANT_SOURCE = "no_relevant_source", _("no relevant passage")
+        QUESTION_TOO_LONG = "question_too_long", _("question too long for the model")
 
     class Feedback(models.IntegerChoices):
         ACCURATE = 1, _("accurate")

@@ -34,6 +34,7 @@ from apps.inference.engine.base import (
     FinishReason,
     Generation,
     GenerationStats,
+    PromptTooLong,
 )
 from apps.inference.engine.think import ThinkSplitter
 from apps.inference.model_load import profile_engine
@@ -134,7 +135,8 @@ class _Answering:
     splitter: ThinkSplitter = field(default_factory=ThinkSplitter)
     raw: list[str] = field(default_factory=list)
     hits: list[Hit] | None = None
-    fixed_reply: str = ""  # set when the sources do not answer and the model is not asked
+    fixed_reply: str = ""  # set when the model is not asked (or cannot be): see fixed_reason
+    fixed_reason: str = ""  # a Turn.FixedReplyReason
     stats: GenerationStats | None = None
     last_flush: float = 0.0
     first_token: bool = False
@@ -231,19 +233,12 @@ def _answer_generate(answering: _Answering) -> None:
                 "Sorry, I found nothing about this in the documents I may use. Please ask "
                 "the department responsible."
             )
+        answering.fixed_reason = Turn.FixedReplyReason.NO_RELEVANT_SOURCE
         return
     engine = profile_engine(profile=turn.bot.model_profile)
-    if answering.hits is not None:
-        grounded = _grounded(
-            turn, messages, answering.hits, knowledge_bases=answering.knowledge_bases
-        )
-        messages = (*messages[:-1], {"role": "user", "content": grounded})
-    request = ChatRequest(
-        messages=messages,
-        sampling=turn.bot.sampling(),
-        deadline=time.monotonic() + settings.TURN_GENERATION_TIMEOUT_SECONDS,
-    )
-    generation = engine.submit(request)
+    generation = _submit_fitting(answering, engine=engine, messages=messages)
+    if generation is None:
+        return
     with _QueueNotice(
         generation=generation,
         engine=engine,
@@ -271,11 +266,49 @@ def _answer_generate(answering: _Answering) -> None:
     answering.stats = generation.stats
 
 
+def _submit_fitting(
+    answering: _Answering, *, engine: Engine, messages: tuple[dict[str, str], ...]
+) -> Generation | None:
+    """Submit the prompt, shedding what matters least until it fits; None = too long.
+
+    The engine drops the oldest history itself; passages go next (the weakest half at a
+    time); a question that still does not fit alone gets a reply asking to shorten it,
+    not the apology for a failure.
+    """
+    turn = answering.turn
+    while True:
+        prompt = messages
+        if answering.hits is not None:
+            grounded = _grounded(
+                turn, messages, answering.hits, knowledge_bases=answering.knowledge_bases
+            )
+            prompt = (*messages[:-1], {"role": "user", "content": grounded})
+        request = ChatRequest(
+            messages=prompt,
+            sampling=turn.bot.sampling(),
+            deadline=time.monotonic() + settings.TURN_GENERATION_TIMEOUT_SECONDS,
+        )
+        try:
+            return engine.submit(request)
+        except PromptTooLong as exc:
+            if answering.hits:
+                answering.hits = answering.hits[: len(answering.hits) // 2]
+                continue
+            logger.info("turn %s: question too long for the context (%s)", turn.pk, exc)
+        with reply_language():
+            answering.fixed_reply = _(
+                "Sorry, your question is too long for me to read in one go. Please shorten "
+                "it (or split it into several questions) and ask again."
+            )
+        answering.fixed_reason = Turn.FixedReplyReason.QUESTION_TOO_LONG
+        return None
+
+
 def _answer_conclude(answering: _Answering) -> None:
     """The turn's end from what was generated: refused, failed, or answered with sources."""
     turn, guard, stats = answering.turn, answering.guard, answering.stats
     if answering.fixed_reply:
-        turn.fixed_reply_reason = Turn.FixedReplyReason.NO_RELEVANT_SOURCE
+        turn.fixed_reply_reason = answering.fixed_reason
         fixed_reply = answering.fixed_reply
         _end_retrying(
             lambda: turn_finish(turn=turn, reasoning="", answer=fixed_reply),

@@ -13,6 +13,7 @@ from apps.inference.engine.base import (
     Generation,
     GenerationStats,
     ModelSpec,
+    PromptTooLong,
     SamplingParams,
 )
 from apps.inference.engine.registry import (
@@ -32,6 +33,7 @@ __all__ = [
     "Generation",
     "GenerationStats",
     "ModelSpec",
+    "PromptTooLong",
     "SamplingParams",
     "ThinkSplitter",
     "close_all",
