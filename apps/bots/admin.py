@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from apps.audit.admin.filters import ReviewBotFilter
 from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMixin, request_id_of
 from apps.bots.admin_setup import BotSetupAdminMixin, callback_url_html
+from apps.bots.conversation_files import ConversationFile
 from apps.bots.forms import BotForm
 from apps.bots.models import Bot, Conversation, LongConnection, Turn
 from apps.bots.services.config import (
@@ -364,8 +365,24 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     show_full_result_count = False
     # response_url is a bearer capability (anyone holding it can post into the chat): never shown.
     exclude = ("response_url",)
-    readonly_fields = [field.name for field in Turn._meta.fields if field.name != "response_url"]
+    readonly_fields = [
+        *(field.name for field in Turn._meta.fields if field.name != "response_url"),
+        "sent_file",
+    ]
     change_form_template = "admin/bots/turn/change_form.html"
+
+    @admin.display(description=_("file sent"))
+    def sent_file(self, obj: Turn) -> str:
+        """The file this message carried and what became of it (its text is a chat source)."""
+        file = ConversationFile.objects.filter(turn=obj).first()
+        if file is None:
+            return "—"
+        outcome = file.get_status_display()
+        if file.status == ConversationFile.Status.READ:
+            outcome = _("read, %(chars)s characters") % {"chars": f"{len(file.text):,}"}
+        elif file.refusal:
+            outcome = f"{outcome}: {file.refusal}"
+        return f"{file} · {outcome}"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:
         return turns_for_user(user=request.user).select_related("bot", "conversation")

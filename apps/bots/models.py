@@ -223,6 +223,8 @@ class Conversation(models.Model):
 
 # WeCom accepts a response_url for one hour after the message (101138).
 RESPONSE_URL_VALID = timedelta(hours=1)
+# WeCom stops a stream 6 minutes after the user's message: older turns are no longer in flight.
+WECOM_STREAM_LIFETIME = timedelta(minutes=6)
 
 
 class TurnQuerySet(models.QuerySet["Turn"]):
@@ -272,6 +274,17 @@ class TurnQuerySet(models.QuerySet["Turn"]):
             bot_id=bot_id, longconn_delivered_at__isnull=True, received_at__gte=since
         ).exclude(longconn_req_id="")
 
+    def in_flight(self, *, bot_id: int, userid: str, now: datetime) -> TurnQuerySet:
+        """The user's messages awaiting their answer at WeCom (final frame not acknowledged),
+        none older than a stream's 6-minute life: a stuck turn never blocks the user longer."""
+        return self.filter(
+            Q(status__in=Turn.OPEN)
+            | (Q(longconn_delivered_at__isnull=True) & ~Q(longconn_req_id="")),
+            bot_id=bot_id,
+            conversation__userid=userid,
+            received_at__gte=now - WECOM_STREAM_LIFETIME,
+        )
+
     def longconn_delivered(self, *, now: datetime) -> int:
         """Record the final frame once; a later (duplicate) ack changes nothing."""
         return self.filter(longconn_delivered_at__isnull=True).update(longconn_delivered_at=now)
@@ -311,6 +324,8 @@ class Turn(models.Model):
 
         NO_RELEVANT_SOURCE = "no_relevant_source", _("no relevant passage")
         QUESTION_TOO_LONG = "question_too_long", _("question too long for the model")
+        FILE_READ = "file_read", _("file read")
+        FILE_REFUSED = "file_refused", _("file refused")
 
     class Feedback(models.IntegerChoices):
         ACCURATE = 1, _("accurate")
@@ -368,6 +383,8 @@ class Turn(models.Model):
         help_text=_("The req_id the answer is sent under; empty for a callback-mode turn."),
     )
     longconn_delivered_at = models.DateTimeField(_("final frame delivered"), null=True, blank=True)
+    # What did not fit in a long-connection stream: pushed with aibot_send_msg after its end.
+    longconn_rest = models.TextField(_("answer continued by push"), blank=True)
     stream_closed_at = models.DateTimeField(_("stream finished"), null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
     heartbeat_at = models.DateTimeField(_("worker heartbeat"), null=True, blank=True)
@@ -483,6 +500,7 @@ class Turn(models.Model):
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "finish_reason": self.finish_reason,
+            "longconn_rest": self.longconn_rest,
             "finished_at": timezone.now(),
             "error": error,
         }
@@ -571,3 +589,7 @@ class LongConnection(models.Model):
 
     def __str__(self) -> str:
         return f"{self.bot_id} · {self.phase}"
+
+
+# Kept in a module of its own for size; imported here so Django registers it with the app.
+from apps.bots.conversation_files import ConversationFile  # noqa: E402, F401

@@ -16,6 +16,7 @@ from django.db.models import Q, QuerySet
 from apps.audit.models import ReviewCase
 from apps.audit.registry import BotSide
 from apps.audit.selectors import bots_reviewable_by
+from apps.bots.conversation_files import ConversationFile
 from apps.bots.models import Bot, Conversation, Turn
 
 # Every field that can hold what an employee or the model wrote (feedback may carry a
@@ -62,7 +63,7 @@ def _iso(moment: dt.datetime | None) -> str | None:
 
 def turn_export_record(turn: Turn) -> dict[str, Any]:
     conversation = turn.conversation
-    return {
+    record: dict[str, Any] = {
         "type": "turn",
         "id": turn.pk,
         "bot": turn.bot.slug,
@@ -76,6 +77,13 @@ def turn_export_record(turn: Turn) -> dict[str, Any]:
         "received_at": _iso(turn.received_at),
         "finished_at": _iso(turn.finished_at),
     }
+    if turn.msgtype == "file":  # the file an employee sent, which later answers may use
+        record["file"] = (
+            ConversationFile.objects.filter(turn=turn)
+            .values("filename", "kind", "size_bytes", "status", "refusal", "text")
+            .first()
+        )
+    return record
 
 
 def _turns_expired(*, bot: Bot, cutoff: dt.datetime) -> QuerySet[Turn]:

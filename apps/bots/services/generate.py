@@ -24,6 +24,12 @@ from apps.audit.services.review import review_cases_open_for_turn
 from apps.bots import selectors
 from apps.bots.models import Conversation, Turn
 from apps.bots.services.deliver import turn_fail, turn_finish
+from apps.bots.services.files import (
+    FileExcerpt,
+    conversation_file_read,
+    file_excerpts,
+    prompt_with_files,
+)
 from apps.bots.services.stream import reply_language, stream_close_for_deadline
 from apps.bots.streams import StreamFlusher, deadline_from, now_epoch
 from apps.directory.selectors import chat_readers
@@ -135,6 +141,7 @@ class _Answering:
     splitter: ThinkSplitter = field(default_factory=ThinkSplitter)
     raw: list[str] = field(default_factory=list)
     hits: list[Hit] | None = None
+    files: list[FileExcerpt] = field(default_factory=list)  # from files sent in this chat
     fixed_reply: str = ""  # set when the model is not asked (or cannot be): see fixed_reason
     fixed_reason: str = ""  # a Turn.FixedReplyReason
     stats: GenerationStats | None = None
@@ -153,6 +160,9 @@ def turn_generate(*, turn_id: int) -> None:
         return
     keeper = _LeaseKeeper(turn, interval=max(0.2, settings.TURN_LEASE_SECONDS / 3))
     try:
+        if turn.msgtype == "file":  # a file to read, not a question for the model
+            conversation_file_read(turn=turn)
+            return
         _turn_answer(turn, keeper=keeper)
     finally:
         keeper.stop()
@@ -236,6 +246,9 @@ def _answer_generate(answering: _Answering) -> None:
         answering.fixed_reason = Turn.FixedReplyReason.NO_RELEVANT_SOURCE
         return
     engine = profile_engine(profile=turn.bot.model_profile)
+    answering.files = file_excerpts(
+        turn=turn, question=question, budget_chars=settings.WECOM_FILE_CONTEXT_CHARS
+    )
     generation = _submit_fitting(answering, engine=engine, messages=messages)
     if generation is None:
         return
@@ -272,17 +285,17 @@ def _submit_fitting(
     """Submit the prompt, shedding what matters least until it fits; None = too long.
 
     The engine drops the oldest history itself; passages go next (the weakest half at a
-    time); a question that still does not fit alone gets a reply asking to shorten it,
-    not the apology for a failure.
+    time), then excerpts of files sent in the chat; a question that still does not fit
+    alone gets a reply asking to shorten it, not the apology for a failure.
     """
     turn = answering.turn
     while True:
-        prompt = messages
+        question = prompt_with_files(question=messages[-1]["content"], excerpts=answering.files)
         if answering.hits is not None:
-            grounded = _grounded(
-                turn, messages, answering.hits, knowledge_bases=answering.knowledge_bases
+            question = _grounded(
+                turn, question, answering.hits, knowledge_bases=answering.knowledge_bases
             )
-            prompt = (*messages[:-1], {"role": "user", "content": grounded})
+        prompt = (*messages[:-1], {"role": "user", "content": question})
         request = ChatRequest(
             messages=prompt,
             sampling=turn.bot.sampling(),
@@ -291,8 +304,9 @@ def _submit_fitting(
         try:
             return engine.submit(request)
         except PromptTooLong as exc:
-            if answering.hits:
-                answering.hits = answering.hits[: len(answering.hits) // 2]
+            if answering.hits or answering.files:
+                shed = answering.hits or answering.files
+                del shed[len(shed) // 2 :]
                 continue
             logger.info("turn %s: question too long for the context (%s)", turn.pk, exc)
         with reply_language():
@@ -534,18 +548,14 @@ def _sources_do_not_answer(
 
 
 def _grounded(
-    turn: Turn,
-    messages: tuple[dict[str, str], ...],
-    hits: list[Hit],
-    *,
-    knowledge_bases: Sequence[KnowledgeBase],
+    turn: Turn, question: str, hits: list[Hit], *, knowledge_bases: Sequence[KnowledgeBase]
 ) -> str:
     only_sources = turn.bot.answer_only_from_sources or any(
         kb.answer_only_from_sources for kb in knowledge_bases
     )
     with reply_language():
         return prompt_with_passages(
-            question=messages[-1]["content"], hits=hits, answer_only_from_sources=only_sources
+            question=question, hits=hits, answer_only_from_sources=only_sources
         )
 
 
