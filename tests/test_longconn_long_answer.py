@@ -28,8 +28,14 @@ BOT_ID = "aib-long-answer"
 SECRET = "long-answer-secret"
 
 
-def test_answer_past_the_stream_deadline_ends_and_continues_by_push(make_bot, start_worker):
+def test_answer_past_the_stream_deadline_ends_and_continues_by_push(
+    make_bot, model_profile, start_worker
+):
+    # Room for a 2,000-token answer after the prompt (the test profile's window is 2,048).
+    model_profile.pk, model_profile.name, model_profile.context_size = None, "4k", 4096
+    model_profile.save()
     make_bot(
+        model_profile=model_profile,
         connection_mode=Bot.ConnectionMode.LONG_CONNECTION,
         aibotid=BOT_ID,
         longconn_secret=SECRET,
@@ -71,6 +77,7 @@ def test_answer_past_the_stream_deadline_ends_and_continues_by_push(make_bot, st
     frame = pushed["frame"]
     turn = Turn.objects.get(msgid=frame.body["msgid"])
     assert turn.status == Turn.Status.ANSWERED, turn.error
+    assert turn.fixed_reply_reason == ""
     assert turn.completion_tokens > 300, turn.completion_tokens  # written well past the deadline
     replies = simulator.replies(frame.req_id)
     finals = [r for r in replies if r.errcode == 0 and r.frame.body["stream"].get("finish")]
