@@ -103,3 +103,31 @@ def test_the_engine_names_a_question_that_cannot_fit_alone(bot):
     with pytest.raises(PromptTooLong) as caught:
         engine.submit(request)
     assert caught.value.prompt_tokens > caught.value.budget
+
+
+def test_file_excerpts_are_shed_before_the_question_is_refused(bot, settings):
+    # A file's excerpts alone overflow the context: they are halved until the prompt fits,
+    # and the short question is answered by the model.
+    from apps.bots.conversation_files import ConversationFile
+
+    settings.WECOM_FILE_CONTEXT_CHARS = 20_000
+    paragraph = "Travel expenses must be filed within thirty days with all receipts attached. "
+    text = "\n\n".join(f"{i}. {paragraph * 4}" for i in range(40))
+    carrier = _turn(bot, "📎 policy.txt", msgid="file-1", ago=30, status=Turn.Status.ANSWERED)
+    ConversationFile.objects.create(
+        conversation=carrier.conversation,
+        turn=carrier,
+        filename="policy.txt",
+        status=ConversationFile.Status.READ,
+        text=text,
+    )
+    engine = profile_engine(profile=bot.model_profile)
+    assert engine.count_tokens(text) > engine.n_ctx  # type: ignore[attr-defined]
+
+    turn = _answer(_turn(bot, "When must travel expenses be filed?", msgid="q-1"))
+
+    assert turn.status == Turn.Status.ANSWERED, (turn.status, turn.error)
+    assert turn.fixed_reply_reason == ""
+    assert turn.completion_tokens > 0
+    # Some of the file still made it into the prompt: far more than the question alone.
+    assert turn.prompt_tokens > 300

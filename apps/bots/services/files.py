@@ -79,6 +79,10 @@ def conversation_file_read(*, turn: Turn) -> None:
         turn.fixed_reply_reason = Turn.FixedReplyReason.FILE_REFUSED
         turn_finish(turn=turn, reasoning="", answer=_refusal_reply(refused))
         return
+    except OSError as exc:  # the worker's disk (temporary file): the employee gets the apology
+        logger.exception("turn %s: reading the file failed", turn.pk)
+        turn_fail(turn=turn, error=f"{type(exc).__name__}: {exc}")
+        return
     ConversationFile.objects.filter(pk=file.pk).read_once(
         text=text, kind=kind, size=len(data), now=timezone.now()
     )
