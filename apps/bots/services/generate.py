@@ -292,8 +292,9 @@ def _submit_fitting(
     while True:
         question = prompt_with_files(question=messages[-1]["content"], excerpts=answering.files)
         if answering.hits is not None:
+            asked = ({"role": "user", "content": question},)
             question = _grounded(
-                turn, question, answering.hits, knowledge_bases=answering.knowledge_bases
+                turn, asked, answering.hits, knowledge_bases=answering.knowledge_bases
             )
         prompt = (*messages[:-1], {"role": "user", "content": question})
         request = ChatRequest(
@@ -548,14 +549,18 @@ def _sources_do_not_answer(
 
 
 def _grounded(
-    turn: Turn, question: str, hits: list[Hit], *, knowledge_bases: Sequence[KnowledgeBase]
+    turn: Turn,
+    messages: tuple[dict[str, str], ...],
+    hits: list[Hit],
+    *,
+    knowledge_bases: Sequence[KnowledgeBase],
 ) -> str:
     only_sources = turn.bot.answer_only_from_sources or any(
         kb.answer_only_from_sources for kb in knowledge_bases
     )
     with reply_language():
         return prompt_with_passages(
-            question=question, hits=hits, answer_only_from_sources=only_sources
+            question=messages[-1]["content"], hits=hits, answer_only_from_sources=only_sources
         )
 
 
