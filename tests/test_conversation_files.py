@@ -8,6 +8,7 @@ simulator play the two doors. The last test runs everything as processes with th
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -87,6 +88,18 @@ def test_a_markdown_file_is_read_stored_and_acknowledged(long_bot, media_host):
     # The transcript export shows the file with its text
     record = bot_side_get().turn_export_record(turn)
     assert record["file"]["filename"] == "差旅.md" and "六百元" in record["file"]["text"]
+
+
+def test_the_retention_purge_of_the_message_deletes_the_files_text(long_bot, media_host):
+    turn = _worker(_receive(long_bot, media_host, HANDBOOK.encode(), filename="差旅.md"))
+    assert ConversationFile.objects.filter(turn=turn).exists()
+
+    purged = bot_side_get().turns_purge(
+        bot=long_bot, cutoff=timezone.now() + timedelta(seconds=1), limit=10
+    )
+
+    assert purged == [turn.pk]
+    assert not ConversationFile.objects.exists()  # no longer a source of the conversation
 
 
 def test_a_file_without_a_name_is_recognised_by_its_bytes(long_bot, media_host):

@@ -30,6 +30,7 @@ _TURN_PURGED: dict[str, Any] = {
     "feedback_detail": {},
     # Not content, but a bearer capability into the chat; normally cleared once used.
     "response_url": "",
+    "longconn_rest": "",  # the part of a long answer still to push: answer text too
 }
 TURN_PURGED_FIELDS = tuple(_TURN_PURGED)
 
@@ -102,6 +103,8 @@ def turns_purge(*, bot: Bot, cutoff: dt.datetime, limit: int) -> list[int]:
     )
     if ids:
         Turn.objects.filter(pk__in=ids).update(**_TURN_PURGED)
+        # A file's text is a source only while the message that carried it is kept.
+        ConversationFile.objects.filter(turn_id__in=ids).delete()
     return ids
 
 
