@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.bots.services.generate import _QueueNotice
+from apps.bots.services.queue_notice import QueueNotice
 from apps.bots.streams import StreamFlusher, stream_state_get
 from apps.inference.engine.base import ChatRequest, ModelSpec, SamplingParams
 from apps.inference.engine.batching import BatchingEngine
@@ -84,7 +84,7 @@ def test_the_notice_shows_the_place_and_ends_when_admitted(single_slot):
     flusher = StreamFlusher(
         turn_id=0, stream_id="s-queued", deadline=time.time() + 300, interval=0.01
     )
-    notice = _QueueNotice(generation=waiting, engine=single_slot, threshold=0, flusher=flusher)
+    notice = QueueNotice(generation=waiting, engine=single_slot, threshold=0, flusher=flusher)
     try:
         with notice:
             # Then the stream tells the employee their place at once

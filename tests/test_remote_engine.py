@@ -204,7 +204,7 @@ def test_a_request_is_retried_until_the_server_is_up(tmp_path: Path, settings):
 
 @pytest.mark.slow
 def test_the_queue_notice_shows_a_waiting_remote_requests_place(openai_server):
-    from apps.bots.services.generate import _QueueNotice
+    from apps.bots.services.queue_notice import QueueNotice
     from apps.bots.streams import StreamFlusher, stream_state_get
     from tests.test_queue_notice import QUEUE_NOTICE, _wait_until
 
@@ -217,7 +217,7 @@ def test_the_queue_notice_shows_a_waiting_remote_requests_place(openai_server):
         flusher = StreamFlusher(
             turn_id=0, stream_id="s-remote-queued", deadline=time.time() + 300, interval=0.01
         )
-        notice = _QueueNotice(generation=waiting, engine=engine, threshold=0, flusher=flusher)
+        notice = QueueNotice(generation=waiting, engine=engine, threshold=0, flusher=flusher)
         try:
             with notice:
                 # Then the employee's stream shows their place, as with a local engine

@@ -33,7 +33,7 @@ from wecom.longconn.replies import (
     update_card_body,
     welcome_text_body,
 )
-from wecom.simulator_longconn import LongConnSimulator
+from wecom.simulator_longconn import ERRCODE_TOO_MANY_IN_FLIGHT, LongConnSimulator
 
 BOT = "bot-sim-1"
 SECRET = "long-connection-secret"
@@ -262,6 +262,33 @@ def test_simulator_refuses_unknown_req_id_finished_stream_and_rate_limit() -> No
             with pytest.raises(AckError) as limited:
                 await client.request(CMD_SEND_MSG, push)
             assert limited.value.errcode == ERRCODE_RATE_LIMITED
+            await _stopped(client, task)
+
+    run(scenario())
+
+
+def test_simulator_refuses_a_fourth_open_stream_for_one_user() -> None:
+    async def scenario() -> None:
+        async with LongConnSimulator(bots={BOT: SECRET}) as sim:
+            client = _client(sim)
+            task = await _started(client)
+            callbacks = [await sim.push_text(BOT, f"q{i}", userid="lisi") for i in range(4)]
+            other = await sim.push_text(BOT, "q", userid="wangwu")
+
+            def body(stream_id: str, finish: bool) -> dict[str, Any]:
+                return {"msgtype": "stream", "stream": {"id": stream_id, "finish": finish}}
+
+            for i, callback in enumerate(callbacks[:3]):
+                await client.request(CMD_RESPOND_MSG, body(f"s{i}", False), req_id=callback.req_id)
+            # Given three of lisi's streams open, a fourth is refused; another user's is not
+            with pytest.raises(AckError) as refused:
+                await client.request(CMD_RESPOND_MSG, body("s3", False), req_id=callbacks[3].req_id)
+            assert refused.value.errcode == ERRCODE_TOO_MANY_IN_FLIGHT
+            await client.request(CMD_RESPOND_MSG, body("o", False), req_id=other.req_id)
+            # When one ends, the fourth may open
+            await client.request(CMD_RESPOND_MSG, body("s0", True), req_id=callbacks[0].req_id)
+            await client.request(CMD_RESPOND_MSG, body("s3", False), req_id=callbacks[3].req_id)
+            assert sim.in_flight_peak[(BOT, "lisi")] == 3
             await _stopped(client, task)
 
     run(scenario())

@@ -266,6 +266,35 @@ def parse_callback(data: dict[str, Any]) -> Callback:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FileAttachment:
+    """A file an employee sent (1:1 only): a URL valid five minutes and how to decrypt it.
+
+    `aeskey` is the message's own key on the long connection; callback-mode files carry
+    none and are encrypted with the bot's EncodingAESKey (same AES scheme). WeCom sends no
+    file name in every version of the payload, so `filename` may be empty.
+    """
+
+    url: str = field(repr=False)
+    aeskey: str = field(repr=False)
+    filename: str
+
+
+def file_attachment(message: InboundMessage) -> FileAttachment | None:
+    """The message's file, or None when it is not a file message or names no URL."""
+    if message.msgtype != "file":
+        return None
+    item = message.raw.get("file")
+    if not isinstance(item, dict):
+        return None
+    url = _optional(item, "url", "file.url", max_chars=MAX_URL_CHARS)
+    if not url:
+        return None
+    aeskey = _optional(item, "aeskey", "file.aeskey") or ""
+    filename = _optional(item, "filename", "file.filename", max_chars=255) or ""
+    return FileAttachment(url=url, aeskey=aeskey, filename=filename)
+
+
 # -- mentions -------------------------------------------------------------------------------
 
 # A mention is "@" followed by non-space characters, at the start of the text or right after

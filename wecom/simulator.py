@@ -423,6 +423,15 @@ class WeComSimulator:
         data["image"] = {"url": url}
         return data
 
+    def file_message(
+        self, url: str, *, userid: str, filename: str | None = None, msgid: str | None = None
+    ) -> dict[str, Any]:
+        """A file callback (1:1 only): the URL serves the file encrypted with the bot's
+        EncodingAESKey, valid five minutes (`LongConnSimulator.serve_media` plays that host)."""
+        data = self._base("file", userid=userid, chatid=None, msgid=msgid, with_response_url=True)
+        data["file"] = {"url": url} | ({"filename": filename} if filename else {})
+        return data
+
     def event_message(
         self,
         eventtype: str,

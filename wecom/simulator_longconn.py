@@ -3,11 +3,11 @@
 `LongConnSimulator` is a WebSocket server speaking doc 101463: it checks `aibot_subscribe`
 against the configured bots (a wrong secret gets WeCom's errcode and the socket closed),
 answers `ping`, pushes message and event callbacks, acks the bot's replies and refuses what
-WeCom refuses (unknown req_id, an expired or finished stream, the per-conversation rate
-limit), and kicks an older connection with `disconnected_event` when a second one
-subscribes the same bot. The same port serves encrypted media over plain HTTP (`/media/…`),
-like the 5-minute URLs in file and image callbacks. Tests can drop a socket without a close
-frame to play a network failure.
+WeCom refuses (unknown req_id, an expired or finished stream, a fourth stream left open for
+one user, the per-conversation rate limit), and kicks an older connection with
+`disconnected_event` when a second one subscribes the same bot. The same port serves
+encrypted media over plain HTTP (`/media/…`), like the 5-minute URLs in file and image
+callbacks. Tests can drop a socket without a close frame to play a network failure.
 """
 
 from __future__ import annotations
@@ -60,9 +60,19 @@ MEDIA_PATH = "/media/"
 # The simulator's own code for a body it cannot use (WeCom's "invalid parameter" family):
 # rely only on "non-zero".
 ERRCODE_INVALID_BODY = 40058
+# Likewise the simulator's own code for a fourth stream left open for one user (WeCom lets a
+# user have three messages awaiting an answer per bot; its real code is unverified).
+ERRCODE_TOO_MANY_IN_FLIGHT = 846609
+MAX_IN_FLIGHT_PER_USER = 3
 MEDIA_TTL_SECONDS = 300.0
 CARD_DEADLINE_SECONDS = 5.0
 STREAM_TTL_SECONDS = 360.0
+
+
+def _sender(frame: Frame) -> str:
+    sender = frame.body.get("from")
+    userid = sender.get("userid") if isinstance(sender, dict) else None
+    return userid if isinstance(userid, str) else ""
 
 
 class LongConnSimulatorError(Exception):
@@ -91,6 +101,9 @@ class _Pushed:
 @dataclass
 class _Stream:
     req_id: str
+    bot_id: str = ""
+    userid: str = ""
+    opened_at: float = 0.0
     finished: bool = False
     frames: int = 0
 
@@ -137,6 +150,8 @@ class LongConnSimulator:
         self._streams: dict[tuple[str, str], _Stream] = {}
         self._budgets: dict[str, RateBudget] = {}
         self._media: dict[str, _Media] = {}
+        # (bot_id, userid) → the most streams that user had open at once.
+        self.in_flight_peak: dict[tuple[str, str], int] = {}
         self._changed = asyncio.Condition()
         self.subscribe_attempts: list[SubscribeAttempt] = []
         self.received: list[Received] = []
@@ -275,20 +290,23 @@ class LongConnSimulator:
         filename: str | None = None,
     ) -> tuple[Frame, str]:
         """A file or image (1:1 only): served encrypted, the URL and `aeskey` in the callback."""
-        aeskey = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
-        media_id = secrets.token_urlsafe(16)
-        self._media[media_id] = _Media(
-            media_encrypt(data=data, aeskey=aeskey), self._clock() + MEDIA_TTL_SECONDS
-        )
+        url, aeskey = self.serve_media(data)
         body = self._base(bot_id, msgtype, userid, None)
-        item: dict[str, Any] = {
-            "url": f"http://{self.host}:{self.port}{MEDIA_PATH}{media_id}",
-            "aeskey": aeskey,
-        }
+        item: dict[str, Any] = {"url": url, "aeskey": aeskey}
         if filename is not None:
             item["filename"] = filename
         body[msgtype] = item
         return await self._push(bot_id, CMD_MSG_CALLBACK, body), aeskey
+
+    def serve_media(self, data: bytes, *, aeskey: str | None = None) -> tuple[str, str]:
+        """Serve `data` encrypted for five minutes: (URL, key). Callback-mode files use the
+        bot's EncodingAESKey as the key, long-connection ones a key of their own."""
+        aeskey = aeskey or base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+        media_id = secrets.token_urlsafe(16)
+        self._media[media_id] = _Media(
+            media_encrypt(data=data, aeskey=aeskey), self._clock() + MEDIA_TTL_SECONDS
+        )
+        return f"http://{self.host}:{self.port}{MEDIA_PATH}{media_id}", aeskey
 
     async def push_event(
         self,
@@ -466,13 +484,39 @@ class LongConnSimulator:
         state = self._streams.get(key)
         if (state is not None and state.finished) or self._clock() - pushed.at > self.stream_ttl:
             return ERRCODE_STREAM_EXPIRED, "stream update expired"
+        userid = _sender(pushed.frame)
+        finish = stream.get("finish") is True
+        if (
+            state is None
+            and not finish
+            and self._open_streams(pushed.bot_id, userid) >= (MAX_IN_FLIGHT_PER_USER)
+        ):
+            return ERRCODE_TOO_MANY_IN_FLIGHT, "the user already has 3 messages awaiting answers"
         errcode, errmsg = self._count(pushed.conversation)
         if errcode != ERRCODE_OK:
             return errcode, errmsg
-        state = self._streams.setdefault(key, _Stream(req_id=frame.req_id))
+        if state is None:
+            state = self._streams[key] = _Stream(
+                req_id=frame.req_id, bot_id=pushed.bot_id, userid=userid, opened_at=pushed.at
+            )
         state.frames += 1
-        state.finished = stream.get("finish") is True
+        state.finished = finish
+        peak_key = (pushed.bot_id, userid)
+        self.in_flight_peak[peak_key] = max(
+            self.in_flight_peak.get(peak_key, 0), self._open_streams(pushed.bot_id, userid)
+        )
         return ERRCODE_OK, "ok"
+
+    def _open_streams(self, bot_id: str, userid: str) -> int:
+        now = self._clock()
+        return sum(
+            1
+            for s in self._streams.values()
+            if s.bot_id == bot_id
+            and s.userid == userid
+            and not s.finished
+            and now - s.opened_at <= self.stream_ttl
+        )
 
     def _count(self, conversation: str) -> tuple[int, str]:
         budget = self._budget(conversation)

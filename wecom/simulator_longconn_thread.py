@@ -63,6 +63,10 @@ class LongConnSimulatorThread:
     def push_text(self, bot_id: str, text: str, **kwargs: Any) -> Frame:
         return self.call(self.sim.push_text(bot_id, text, **kwargs))
 
+    def push_media(self, bot_id: str, data: bytes, **kwargs: Any) -> Frame:
+        frame, _aeskey = self.call(self.sim.push_media(bot_id, data, **kwargs))
+        return frame
+
     def push_event(self, bot_id: str, eventtype: str, **kwargs: Any) -> Frame:
         return self.call(self.sim.push_event(bot_id, eventtype, **kwargs))
 

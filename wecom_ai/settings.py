@@ -350,6 +350,11 @@ WECOM_LONGCONN_POLL_SECONDS = env.float("WECOM_LONGCONN_POLL_SECONDS", default=2
 WECOM_LONGCONN_FORWARD_SECONDS = env.float("WECOM_LONGCONN_FORWARD_SECONDS", default=0.3)
 WECOM_LONGCONN_MAX_AUTH_FAILURES = env.int("WECOM_LONGCONN_MAX_AUTH_FAILURES", default=5)
 WECOM_LONGCONN_BACKOFF_SECONDS = env.float("WECOM_LONGCONN_BACKOFF_SECONDS", default=1.0)
+# Files employees send in a 1:1 chat (both modes): download cap, text kept, and how much of
+# it goes before each later question.
+WECOM_FILE_MAX_BYTES = env.int("WECOM_FILE_MAX_BYTES", default=10 * 1024 * 1024)
+WECOM_FILE_MAX_CHARS = env.int("WECOM_FILE_MAX_CHARS", default=200_000)
+WECOM_FILE_CONTEXT_CHARS = env.int("WECOM_FILE_CONTEXT_CHARS", default=2000)
 # A generating turn whose worker stopped sending heartbeats for this long is taken over.
 TURN_LEASE_SECONDS = env.float("TURN_LEASE_SECONDS", default=15.0)
 TURN_MAX_ATTEMPTS = env.int("TURN_MAX_ATTEMPTS", default=3)

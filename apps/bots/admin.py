@@ -17,6 +17,7 @@ from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMi
 from apps.bots.admin_health import DeliveryHealthAdminMixin
 from apps.bots.admin_setup import BotSetupAdminMixin, callback_url_html
 from apps.bots.admin_trial import BotTrialChatAdminMixin
+from apps.bots.conversation_files import ConversationFile
 from apps.bots.forms import BotForm
 from apps.bots.models import Bot, Conversation, LongConnection, Turn
 from apps.bots.services.config import (
@@ -461,10 +462,24 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "as_chat",
         "conversation_link",
         *(field.name for field in Turn._meta.fields if field.name not in TURN_HIDDEN_FIELDS),
+        "sent_file",
     ]
     change_form_template = "admin/bots/turn/change_form.html"
     # Opened from its conversation's thread: the reason given there covers it.
     access_reason_reuse = True
+
+    @admin.display(description=_("file sent"))
+    def sent_file(self, obj: Turn) -> str:
+        """The file this message carried and what became of it (its text is a chat source)."""
+        file = ConversationFile.objects.filter(turn=obj).first()
+        if file is None:
+            return "—"
+        outcome = file.get_status_display()
+        if file.status == ConversationFile.Status.READ:
+            outcome = _("read, %(chars)s characters") % {"chars": f"{len(file.text):,}"}
+        elif file.refusal:
+            outcome = f"{outcome}: {file.refusal}"
+        return f"{file} · {outcome}"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:
         return turns_for_user(user=request.user).select_related("bot", "conversation")

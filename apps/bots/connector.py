@@ -276,4 +276,30 @@ class Connector:
                 break
             except (NotConnected, AckTimeout):
                 await asyncio.sleep(max(1.0, self.config.forward_seconds))
+        await self._push_rest(held, job)
         await _db(longconn.longconn_delivered)(turn_id=job.turn_id)
+
+    async def _push_rest(self, held: HeldBot, job: ForwardJob) -> None:
+        """An answer longer than its stream goes on with `aibot_send_msg`, after the final frame.
+
+        Recorded as delivered only afterwards: a holder dying in between has its successor
+        send the continuation again (the final frame itself is refused as already closed).
+        """
+        rest = await _db(longconn.longconn_rest)(turn_id=job.turn_id)
+        while rest.pending:
+            await asyncio.sleep(self.config.forward_seconds)
+            rest = await _db(longconn.longconn_rest)(turn_id=job.turn_id)
+        for part in rest.parts:
+            while True:
+                try:
+                    await held.client.send_markdown(
+                        chatid=rest.chatid, chat_type=rest.chat_type, content=part
+                    )
+                    break
+                except AckError as exc:
+                    if exc.errcode != ERRCODE_RATE_LIMITED:
+                        logger.warning("turn %s: continuation refused: %s", job.turn_id, exc)
+                        return
+                    await asyncio.sleep(held.client.budgets.limits.min_update_interval)
+                except (NotConnected, AckTimeout):
+                    await asyncio.sleep(max(1.0, self.config.forward_seconds))

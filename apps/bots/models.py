@@ -236,6 +236,8 @@ class Conversation(models.Model):
 
 # WeCom accepts a response_url for one hour after the message (101138).
 RESPONSE_URL_VALID = timedelta(hours=1)
+# WeCom stops a stream 6 minutes after the user's message: older turns are no longer in flight.
+WECOM_STREAM_LIFETIME = timedelta(minutes=6)
 
 
 class TurnQuerySet(models.QuerySet["Turn"]):
@@ -285,6 +287,17 @@ class TurnQuerySet(models.QuerySet["Turn"]):
             bot_id=bot_id, longconn_delivered_at__isnull=True, received_at__gte=since
         ).exclude(longconn_req_id="")
 
+    def in_flight(self, *, bot_id: int, userid: str, now: datetime) -> TurnQuerySet:
+        """The user's messages awaiting their answer at WeCom (final frame not acknowledged),
+        none older than a stream's 6-minute life: a stuck turn never blocks the user longer."""
+        return self.filter(
+            Q(status__in=Turn.OPEN)
+            | (Q(longconn_delivered_at__isnull=True) & ~Q(longconn_req_id="")),
+            bot_id=bot_id,
+            conversation__userid=userid,
+            received_at__gte=now - WECOM_STREAM_LIFETIME,
+        )
+
     def longconn_delivered(self, *, now: datetime) -> int:
         """Record the final frame once; a later (duplicate) ack changes nothing."""
         return self.filter(longconn_delivered_at__isnull=True).update(longconn_delivered_at=now)
@@ -325,6 +338,9 @@ class Turn(models.Model):
         """Why a turn got a fixed text instead of the model's answer (dashboards count it)."""
 
         NO_RELEVANT_SOURCE = "no_relevant_source", _("no relevant passage")
+        QUESTION_TOO_LONG = "question_too_long", _("question too long for the model")
+        FILE_READ = "file_read", _("file read")
+        FILE_REFUSED = "file_refused", _("file refused")
 
     class Feedback(models.IntegerChoices):
         ACCURATE = 1, _("accurate")
@@ -382,6 +398,8 @@ class Turn(models.Model):
         help_text=_("The req_id the answer is sent under; empty for a callback-mode turn."),
     )
     longconn_delivered_at = models.DateTimeField(_("final frame delivered"), null=True, blank=True)
+    # What did not fit in a long-connection stream: pushed with aibot_send_msg after its end.
+    longconn_rest = models.TextField(_("answer continued by push"), blank=True)
     stream_closed_at = models.DateTimeField(_("stream finished"), null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
     heartbeat_at = models.DateTimeField(_("worker heartbeat"), null=True, blank=True)
@@ -515,6 +533,7 @@ class Turn(models.Model):
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "finish_reason": self.finish_reason,
+            "longconn_rest": self.longconn_rest,
             "finished_at": timezone.now(),
             "error": error,
         }
@@ -564,48 +583,6 @@ class Turn(models.Model):
         return row["response_url"], ""
 
 
-class LongConnectionQuerySet(models.QuerySet["LongConnection"]):
-    def lease_take(self, *, bot_id: int, holder: str, now: datetime, ttl: timedelta) -> bool:
-        """Hold (or renew) the bot's one connection: free, expired, or already ours.
-
-        One conditional UPDATE, so two connector replicas racing for a bot cannot both win;
-        a holder that stops renewing (killed) loses the bot after `ttl`.
-        """
-        updated = (
-            self.filter(bot_id=bot_id)
-            .filter(Q(holder=holder) | Q(holder="") | Q(lease_until__lt=now))
-            .update(holder=holder, lease_until=now + ttl)
-        )
-        return bool(updated)
-
-    def lease_release(self, *, bot_id: int, holder: str) -> int:
-        return self.filter(bot_id=bot_id, holder=holder).update(holder="", lease_until=None)
-
-
-class LongConnection(models.Model):
-    """A long-connection bot's lease (which connector holds it) and what the connection does.
-
-    The row is the lease: `holder` and `lease_until` decide which connector replica may
-    subscribe the bot. The state fields are what the bot page shows, written by the holder.
-    """
-
-    bot = models.OneToOneField(
-        Bot, on_delete=models.CASCADE, related_name="long_connection", verbose_name=_("bot")
-    )
-    holder = models.CharField(_("held by"), max_length=200, blank=True)
-    lease_until = models.DateTimeField(_("lease until"), null=True, blank=True)
-    phase = models.CharField(_("state"), max_length=20, default="idle")
-    connected_since = models.DateTimeField(_("connected since"), null=True, blank=True)
-    last_message_at = models.DateTimeField(_("last message"), null=True, blank=True)
-    last_error = models.TextField(_("last error"), blank=True)
-    last_error_at = models.DateTimeField(_("last error at"), null=True, blank=True)
-    state_at = models.DateTimeField(_("state written"), null=True, blank=True)
-
-    objects = LongConnectionQuerySet.as_manager()
-
-    class Meta:
-        verbose_name = _("long connection")
-        verbose_name_plural = _("long connections")
-
-    def __str__(self) -> str:
-        return f"{self.bot_id} · {self.phase}"
+# Kept in modules of their own for size; imported here so Django registers them with the app.
+from apps.bots.conversation_files import ConversationFile  # noqa: E402, F401
+from apps.bots.long_connection import LongConnection  # noqa: E402, F401

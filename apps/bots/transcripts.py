@@ -16,6 +16,7 @@ from django.db.models import Q, QuerySet
 from apps.audit.models import ReviewCase
 from apps.audit.registry import BotSide
 from apps.audit.selectors import bots_reviewable_by
+from apps.bots.conversation_files import ConversationFile
 from apps.bots.models import Bot, Conversation, Turn
 
 # Every field that can hold what an employee or the model wrote (feedback may carry a
@@ -29,6 +30,7 @@ _TURN_PURGED: dict[str, Any] = {
     "feedback_detail": {},
     # Not content, but a bearer capability into the chat; normally cleared once used.
     "response_url": "",
+    "longconn_rest": "",  # the part of a long answer still to push: answer text too
 }
 TURN_PURGED_FIELDS = tuple(_TURN_PURGED)
 
@@ -62,7 +64,7 @@ def _iso(moment: dt.datetime | None) -> str | None:
 
 def turn_export_record(turn: Turn) -> dict[str, Any]:
     conversation = turn.conversation
-    return {
+    record: dict[str, Any] = {
         "type": "turn",
         "id": turn.pk,
         "bot": turn.bot.slug,
@@ -76,6 +78,13 @@ def turn_export_record(turn: Turn) -> dict[str, Any]:
         "received_at": _iso(turn.received_at),
         "finished_at": _iso(turn.finished_at),
     }
+    if turn.msgtype == "file":  # the file an employee sent, which later answers may use
+        record["file"] = (
+            ConversationFile.objects.filter(turn=turn)
+            .values("filename", "kind", "size_bytes", "status", "refusal", "text")
+            .first()
+        )
+    return record
 
 
 def _turns_expired(*, bot: Bot, cutoff: dt.datetime) -> QuerySet[Turn]:
@@ -94,6 +103,8 @@ def turns_purge(*, bot: Bot, cutoff: dt.datetime, limit: int) -> list[int]:
     )
     if ids:
         Turn.objects.filter(pk__in=ids).update(**_TURN_PURGED)
+        # A file's text is a source only while the message that carried it is kept.
+        ConversationFile.objects.filter(turn_id__in=ids).delete()
     return ids
 
 

@@ -70,7 +70,7 @@ def home_view(request: HttpRequest) -> HttpResponse:
             "total_p95": gettext("answer time p95"),
             "first_token_p95": gettext("first token p95"),
             "failed": gettext("failed"),
-            "rejected": gettext("refused"),
+            "rejected": gettext("refused questions"),
             "load": gettext("answers decoding at once"),
             "queue_wait_p95": gettext("queue wait p95 (s)"),
         },

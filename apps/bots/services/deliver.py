@@ -57,7 +57,11 @@ def turn_finish(*, turn: Turn, reasoning: str, answer: str) -> bool:
     closed = _stream_close_with(turn, StreamState(content=content, finish=True, deadline=deadline))
     if closed is False:
         rest = answer
-    error = _response_url_deliver(turn=turn, content=rest) if rest else ""
+    error = ""
+    if rest and turn.longconn_req_id:
+        turn.longconn_rest = rest  # the connector pushes it once the stream has ended
+    elif rest:
+        error = _response_url_deliver(turn=turn, content=rest)
     with transaction.atomic():
         finished = turn.finish(answer=answer, reasoning=reasoning, error=error)
         if finished:

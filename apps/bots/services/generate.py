@@ -24,6 +24,13 @@ from apps.audit.services.review import review_cases_open_for_turn
 from apps.bots import selectors
 from apps.bots.models import Conversation, Turn
 from apps.bots.services.deliver import turn_fail, turn_finish
+from apps.bots.services.files import (
+    FileExcerpt,
+    conversation_file_read,
+    file_excerpts,
+    prompt_with_files,
+)
+from apps.bots.services.queue_notice import QueueNotice
 from apps.bots.services.stream import reply_language, stream_close_for_deadline
 from apps.bots.streams import StreamFlusher, deadline_from, now_epoch
 from apps.directory.selectors import chat_readers
@@ -34,6 +41,7 @@ from apps.inference.engine.base import (
     FinishReason,
     Generation,
     GenerationStats,
+    PromptTooLong,
 )
 from apps.inference.engine.think import ThinkSplitter
 from apps.inference.model_load import profile_engine
@@ -134,7 +142,9 @@ class _Answering:
     splitter: ThinkSplitter = field(default_factory=ThinkSplitter)
     raw: list[str] = field(default_factory=list)
     hits: list[Hit] | None = None
-    fixed_reply: str = ""  # set when the sources do not answer and the model is not asked
+    files: list[FileExcerpt] = field(default_factory=list)  # from files sent in this chat
+    fixed_reply: str = ""  # set when the model is not asked (or cannot be): see fixed_reason
+    fixed_reason: str = ""  # a Turn.FixedReplyReason
     stats: GenerationStats | None = None
     last_flush: float = 0.0
     first_token: bool = False
@@ -151,6 +161,9 @@ def turn_generate(*, turn_id: int) -> None:
         return
     keeper = _LeaseKeeper(turn, interval=max(0.2, settings.TURN_LEASE_SECONDS / 3))
     try:
+        if turn.msgtype == "file":  # a file to read, not a question for the model
+            conversation_file_read(turn=turn)
+            return
         _turn_answer(turn, keeper=keeper)
     finally:
         keeper.stop()
@@ -231,20 +244,16 @@ def _answer_generate(answering: _Answering) -> None:
                 "Sorry, I found nothing about this in the documents I may use. Please ask "
                 "the department responsible."
             )
+        answering.fixed_reason = Turn.FixedReplyReason.NO_RELEVANT_SOURCE
         return
     engine = profile_engine(profile=turn.bot.model_profile)
-    if answering.hits is not None:
-        grounded = _grounded(
-            turn, messages, answering.hits, knowledge_bases=answering.knowledge_bases
-        )
-        messages = (*messages[:-1], {"role": "user", "content": grounded})
-    request = ChatRequest(
-        messages=messages,
-        sampling=turn.bot.sampling(),
-        deadline=time.monotonic() + settings.TURN_GENERATION_TIMEOUT_SECONDS,
+    answering.files = file_excerpts(
+        turn=turn, question=question, budget_chars=settings.WECOM_FILE_CONTEXT_CHARS
     )
-    generation = engine.submit(request)
-    with _QueueNotice(
+    generation = _submit_fitting(answering, engine=engine, messages=messages)
+    if generation is None:
+        return
+    with QueueNotice(
         generation=generation,
         engine=engine,
         threshold=turn.bot.queue_notice_seconds,
@@ -271,11 +280,51 @@ def _answer_generate(answering: _Answering) -> None:
     answering.stats = generation.stats
 
 
+def _submit_fitting(
+    answering: _Answering, *, engine: Engine, messages: tuple[dict[str, str], ...]
+) -> Generation | None:
+    """Submit the prompt, shedding what matters least until it fits; None = too long.
+
+    The engine drops the oldest history itself; passages go next (the weakest half at a
+    time), then excerpts of files sent in the chat; a question that still does not fit
+    alone gets a reply asking to shorten it, not the apology for a failure.
+    """
+    turn = answering.turn
+    while True:
+        question = prompt_with_files(question=messages[-1]["content"], excerpts=answering.files)
+        if answering.hits is not None:
+            asked = ({"role": "user", "content": question},)
+            question = _grounded(
+                turn, asked, answering.hits, knowledge_bases=answering.knowledge_bases
+            )
+        prompt = (*messages[:-1], {"role": "user", "content": question})
+        request = ChatRequest(
+            messages=prompt,
+            sampling=turn.bot.sampling(),
+            deadline=time.monotonic() + settings.TURN_GENERATION_TIMEOUT_SECONDS,
+        )
+        try:
+            return engine.submit(request)
+        except PromptTooLong as exc:
+            if answering.hits or answering.files:
+                shed = answering.hits or answering.files
+                del shed[len(shed) // 2 :]
+                continue
+            logger.info("turn %s: question too long for the context (%s)", turn.pk, exc)
+        with reply_language():
+            answering.fixed_reply = _(
+                "Sorry, your question is too long for me to read in one go. Please shorten "
+                "it (or split it into several questions) and ask again."
+            )
+        answering.fixed_reason = Turn.FixedReplyReason.QUESTION_TOO_LONG
+        return None
+
+
 def _answer_conclude(answering: _Answering) -> None:
     """The turn's end from what was generated: refused, failed, or answered with sources."""
     turn, guard, stats = answering.turn, answering.guard, answering.stats
     if answering.fixed_reply:
-        turn.fixed_reply_reason = Turn.FixedReplyReason.NO_RELEVANT_SOURCE
+        turn.fixed_reply_reason = answering.fixed_reason
         fixed_reply = answering.fixed_reply
         _end_retrying(
             lambda: turn_finish(turn=turn, reasoning="", answer=fixed_reply),
@@ -373,83 +422,6 @@ def _answer_progress(answering: _Answering) -> bool:
             connection.close()
     answering.flusher.update(content)
     return True
-
-
-class _QueueNotice:
-    """Tells a waiting employee their place in line while every model slot is busy.
-
-    Runs beside the decode loop, which blocks until the first token. The engine pushes
-    each new queue position (`Generation.queue_watch`); when the expected wait (waited so
-    far plus the engine's estimate) passes the bot's threshold, the stream shows "queued,
-    position N". Between changes the thread sleeps, waking only when the threshold would
-    pass. `stop()` on the first token joins the thread, so the notice can never overwrite
-    the answer.
-    """
-
-    # Only when a slot looked free: the scheduler admits at its next step and pushes 0.
-    SLOT_FREE_RECHECK_SECONDS = 2.0
-
-    def __init__(
-        self, *, generation: Generation, engine: Engine, threshold: float, flusher: StreamFlusher
-    ) -> None:
-        self._generation = generation
-        self._engine = engine
-        self._threshold = threshold
-        self._flusher = flusher
-        self._wake = threading.Event()
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _QueueNotice:
-        self._generation.queue_watch(lambda _position: self._wake.set())
-        if self._generation.queue_position > 0:
-            self._thread = threading.Thread(target=self._run, name="queue-notice", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._generation.queue_watch(None)
-        if self._thread is not None:
-            self._stopped.set()
-            self._wake.set()
-            self._thread.join()
-            self._thread = None
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        shown = 0
-        while True:
-            self._wake.clear()  # before the checks: a push or stop after this wakes the wait
-            if self._stopped.is_set():
-                return
-            position = self._generation.queue_position
-            if position <= 0:
-                return
-            timeout: float | None = None  # until the engine pushes the next position
-            load = self._engine.load()
-            if load.running < load.slots:
-                timeout = self.SLOT_FREE_RECHECK_SECONDS
-            elif position != shown:
-                expected = time.monotonic() - started + load.estimated_wait_seconds
-                if expected > self._threshold:
-                    shown = position
-                    self._show(position)
-                else:
-                    timeout = self._threshold - expected + 0.05
-            self._wake.wait(timeout)
-
-    def _show(self, position: int) -> None:
-        with reply_language():
-            self._flusher.update(
-                _(
-                    "All answer slots are busy: you are number %(position)s in the "
-                    "queue. Your answer starts as soon as a slot frees up."
-                )
-                % {"position": position}
-            )
 
 
 def _knowledge_hits(

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from apps.bots.models import Bot, LongConnection, Turn
+from apps.bots.models import Bot, Conversation, LongConnection, Turn
 from apps.bots.services.receive import event_handle, mention_receive
 from apps.bots.services.stream import stream_refresh_payload
 from apps.bots.services.welcome import card_click_receive
 from apps.bots.streams import stream_state_get
-from wecom.messages import InboundEvent, InboundMessage, MalformedMessage, parse_callback
+from wecom.messages import (
+    MAX_CONTENT_BYTES,
+    InboundEvent,
+    InboundMessage,
+    MalformedMessage,
+    parse_callback,
+    split_at_boundary,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +56,16 @@ class ForwardJob:
     req_id: str
     stream_id: str
     conversation_key: str
+
+
+@dataclass(frozen=True)
+class RestPush:
+    """The part of an answer the stream could not carry, as `aibot_send_msg` messages."""
+
+    chatid: str = ""
+    chat_type: Literal[1, 2] = 1
+    parts: list[str] = field(default_factory=list)
+    pending: bool = False  # the stream ended (deadline) but the answer is still being written
 
 
 @dataclass(frozen=True)
@@ -179,3 +196,28 @@ def longconn_is_delivered(*, turn_id: int) -> bool:
 
 def longconn_delivered(*, turn_id: int) -> bool:
     return bool(Turn.objects.filter(pk=turn_id).longconn_delivered(now=timezone.now()))
+
+
+def longconn_rest(*, turn_id: int) -> RestPush:
+    """What follows the stream's end (cut by the length limit or the deadline); no parts if none.
+
+    `pending` while the turn is still open: a stream closed at its deadline ends before
+    the answer does. Split at paragraph or sentence boundaries into messages of WeCom's
+    content limit, for the chat the question came from.
+    """
+    turn = Turn.objects.select_related("conversation").filter(pk=turn_id).first()
+    if turn is not None and not turn.is_terminal:
+        return RestPush(pending=True)
+    if turn is None or not turn.longconn_rest:
+        return RestPush()
+    conversation = turn.conversation
+    group = conversation.chat_type == Conversation.ChatType.GROUP
+    parts, rest = [], turn.longconn_rest
+    while rest:
+        head, rest = split_at_boundary(rest, MAX_CONTENT_BYTES)
+        parts.append(head)
+    return RestPush(
+        chatid=conversation.chat_id if group else conversation.userid,
+        chat_type=2 if group else 1,
+        parts=parts,
+    )

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -28,6 +28,7 @@ from apps.bots import selectors
 from apps.bots.models import Bot, Conversation, Turn
 from apps.bots.ratelimit import rate_limit_exceeded
 from apps.bots.services.deliver import response_url_policy, turn_ledger
+from apps.bots.services.files import conversation_file_attach, image_reply
 from apps.bots.services.stream import reply_language, stream_refresh, stream_refresh_payload
 from apps.bots.services.welcome import card_click_receive, welcome_payload
 from apps.bots.streams import StreamState, deadline_from, stream_owner_set, stream_state_set
@@ -36,6 +37,7 @@ from wecom.messages import (
     InboundEvent,
     InboundMessage,
     StreamRefresh,
+    file_attachment,
     split_at_boundary,
     strip_mention,
 )
@@ -48,6 +50,11 @@ logger = logging.getLogger(__name__)
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, RedisError, OSError)
 
 ANSWERABLE_TYPES = frozenset({"text", "mixed", "voice"})
+
+# WeCom lets one user have three messages awaiting an answer from a bot (doc 100719).
+MAX_IN_FLIGHT_PER_USER = 3
+# pg_advisory_xact_lock namespace (two-int form: this, hash of bot and user).
+_IN_FLIGHT_LOCK_NAMESPACE = 0x1F_1C_A7
 
 
 def callback_handle(*, bot: Bot, callback: Any, received_at: datetime) -> dict | None:
@@ -123,7 +130,11 @@ def mention_receive(
         chat_id=message.chatid or "",
         userid=message.userid,
     )
+    attachment = None if message.is_group else file_attachment(message)
     question = strip_mention(message.text or "")
+    if attachment is not None:
+        # What the transcript and the ledger show for the file message.
+        question = f"📎 {attachment.filename or message.msgid}"
     admission = admission_decide(bot=bot, message=message, question=question, test=test)
     fields: dict[str, Any] = {
         "bot": bot,
@@ -141,11 +152,41 @@ def mention_receive(
     }
     try:
         with transaction.atomic():
+            if not admission.reason:
+                _in_flight_check(admission=admission, bot=bot, userid=message.userid)
             turn = _turn_create(admission=admission, fields=fields)
+            if attachment is not None and turn.status != Turn.Status.REJECTED:
+                conversation_file_attach(
+                    bot=bot, conversation=conversation, turn=turn, attachment=attachment
+                )
             Conversation.objects.filter(pk=conversation.pk).update(last_turn_at=received_at)
     except IntegrityError:
         return Turn.objects.get(bot=bot, msgid=message.msgid)
     return turn
+
+
+def _in_flight_check(*, admission: Admission, bot: Bot, userid: str) -> None:
+    """A fourth message while three await their answers gets a clear reply at once.
+
+    Deliberate rather than queued: in callback mode the ack itself opens the stream, so a
+    fourth stream cannot wait, and a reply that ends at once never holds a fourth stream
+    open. The lock serialises the user's concurrent deliveries, so two messages arriving
+    together cannot both take the third place.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+            [_IN_FLIGHT_LOCK_NAMESPACE, f"{bot.pk}:{userid}"],
+        )
+    waiting = Turn.objects.in_flight(bot_id=bot.pk, userid=userid, now=timezone.now()).count()
+    if waiting < MAX_IN_FLIGHT_PER_USER:
+        return
+    with reply_language():
+        admission.reason = "in_flight"
+        admission.reply = _(
+            "I am still answering your previous %(count)s questions. Please wait for those "
+            "answers, then ask this one again."
+        ) % {"count": waiting}
 
 
 def _turn_create(*, admission: Admission, fields: dict[str, Any]) -> Turn:
@@ -186,7 +227,10 @@ def admission_decide(
     as an employee must not use up that employee's questions.
     """
     with reply_language():
-        if message.msgtype not in ANSWERABLE_TYPES or message.text is None:
+        if message.msgtype == "image":
+            return Admission(reason="unsupported", reply=image_reply())
+        readable_file = not message.is_group and file_attachment(message) is not None
+        if not readable_file and (message.msgtype not in ANSWERABLE_TYPES or message.text is None):
             return Admission(
                 reason="unsupported",
                 reply=_("Sorry, I can only read text for now. Please type your question."),

@@ -14,6 +14,7 @@ from apps.inference.engine.base import (
     Generation,
     GenerationStats,
     ModelSpec,
+    PromptTooLong,
     RemoteSpec,
     SamplingParams,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Generation",
     "GenerationStats",
     "ModelSpec",
+    "PromptTooLong",
     "RemoteSpec",
     "SamplingParams",
     "ThinkSplitter",

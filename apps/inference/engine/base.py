@@ -31,6 +31,19 @@ class EngineError(Exception):
     """A problem callers report to people as-is: missing model file, prompt too long, etc."""
 
 
+class PromptTooLong(EngineError):
+    """The last message alone (with the system prompt) does not fit the context window.
+
+    Its own type so the caller can tell the employee to shorten the question instead of
+    apologising for a failure: the history was already dropped and it still does not fit.
+    """
+
+    def __init__(self, message: str, *, prompt_tokens: int, budget: int) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.budget = budget
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How to load a model; frozen and hashable because it is the engine cache key."""

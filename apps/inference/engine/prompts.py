@@ -14,7 +14,7 @@ import jinja2
 import llama_cpp
 from llama_cpp import llama_chat_format
 
-from apps.inference.engine.base import EngineError, ModelSpec
+from apps.inference.engine.base import EngineError, ModelSpec, PromptTooLong
 
 
 class ChatPrompts:
@@ -110,10 +110,12 @@ class ChatPrompts:
         prompt_tokens = self.prompt_tokens(kept)
         while prompt_tokens > budget:
             if not _drop_oldest_turn(kept):
-                raise EngineError(
+                raise PromptTooLong(
                     f"The prompt needs {prompt_tokens} tokens but only {budget} fit "
                     f"(context window {self.n_ctx} minus max_tokens {max_tokens}), "
-                    "even without the conversation history"
+                    "even without the conversation history",
+                    prompt_tokens=prompt_tokens,
+                    budget=budget,
                 )
             prompt_tokens = self.prompt_tokens(kept)
         return kept, prompt_tokens
