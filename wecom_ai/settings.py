@@ -315,6 +315,10 @@ KNOWLEDGE_LEXICAL_RANK_LIMIT = _positive_int("KNOWLEDGE_LEXICAL_RANK_LIMIT", 300
 # Whether the vector search embeds the question's search words (function words dropped)
 # rather than the question as asked; measured in bench/retrieval.py (tune half).
 KNOWLEDGE_DENSE_QUERY_TERMS = env.bool("KNOWLEDGE_DENSE_QUERY_TERMS", default=True)
+# Passages deleted (re-indexing, re-embedding, deleted documents) after which the passage
+# table is vacuumed on the ingest worker: until then the HNSW graph keeps the dead rows and
+# a filtered vector search can exhaust hnsw.max_scan_tuples among them (0 = never).
+KNOWLEDGE_VACUUM_AFTER_DELETED = env.int("KNOWLEDGE_VACUUM_AFTER_DELETED", default=5000)
 # Language balance of the vector search (`retrieval.language_balanced`): each passage's
 # similarity minus BALANCE x the mean of the best BALANCE_TOP in its language (Chinese or
 # not), so that a bilingual corpus's other-language answers are not buried under the
