@@ -487,9 +487,14 @@ def run_ingestion(pdf_pages: int, doc_sections: int, seed: int) -> dict[str, Any
     rng = random.Random(seed)
     kb_delete(INGEST_KB)
     _embedder()  # load the model and jieba's dictionary (once per worker) before timing
+    import importlib
+
     from apps.knowledge.segment import segment_for_search
 
     segment_for_search("加载词典")
+    # and the parsers, which `parse_document` imports on a worker's first file of a type
+    for module in ("pdf", "office", "markdown"):
+        importlib.import_module(f"apps.knowledge.parsing.{module}")
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as folder:
