@@ -34,14 +34,18 @@ def chunks_deleted_note(*, count: int) -> bool:
     threshold = settings.KNOWLEDGE_VACUUM_AFTER_DELETED
     if count <= 0 or threshold <= 0:
         return False
-    cache.add(_DELETED_KEY, 0, timeout=None)
     try:
-        total = cache.incr(_DELETED_KEY, count)
-    except ValueError:  # evicted between add and incr
-        total = count
-    if total < threshold:
+        cache.add(_DELETED_KEY, 0, timeout=None)
+        try:
+            total = cache.incr(_DELETED_KEY, count)
+        except ValueError:  # evicted between add and incr
+            total = count
+        if total < threshold:
+            return False
+        cache.delete(_DELETED_KEY)
+    except Exception:  # the cache is down: never fail the deletion over its bookkeeping
+        logger.warning("could not count %s deleted passages", count, exc_info=True)
         return False
-    cache.delete(_DELETED_KEY)
     transaction.on_commit(chunks_vacuum_enqueue)
     return True
 
