@@ -126,3 +126,11 @@ def test_the_app_role_may_vacuum_the_passage_table(settings) -> None:
     # Tests connect as the app role, like web and workers; the grant comes with migrate.
     assert connection.settings_dict["USER"] == settings.DATABASE_APP_ROLE
     assert maintenance.chunks_vacuum()
+
+
+def test_a_cache_outage_never_fails_the_deletion(settings, monkeypatch) -> None:
+    def down(*args, **kwargs):
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(maintenance.cache, "add", down)
+    assert not maintenance.chunks_deleted_note(count=settings.KNOWLEDGE_VACUUM_AFTER_DELETED)
