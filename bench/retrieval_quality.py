@@ -59,6 +59,18 @@ NEIGHBOURS: tuple[tuple[int, bool], ...] = (
     (200, False),
     (400, False),
 )
+# Language balance settings measured on the configured fusion: (weight, top); see
+# `retrieval.language_balanced` (weight 0 = off).
+BALANCES: tuple[tuple[float, int], ...] = (
+    (0.0, 10),
+    (0.25, 10),
+    (0.5, 10),
+    (0.75, 10),
+    (1.0, 10),
+    (0.5, 3),
+    (0.75, 3),
+    (0.75, 5),
+)
 RELEVANCE_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5)
 RELEVANCE_THRESHOLDS = tuple(round(0.10 + 0.02 * step, 2) for step in range(26))
 
@@ -87,7 +99,8 @@ def _searchable(kb_id: int) -> Any:
 
 
 def _candidates(kb_id: int, query: str) -> dict[str, list[dict[str, Any]]]:
-    """knowledge_retrieve's dense and lexical candidate rows for `query`, list by list."""
+    """knowledge_retrieve's dense and lexical candidate rows for `query`, list by list; the
+    dense list twice as long, before the language balance (`_balanced`) cuts it."""
     from django.db import connection, transaction
 
     from apps.knowledge import selectors
@@ -96,18 +109,41 @@ def _candidates(kb_id: int, query: str) -> dict[str, list[dict[str, Any]]]:
     candidates = max(retrieval._MIN_CANDIDATES, TOP_K * 4)
     searchable = selectors.chunks_searchable(kb_ids=[kb_id], readers=selectors.Readers.everything())
     lists = {
+        # fetched as for the language balance, which `run_variant` applies per setting
         "dense": retrieval._dense_lists(
-            searchable, kb_ids=[kb_id], query=query, candidates=candidates
+            searchable, kb_ids=[kb_id], query=query, candidates=candidates * 2
         ),
         "lexical": retrieval._lexical_lists(searchable, query=query, candidates=candidates),
     }
     rows: dict[str, list[dict[str, Any]]] = {}
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(40, candidates))])
+        cursor.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true)",
+            [str(max(40, candidates * 2))],
+        )
         for name, querysets in lists.items():
             rows[name] = [row for queryset in querysets for row in queryset]
     return rows
+
+
+def _balanced(rows: list[dict[str, Any]], weight: float, top: int) -> list[dict[str, Any]]:
+    """The dense rows as knowledge_retrieve keeps them with this language balance."""
+    from apps.knowledge.services import retrieval
+
+    keep = max(retrieval._MIN_CANDIDATES, TOP_K * 4)
+    return retrieval.language_balanced(rows, keep=keep, weight=weight, top=top)
+
+
+def balance_mode(weight: float, top: int) -> str:
+    """The name of the configured fusion with the dense list balanced this way."""
+    return f"{_configured_fusion()}+lb{weight:g}/{top}"
+
+
+def _configured_balance() -> tuple[float, int]:
+    from django.conf import settings
+
+    return settings.KNOWLEDGE_LANGUAGE_BALANCE, settings.KNOWLEDGE_LANGUAGE_BALANCE_TOP
 
 
 def _score(question: dict[str, Any], hits: Sequence[Any]) -> dict[str, float]:
@@ -218,11 +254,15 @@ def run_variant(
         query_seconds = []
         for question in questions:
             started = time.perf_counter()
-            rows = _candidates(ingestion["kb_id"], question["question"])
+            fetched = _candidates(ingestion["kb_id"], question["question"])
             query_seconds.append(time.perf_counter() - started)
-            if rows["dense"]:
+            if fetched["dense"]:
                 group = "no-answer" if question["kind"] == "no-answer" else "answerable"
-                best_similarity[group].append(1 - min(r["closeness"] for r in rows["dense"]))
+                best_similarity[group].append(1 - min(r["closeness"] for r in fetched["dense"]))
+            rows = {
+                "dense": _balanced(fetched["dense"], *_configured_balance()),
+                "lexical": fetched["lexical"],
+            }
             modes = {
                 "dense": retrieval._fuse(rows["dense"], top_k=TOP_K, method="rrf"),
                 "lexical": retrieval._fuse(rows["lexical"], top_k=TOP_K, method="rrf"),
@@ -234,6 +274,10 @@ def run_variant(
                     method=method,
                     dense_weight=dense_weight,
                     lexical_weight=lexical_weight,
+                )
+            for weight, top in BALANCES:
+                modes[balance_mode(weight, top)] = retrieval._fuse(
+                    _balanced(fetched["dense"], weight, top) + rows["lexical"], top_k=TOP_K
                 )
             for budget, same_heading in NEIGHBOURS:
                 modes[neighbour_mode(budget, same_heading)] = retrieval._neighbours_attach(
@@ -345,7 +389,7 @@ def run_quality(
         for tune in [variant["halves"]["tune"]]
         for mode in tune
         # neighbours add text to the top 5: not comparable with the fusions themselves
-        if "+nb" not in mode
+        if "+nb" not in mode and "+lb" not in mode
     )
     return {
         "documents": len(list((DATA / "docs").iterdir())),

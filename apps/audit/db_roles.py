@@ -55,6 +55,10 @@ def app_role_grant(*, role: str, using: str = DEFAULT_DB_ALIAS) -> bool:
             # The migration history is the owner's to write.
             sql.SQL("REVOKE INSERT, UPDATE, DELETE ON django_migrations FROM {}").format(who),
         ]
+        cursor.execute("SELECT to_regclass('knowledge_chunk') IS NOT NULL")
+        if connection.pg_version >= 170000 and cursor.fetchone()[0]:
+            # Vacuuming the passage table after large deletions (knowledge.services.maintenance).
+            statements.append(sql.SQL("GRANT MAINTAIN ON knowledge_chunk TO {}").format(who))
         for statement in statements:
             cursor.execute(statement)
     return True

@@ -8,7 +8,7 @@ import resource
 from celery import shared_task
 from django.conf import settings
 
-from apps.knowledge.services import ingest, reembed
+from apps.knowledge.services import ingest, maintenance, reembed
 from wecom_ai import queues
 
 logger = logging.getLogger(__name__)
@@ -69,3 +69,9 @@ def knowledge_base_reembed(kb_id: int) -> None:
     # A run that dies leaves the old vectors serving and its copies unswapped; the next
     # change (or a redelivery) starts over from the pinned model.
     reembed.knowledge_base_reembed(kb_id=kb_id)
+
+
+@shared_task(queue=queues.INGEST, ignore_result=True, soft_time_limit=1800, time_limit=1860)
+def chunks_vacuum() -> None:
+    # On the ingest worker: deletions come from its runs, and one vacuum at a time is enough.
+    maintenance.chunks_vacuum()

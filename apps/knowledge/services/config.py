@@ -26,6 +26,7 @@ from apps.directory.models import DirectoryUser
 from apps.directory.services import directory_user_save
 from apps.knowledge.models import Chunk, Document, KnowledgeBase
 from apps.knowledge.services.ingest import UploadResult, document_file_replace, document_reindex
+from apps.knowledge.services.maintenance import chunks_deleted_note
 from apps.knowledge.services.reembed import knowledge_base_embedder_change
 
 DIRECTORY_USER_ACTION = "knowledge.directoryuser"
@@ -84,9 +85,12 @@ def _embedder_change(before: dict[str, Any] | None, kb: KnowledgeBase) -> tuple[
 
 
 def knowledge_base_delete(*, kb: KnowledgeBase, actor: Any, request_id: str = "") -> None:
-    model_delete_audited(
-        obj=kb, actor=actor, action_prefix=KNOWLEDGE_BASE_ACTION, request_id=request_id
-    )
+    with transaction.atomic():
+        passages = Chunk.objects.filter(document__kb=kb).count()
+        model_delete_audited(
+            obj=kb, actor=actor, action_prefix=KNOWLEDGE_BASE_ACTION, request_id=request_id
+        )
+        chunks_deleted_note(count=passages)
 
 
 def knowledge_base_ensure(
@@ -176,9 +180,12 @@ def document_upload(
 
 
 def document_delete(*, document: Document, actor: Any, request_id: str = "") -> None:
-    model_delete_audited(
-        obj=document, actor=actor, action_prefix=DOCUMENT_ACTION, request_id=request_id
-    )
+    with transaction.atomic():
+        passages = Chunk.objects.filter(document=document).count()
+        model_delete_audited(
+            obj=document, actor=actor, action_prefix=DOCUMENT_ACTION, request_id=request_id
+        )
+        chunks_deleted_note(count=passages)
 
 
 def documents_reindex(*, documents: Iterable[Document], actor: Any, request_id: str = "") -> int:

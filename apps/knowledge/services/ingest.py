@@ -40,6 +40,7 @@ from apps.knowledge.services.embedding import (
     embedding_index_ensure,
     get_embedder,
 )
+from apps.knowledge.services.maintenance import chunks_deleted_note
 
 logger = logging.getLogger(__name__)
 
@@ -385,21 +386,31 @@ def _run_finish(
         document.pages = pages
         document.title = document.title or title
         document.save()
-        Chunk.objects.filter(document_id=run.document_id).exclude(
-            generation=run.generation
-        ).delete()
+        deleted, _ = (
+            Chunk.objects.filter(document_id=run.document_id)
+            .exclude(generation=run.generation)
+            .delete()
+        )
+        chunks_deleted_note(count=deleted)
     reporter.publish(document, "done")
 
 
 def _run_abandon(run: _Run) -> None:
     logger.info("document %s: run %s superseded by a newer one", run.document_id, run.generation)
-    Chunk.objects.filter(document_id=run.document_id, generation=run.generation).delete()
+    with transaction.atomic():
+        deleted, _ = Chunk.objects.filter(
+            document_id=run.document_id, generation=run.generation
+        ).delete()
+        chunks_deleted_note(count=deleted)
 
 
 def _run_fail(run: _Run, reporter: _ProgressReporter, *, code: str, message: str) -> None:
     """Drop this run's chunks; the previous version (if any) stays searchable."""
     with transaction.atomic():
-        Chunk.objects.filter(document_id=run.document_id, generation=run.generation).delete()
+        deleted, _ = Chunk.objects.filter(
+            document_id=run.document_id, generation=run.generation
+        ).delete()
+        chunks_deleted_note(count=deleted)
         updated = Document.objects.filter(pk=run.document_id, generation=run.generation).update(
             status=Document.Status.FAILED,
             progress=0,

@@ -28,6 +28,7 @@ from apps.knowledge.services.embedding import (
     get_embedder,
 )
 from apps.knowledge.services.ingest import document_reindex, embedded_text
+from apps.knowledge.services.maintenance import chunks_deleted_note
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +130,11 @@ def _swap(kb_id: int, *, target: str, dimensions: int, copies: dict[int, tuple[i
             .select_related("embedding_profile")
             .get(pk=kb_id)
         )
+        deleted = 0
         if embedder_spec_for(kb).model_key != target:
             for document_id, (_source, generation) in copies.items():
-                Chunk.objects.filter(document_id=document_id, generation=generation).delete()
+                deleted += _chunks_delete(document_id, generation)
+            chunks_deleted_note(count=deleted)
             logger.info("knowledge base %s: re-embed overtaken by another change", kb_id)
             return False
         for document_id, (source, generation) in copies.items():
@@ -139,9 +142,10 @@ def _swap(kb_id: int, *, target: str, dimensions: int, copies: dict[int, tuple[i
             if document is not None and document.active_generation == source:
                 document.active_generation = generation
                 document.save(update_fields=["active_generation", "updated_at"])
-                Chunk.objects.filter(document_id=document_id, generation=source).delete()
+                deleted += _chunks_delete(document_id, source)
             else:
-                Chunk.objects.filter(document_id=document_id, generation=generation).delete()
+                deleted += _chunks_delete(document_id, generation)
+        chunks_deleted_note(count=deleted)
         kb.embedding_model = ""
         kb.embedding_dimensions = dimensions
         kb.save(update_fields=["embedding_model", "embedding_dimensions", "updated_at"])
@@ -156,3 +160,8 @@ def _swap(kb_id: int, *, target: str, dimensions: int, copies: dict[int, tuple[i
     if stale:
         document_reindex(documents=stale)
     return True
+
+
+def _chunks_delete(document_id: int, generation: int) -> int:
+    deleted, _ = Chunk.objects.filter(document_id=document_id, generation=generation).delete()
+    return deleted
