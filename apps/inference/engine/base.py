@@ -7,6 +7,8 @@ continuous-batching one without touching them.
 from __future__ import annotations
 
 import enum
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -168,6 +170,34 @@ class Generation(ABC):
     @abstractmethod
     def stats(self) -> GenerationStats:
         """Token counts, timings and the finish reason, filled in as generation progresses."""
+
+
+class PulledGeneration(Generation):
+    """A generation produced by `_pieces()` in the consumer's thread as it iterates: iterated
+    once, and interrupted by `cancel()`, the engine closing or the request's deadline."""
+
+    _engine: Engine
+    _request: ChatRequest
+    _cancelled: threading.Event
+    _started: bool
+
+    @abstractmethod
+    def _pieces(self) -> Iterator[str]:
+        """The text pieces, in the caller's thread."""
+
+    def __iter__(self) -> Iterator[str]:
+        if self._started:
+            raise RuntimeError("A generation can be iterated only once")
+        self._started = True
+        return self._pieces()
+
+    def _interruption(self) -> FinishReason | None:
+        if self._cancelled.is_set() or self._engine.closed:
+            return FinishReason.CANCELLED
+        deadline = self._request.deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            return FinishReason.DEADLINE
+        return None
 
 
 class Engine(ABC):

@@ -23,9 +23,9 @@ from apps.inference.engine.base import (
     EngineError,
     EngineLoad,
     FinishReason,
-    Generation,
     GenerationStats,
     ModelSpec,
+    PulledGeneration,
 )
 from apps.inference.engine.prompts import ChatPrompts
 
@@ -140,8 +140,10 @@ class LlamaEngine(Engine):
         return self._prompts.prompt_tokens(messages)
 
 
-class LlamaGeneration(Generation):
+class LlamaGeneration(PulledGeneration):
     """A request whose tokens are decoded while, and only while, the consumer iterates."""
+
+    _engine: LlamaEngine
 
     def __init__(
         self,
@@ -163,20 +165,6 @@ class LlamaGeneration(Generation):
 
     def cancel(self) -> None:
         self._cancelled.set()
-
-    def __iter__(self) -> Iterator[str]:
-        if self._started:
-            raise RuntimeError("A generation can be iterated only once")
-        self._started = True
-        return self._pieces()
-
-    def _interruption(self) -> FinishReason | None:
-        if self._cancelled.is_set() or self._engine.closed:
-            return FinishReason.CANCELLED
-        deadline = self._request.deadline
-        if deadline is not None and time.monotonic() >= deadline:
-            return FinishReason.DEADLINE
-        return None
 
     def _finish(self, reason: FinishReason) -> None:
         self._stats.finish_reason = reason

@@ -29,8 +29,8 @@ from apps.inference.engine.base import (
     EngineError,
     EngineLoad,
     FinishReason,
-    Generation,
     GenerationStats,
+    PulledGeneration,
     RemoteSpec,
 )
 from apps.inference.engine.think import CLOSE_TAG, OPEN_TAG
@@ -185,13 +185,15 @@ class RemoteEngine(Engine):
             self._admit()
 
 
-class RemoteGeneration(Generation):
+class RemoteGeneration(PulledGeneration):
     """A request streamed over SSE while, and only while, the consumer iterates.
 
     `cancel()` shuts the connection's socket down, which wakes a read blocked on a silent
     server and tells the server to stop generating (llama.cpp's and vLLM's servers abort
     a request whose client went away).
     """
+
+    _engine: RemoteEngine
 
     def __init__(self, engine: RemoteEngine, request: ChatRequest) -> None:
         self._engine = engine
@@ -213,20 +215,6 @@ class RemoteGeneration(Generation):
         with self._engine._lock:
             self._engine._lock.notify_all()
         self._disconnect()
-
-    def __iter__(self) -> Iterator[str]:
-        if self._started:
-            raise RuntimeError("A generation can be iterated only once")
-        self._started = True
-        return self._pieces()
-
-    def _interruption(self) -> FinishReason | None:
-        if self._cancelled.is_set() or self._engine.closed:
-            return FinishReason.CANCELLED
-        deadline = self._request.deadline
-        if deadline is not None and time.monotonic() >= deadline:
-            return FinishReason.DEADLINE
-        return None
 
     def _finish(self, reason: FinishReason) -> None:
         if self._stats.finish_reason is None:
