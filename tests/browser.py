@@ -8,11 +8,13 @@ needed. Only loopback is used: the DevTools port and the live server are both lo
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -176,33 +178,57 @@ def chromium_path() -> str:
 
 def browser_page() -> Iterator[Page]:
     """A fresh headless chromium with one blank tab, closed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        process = subprocess.Popen(
-            [
-                chromium_path(), "--headless=new", "--no-sandbox", "--disable-gpu",
-                "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
-                "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-                f"--user-data-dir={profile}", "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    process = subprocess.Popen(
+        [
+            chromium_path(), "--headless=new", "--no-sandbox", "--disable-gpu",
+            "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
+            "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+            f"--user-data-dir={profile}", "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the teardown stops every helper
+    )  # fmt: skip
+    try:
+        port = _devtools_port(process, Path(profile))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
+            targets = json.load(reply)
+        page_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+        with connect(page_url, max_size=None, open_timeout=20) as socket:
+            page = Page(socket)
+            page.send("Page.enable")
+            yield page
+    finally:
+        _chromium_stop(process)
+        _profile_remove(profile)
+
+
+def _chromium_stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop chromium and its helper processes, which can outlive the browser process and
+    keep writing into the profile while it is being removed."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _profile_remove(profile: str) -> None:
+    """Remove the profile; a helper still exiting may add a file once more, so try again."""
+    for _attempt in range(20):
         try:
-            port = _devtools_port(process, Path(profile))
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
-                targets = json.load(reply)
-            page_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-            with connect(page_url, max_size=None, open_timeout=20) as socket:
-                page = Page(socket)
-                page.send("Page.enable")
-                yield page
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            shutil.rmtree(profile)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.25)
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 def _devtools_port(process: subprocess.Popen[bytes], profile: Path) -> int:
