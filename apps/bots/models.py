@@ -332,6 +332,9 @@ class Turn(models.Model):
         REJECTED = "rejected", _("rejected")
 
     TERMINAL = (Status.ANSWERED, Status.FAILED, Status.REJECTED)
+    # How `error` starts when the answer could not be posted to response_url (health and
+    # alerts count these turns).
+    RESPONSE_URL_FAILED = "response_url delivery failed"
     OPEN = (Status.QUEUED, Status.GENERATING)
 
     class FixedReplyReason(models.TextChoices):

@@ -77,7 +77,6 @@ class DeliveryHealth:
 
 DELIVERY_HEALTH_WINDOW = timedelta(hours=24)
 DELIVERY_HEALTH_CACHE_SECONDS = 30
-RESPONSE_URL_FAILED = "response_url delivery failed"
 
 
 def bots_delivery_health() -> dict[int, DeliveryHealth]:
@@ -95,7 +94,7 @@ def bots_delivery_health() -> dict[int, DeliveryHealth]:
             last_answer_at=Max("finished_at", filter=Q(status=Turn.Status.ANSWERED)),
             # The stream window closed before the answer did: it went by response_url.
             stream_expiries=Count("id", filter=Q(response_url_used_at__isnull=False)),
-            response_url_failures=Count("id", filter=Q(error__startswith=RESPONSE_URL_FAILED)),
+            response_url_failures=Count("id", filter=Q(error__startswith=Turn.RESPONSE_URL_FAILED)),
             failed=Count("id", filter=Q(status=Turn.Status.FAILED)),
         )
         .order_by()

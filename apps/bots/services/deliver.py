@@ -128,7 +128,7 @@ def _response_url_deliver(*, turn: Turn, content: str) -> str:
         )
     except ResponseUrlError as exc:
         logger.warning("turn %s: response_url delivery failed: %s", turn.pk, exc)
-        return f"response_url delivery failed: {exc}"
+        return f"{Turn.RESPONSE_URL_FAILED}: {exc}"
     return error
 
 

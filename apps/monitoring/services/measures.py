@@ -22,7 +22,6 @@ from apps.audit.services.ledger import ledger_verify
 from apps.bots.models import Bot, Turn
 from apps.monitoring.models import AlertRule
 
-DELIVERY_FAILED = "response_url delivery failed"
 LEDGER_VERIFY_CACHE_SECONDS = 3600  # verification walks the whole chain: hourly is enough
 
 
@@ -99,7 +98,7 @@ def ledger_broken(rule: AlertRule, now: datetime) -> dict[str, float]:
 def delivery_failures(rule: AlertRule, now: datetime) -> dict[str, float]:
     rows = (
         _ended(rule, now)
-        .filter(error__startswith=DELIVERY_FAILED)
+        .filter(error__startswith=Turn.RESPONSE_URL_FAILED)
         .values("bot__slug")
         .annotate(n=Count("id"))
         .order_by()
