@@ -72,6 +72,25 @@ def test_the_engine_pushes_each_new_position_to_its_watcher(single_slot):
         list(generation)
 
 
+def test_a_waiter_hearing_its_new_place_sees_the_slot_already_taken(single_slot):
+    # Given two requests queued on an idle engine before its scheduler admits either
+    # (its lock is held while both are submitted), the second one watched
+    heard: list[tuple[int, int]] = []
+    with single_slot._cond:
+        first = single_slot.submit(ChatRequest(messages=STORY, sampling=GREEDY))
+        second = single_slot.submit(ChatRequest(messages=STORY, sampling=GREEDY))
+        second.queue_watch(lambda position: heard.append((position, single_slot.load().running)))
+
+    # When the scheduler admits the first, the second hears it is next in line, and the
+    # load it reads then counts the first as running (a notice deciding "slot free, wait
+    # for it" would otherwise stay silent for seconds)
+    _wait_until(lambda: bool(heard))
+    assert heard[0] == (1, 1)
+
+    list(first)
+    list(second)
+
+
 @pytest.mark.django_db
 def test_the_notice_shows_the_place_and_ends_when_admitted(single_slot):
     # Given a running long answer and a question waiting behind it

@@ -208,12 +208,10 @@ class BatchingEngine(Engine):
         return self._estimates.wait_seconds(self._waiting)
 
     def load(self) -> EngineLoad:
-        with self._cond:
-            waiting = len(self._waiting)
         return EngineLoad(
             slots=self.slots,
             running=sum(1 for sequence in self._running if sequence is not None),
-            waiting=waiting,
+            waiting=self.queue_depth(),
             estimated_wait_seconds=self.estimated_wait_seconds(),
         )
 
@@ -369,7 +367,8 @@ class BatchingEngine(Engine):
         return [sequence for sequence in self._running if sequence is not None]
 
     def _admit(self, now: float) -> None:
-        """Drop cancelled or expired queued requests, then fill free slots in FIFO order."""
+        """Drop cancelled or expired queued requests, fill free slots in FIFO order, then
+        renumber the queue: a waiter hearing its new place already sees the slots taken."""
         admitted: list[tuple[int, BatchingGeneration]] = []
         dropped: list[tuple[BatchingGeneration, FinishReason]] = []
         with self._cond:
@@ -382,13 +381,14 @@ class BatchingEngine(Engine):
                 if not self._waiting:
                     break
                 admitted.append((slot, self._waiting.popleft()))
-            for position, generation in enumerate(self._waiting, start=1):
-                generation.queue_position = position
         for generation, reason in dropped:
             generation._finish(reason)
         for slot, generation in admitted:
             generation.queue_position = 0
             self._start(slot, generation)
+        with self._cond:
+            for position, generation in enumerate(self._waiting, start=1):
+                generation.queue_position = position
 
     def _start(self, slot: int, generation: BatchingGeneration) -> None:
         """Give `generation` slot `slot`, warm-started from a shared prompt prefix if any."""
