@@ -66,7 +66,7 @@ def test_the_hourly_summary_counts_exactly_what_the_turns_say(make_bot, hour):
     _turn(hr, userid="u9", at=at, status=Turn.Status.FAILED, error="worker lost")
     _turn(hr, userid="u9", at=at, status=Turn.Status.REJECTED, rejection_reason="not_allowed",
           filter_decisions=[{"subject": "question", "action": "block", "matches": []}])  # fmt: skip
-    _turn(hr, userid="u8", at=at, seconds=1, longconn_req_id="req-1",
+    _turn(hr, userid="u8", at=at, seconds=1, longconn_req_id="req-1", channel=Turn.Channel.LONGCONN,
           filter_decisions=[{"subject": "answer", "action": "mask",
                              "matches": [{"action": "flag"}, {"action": "mask"}]}])  # fmt: skip
     _turn(it, userid="u1", at=at - dt.timedelta(hours=1), seconds=3)  # the hour before

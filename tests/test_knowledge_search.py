@@ -240,3 +240,28 @@ def test_prompt_numbers_passages_and_the_footer_cites_them_per_document() -> Non
     ]
     assert prompt_with_passages(question="年假几天？", hits=[]) == "年假几天？"
     assert sources_footer(hits=[]) == ""
+
+
+def test_external_users_read_only_knowledge_bases_opened_to_them(tmp_path: Path) -> None:
+    # Given an employee handbook open to every employee, and a product FAQ opened to
+    # external users with one document kept for the sales team
+    write(tmp_path / "hr", "leave.md", "# 休假\n\n退货政策不适用于员工休假，员工每年五天年假。")
+    write(tmp_path / "faq", "returns.md", "# 退货\n\n商品签收后七天内可以无理由退货。")
+    write(tmp_path / "faq", "margins.md", "# 折扣\n\n销售可以给大客户的退货折扣上限为百分之十五。")
+    kb_ingest("handbook", str(tmp_path / "hr"))
+    kb_ingest("faq", str(tmp_path / "faq"))
+    KnowledgeBase.objects.filter(slug="faq").update(open_to_external=True)
+    Document.objects.filter(original_filename="margins.md").update(allowed_departments=["销售部"])
+    kb_ids = list(KnowledgeBase.objects.values_list("pk", flat=True))
+
+    def documents(readers: Readers) -> set[str]:
+        hits = knowledge_retrieve(bot_kb_ids=kb_ids, readers=readers, query="退货", top_k=10)
+        return {hit.document for hit in hits}
+
+    # Then an outsider reads only the open FAQ's unrestricted document, while the public
+    # (employees in an unregistered group) reads the handbook but not the FAQ's sales page
+    assert documents(Readers.outsider()) == {"returns.md"}
+    assert documents(Readers.public()) == {"leave.md", "returns.md"}
+    # And an ordinary knowledge base, open to every employee, stays closed to outsiders
+    KnowledgeBase.objects.filter(slug="faq").update(open_to_external=False)
+    assert documents(Readers.outsider()) == set()

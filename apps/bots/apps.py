@@ -8,6 +8,7 @@ class BotsConfig(AppConfig):
 
     def ready(self) -> None:
         from apps.audit.registry import bot_side_register
+        from apps.bots.services import push  # noqa: F401 - connects the end-of-turn push
         from apps.bots.transcripts import transcripts_side
 
         # Audit sits below bots and never imports it: the officer scope, exports and

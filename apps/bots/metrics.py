@@ -22,8 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 def turn_channel(turn: Turn) -> str:
-    """The door the question came through (more doors add their names here)."""
-    return "longconn" if turn.longconn_req_id else "callback"
+    """The door the question came through."""
+    return turn.channel
 
 
 def _reason(turn: Turn) -> str:

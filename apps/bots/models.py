@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from apps.bots.metrics import turn_claim_observe, turn_end_observe
+from apps.bots.signals import turn_ended_announce
 from apps.core.fields import EncryptedTextField
 from apps.inference.engine.base import SamplingParams
 from apps.inference.models import ModelProfile
@@ -203,37 +204,6 @@ class Bot(models.Model):
         )
 
 
-class Conversation(models.Model):
-    """One employee's thread with a bot in one chat (a group or the 1:1 chat)."""
-
-    class ChatType(models.TextChoices):
-        SINGLE = "single", _("1:1 chat")
-        GROUP = "group", _("group chat")
-
-    bot = models.ForeignKey(
-        Bot, on_delete=models.CASCADE, related_name="conversations", verbose_name=_("bot")
-    )
-    chat_type = models.CharField(_("chat type"), max_length=10, choices=ChatType.choices)
-    chat_id = models.CharField(_("chat id"), max_length=128, blank=True)
-    userid = models.CharField(_("user"), max_length=64)
-    created_at = models.DateTimeField(_("started"), auto_now_add=True)
-    last_turn_at = models.DateTimeField(_("last question"), null=True, blank=True)
-
-    class Meta:
-        verbose_name = _("conversation")
-        verbose_name_plural = _("conversations")
-        ordering = ["-last_turn_at"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["bot", "chat_type", "chat_id", "userid"], name="conversation_unique_thread"
-            )
-        ]
-
-    def __str__(self) -> str:
-        where = self.chat_id if self.chat_type == self.ChatType.GROUP else _("1:1 chat")
-        return f"{self.bot} · {self.userid} · {where}"
-
-
 # WeCom accepts a response_url for one hour after the message (101138).
 RESPONSE_URL_VALID = timedelta(hours=1)
 # WeCom stops a stream 6 minutes after the user's message: older turns are no longer in flight.
@@ -313,6 +283,7 @@ class TurnQuerySet(models.QuerySet["Turn"]):
             **fields,
         )
         turn_end_observe(turn)
+        turn_ended_announce(turn)
         return turn
 
 
@@ -337,6 +308,17 @@ class Turn(models.Model):
     RESPONSE_URL_FAILED = "response_url delivery failed"
     OPEN = (Status.QUEUED, Status.GENERATING)
 
+    class Channel(models.TextChoices):
+        """The door a question came through; the answer goes back through the same one."""
+
+        CALLBACK = "callback", _("AI bot (callback)")
+        LONGCONN = "longconn", _("AI bot (long connection)")
+        APP = "app", _("self-built app")
+        KF = "kf", _("WeChat customer service")
+        MP = "mp", _("Official Account")
+        MINIPROGRAM = "miniprogram", _("mini program")
+        API = "api", _("OpenAI-compatible API")
+
     class FixedReplyReason(models.TextChoices):
         """Why a turn got a fixed text instead of the model's answer (dashboards count it)."""
 
@@ -352,9 +334,15 @@ class Turn(models.Model):
 
     bot = models.ForeignKey(Bot, on_delete=models.CASCADE, related_name="turns")
     conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="turns", verbose_name=_("conversation")
+        "bots.Conversation",
+        on_delete=models.CASCADE,
+        related_name="turns",
+        verbose_name=_("conversation"),
     )
     msgid = models.CharField(_("message id"), max_length=128)
+    channel = models.CharField(
+        _("channel"), max_length=12, choices=Channel.choices, default=Channel.CALLBACK
+    )
     stream_id = models.CharField(_("stream id"), max_length=64, unique=True)
     msgtype = models.CharField(_("message type"), max_length=20, default="text")
     question = models.TextField(_("question"))
@@ -404,6 +392,9 @@ class Turn(models.Model):
     # What did not fit in a long-connection stream: pushed with aibot_send_msg after its end.
     longconn_rest = models.TextField(_("answer continued by push"), blank=True)
     stream_closed_at = models.DateTimeField(_("stream finished"), null=True, blank=True)
+    # Doors that push the answer through a send API (app, 微信客服, Official Account).
+    pushed_at = models.DateTimeField(_("answer sent"), null=True, blank=True)
+    push_error = models.TextField(_("sending failed"), blank=True)
     attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
     heartbeat_at = models.DateTimeField(_("worker heartbeat"), null=True, blank=True)
     # The first claim: with queued_at it gives the queue wait (the dashboard's).
@@ -556,6 +547,7 @@ class Turn(models.Model):
         won = self._won(updated, fields)
         if won:
             turn_end_observe(self)
+            turn_ended_announce(self)
         return won
 
     def response_url_take(self) -> tuple[str, str]:
@@ -587,5 +579,6 @@ class Turn(models.Model):
 
 
 # Kept in modules of their own for size; imported here so Django registers them with the app.
+from apps.bots.conversation import Conversation  # noqa: E402, F401
 from apps.bots.conversation_files import ConversationFile  # noqa: E402, F401
 from apps.bots.long_connection import LongConnection  # noqa: E402, F401

@@ -12,7 +12,7 @@ from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from apps.bots.services import deliver, generate
+from apps.bots.services import deliver, generate, push
 from wecom_ai import queues
 
 logger = logging.getLogger(__name__)
@@ -62,4 +62,21 @@ def turn_generate(self: Any, turn_id: int, give_up_at: float | None = None) -> N
 
 @shared_task(ignore_result=True)
 def turns_sweep() -> int:
-    return deliver.turns_sweep()
+    return deliver.turns_sweep() + push.pushes_sweep()
+
+
+# A send API answering "rate limited" or timing out: 1, 2, 4 … 30 s apart, about 4 minutes.
+PUSH_MAX_RETRIES = 10
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def turn_push(self: Any, turn_id: int) -> None:
+    # The push service records success or a final refusal on the turn; a retryable refusal
+    # or an outage of our own stores comes back here for another try.
+    final_try = self.request.retries >= PUSH_MAX_RETRIES
+    try:
+        push.turn_push(turn_id=turn_id, final_try=final_try)
+    except (push.PushError, *TRANSIENT_ERRORS) as exc:
+        countdown = float(min(2**self.request.retries, 30))
+        logger.warning("turn %s: push failed (%s); retrying in %.0f s", turn_id, exc, countdown)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=PUSH_MAX_RETRIES) from exc

@@ -35,10 +35,13 @@ class Readers:
     """Everyone who will read what a search finds; a passage must be open to all of them.
 
     `userids` empty and not `unrestricted` is the public: only knowledge open to everyone.
+    `external` is someone outside the company: only knowledge bases an admin opened to
+    external users, and there only documents without an audience of their own.
     """
 
     userids: frozenset[str] = frozenset()
     unrestricted: bool = False
+    external: bool = False
 
     @classmethod
     def everything(cls) -> Readers:
@@ -48,6 +51,11 @@ class Readers:
     @classmethod
     def public(cls) -> Readers:
         return cls()
+
+    @classmethod
+    def outsider(cls) -> Readers:
+        """A WeChat customer, follower, mini-program user or API key: never the directory."""
+        return cls(external=True)
 
     @classmethod
     def employee(cls, userid: str) -> Readers:

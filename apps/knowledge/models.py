@@ -108,6 +108,15 @@ class KnowledgeBase(models.Model):
     allowed_departments, allowed_userids, allowed_tags = _audience_fields(
         _("Empty departments, users and tags = everyone.")
     )
+    open_to_external = models.BooleanField(
+        _("open to external users"),
+        default=False,
+        help_text=_(
+            "Bots may answer people outside the company (WeChat customers, Official Account "
+            "followers, mini-program users, API keys) from the documents of this knowledge "
+            "base that have no audience of their own. Off = employees only."
+        ),
+    )
     answer_only_from_sources = models.BooleanField(
         _("answer only from sources"),
         null=True,

@@ -34,6 +34,8 @@ def readers_visible_q(*, readers: Readers, prefix: str = "") -> Q:
     if readers.unrestricted:
         return Q()
     own_open, kb_open = audience_open_q(prefix), audience_open_q(f"{prefix}kb__")
+    if readers.external:
+        return own_open & Q(**{f"{prefix}kb__open_to_external": True})
     if not readers.userids:
         return own_open & kb_open
     if len(readers.userids) == 1:

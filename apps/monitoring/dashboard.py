@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from apps.bots.models import Bot
+from apps.bots.models import Bot, Turn
 from apps.monitoring.selectors import PERIODS, DashboardQuery, dashboard_bots, dashboard_data
 
 
@@ -29,11 +29,7 @@ class DashboardFilters(forms.Form):
     )
     channel = forms.ChoiceField(
         label=_("channel"),
-        choices=[
-            ("", _("all channels")),
-            ("callback", _("callback")),
-            ("longconn", _("long connection")),
-        ],
+        choices=[("", _("all channels")), *Turn.Channel.choices],
         required=False,
     )
 

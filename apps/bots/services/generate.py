@@ -33,7 +33,7 @@ from apps.bots.services.files import (
 from apps.bots.services.queue_notice import QueueNotice
 from apps.bots.services.stream import reply_language, stream_close_for_deadline
 from apps.bots.streams import StreamFlusher, deadline_from, now_epoch
-from apps.directory.selectors import chat_readers
+from apps.directory.selectors import Readers, chat_readers
 from apps.inference.engine.base import (
     ChatRequest,
     Engine,
@@ -441,7 +441,9 @@ def _knowledge_hits(
         bot_kb_ids=[kb.pk for kb in knowledge_bases],
         knowledge_bases=knowledge_bases,
         # In a group every member reads the answer: passages must be open to all of them.
-        readers=chat_readers(
+        readers=Readers.outsider()
+        if conversation.external
+        else chat_readers(
             userid=conversation.userid,
             chat_id=conversation.chat_id,
             group=conversation.chat_type == Conversation.ChatType.GROUP,

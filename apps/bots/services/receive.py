@@ -103,6 +103,8 @@ def mention_receive(
     message: InboundMessage,
     received_at: datetime,
     longconn_req_id: str = "",
+    channel: str = "",
+    external: bool = False,
     test: bool = False,
 ) -> Turn:
     """Record the turn once per (bot, msgid) and enqueue its answer after commit.
@@ -112,6 +114,8 @@ def mention_receive(
     Both doors call this: a callback, and the long-connection connector, which passes the
     frame's req_id so that any connector replica can send the answer under it. The admin's
     test chat is a third door (`test=True`): the same pipeline, the turn marked as a test.
+    Other doors name their `channel` (default: the AI bot's, callback or long connection)
+    and say whether the sender is `external` (not an employee in the directory).
     """
     existing = Turn.objects.filter(bot=bot, msgid=message.msgid).first()
     if existing is not None:
@@ -129,6 +133,7 @@ def mention_receive(
         chat_type=chat_type,
         chat_id=message.chatid or "",
         userid=message.userid,
+        external=external,
     )
     attachment = None if message.is_group else file_attachment(message)
     question = strip_mention(message.text or "")
@@ -148,6 +153,7 @@ def mention_receive(
         "response_url": _response_url_accepted(bot=bot, url=message.response_url),
         "received_at": received_at,
         "longconn_req_id": longconn_req_id,
+        "channel": channel or (Turn.Channel.LONGCONN if longconn_req_id else Turn.Channel.CALLBACK),
         "is_test": test,
     }
     try:

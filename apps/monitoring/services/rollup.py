@@ -17,7 +17,7 @@ from apps.monitoring.models import LATENCY_EDGES, TurnRollup
 
 RECENT_HOURS = 2  # the current hour and the one before: ends arrive a few minutes late
 
-CHANNEL_SQL = "CASE WHEN t.longconn_req_id <> '' THEN 'longconn' ELSE 'callback' END"
+CHANNEL_SQL = "t.channel"
 FIRST_TOKEN_SQL = "EXTRACT(EPOCH FROM t.first_token_at - t.received_at)"  # noqa: S105 - SQL, not a secret
 TOTAL_SQL = "EXTRACT(EPOCH FROM t.finished_at - t.received_at)"
 QUEUE_WAIT_SQL = "EXTRACT(EPOCH FROM t.claimed_at - t.queued_at)"
