@@ -105,6 +105,9 @@ INSTALLED_APPS = [
     "apps.knowledge",
     "apps.audit",
     "apps.monitoring",
+    "apps.openai_api",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
 ]
 
 MIDDLEWARE = [
@@ -401,6 +404,19 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+# The OpenAPI 3 schema of the whole REST surface (/api/schema/) and its documentation page
+# (/api/docs/), served from the sidecar's bundled Swagger UI: no CDN. Signed-in users only.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "WeCom AI API",
+    "DESCRIPTION": "Knowledge search, the mini-program API and the OpenAI-compatible API.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 ANONYMOUS_USER_NAME = None
 

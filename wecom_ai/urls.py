@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.monitoring.dashboard import home_view
 from apps.monitoring.views import metrics_view
@@ -43,6 +44,9 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("wecom/", include("apps.bots.urls")),
     path("api/", include("apps.knowledge.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("v1/", include("apps.openai_api.urls")),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/status/", admin.site.admin_view(status_view), name="admin-status"),
     # The admin's home page: the dashboard for those who may see it, else Django's index.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
@@ -47,6 +48,21 @@ class KnowledgeSearchView(APIView):
     staff included, searches as the employee whose WeCom userid is their username.
     """
 
+    @extend_schema(
+        summary="Search the knowledge bases as an employee",
+        parameters=[SearchParamsSerializer],
+        responses={
+            200: inline_serializer(
+                "KnowledgeSearchResult",
+                {
+                    "query": serializers.CharField(),
+                    "userid": serializers.CharField(allow_null=True),
+                    "hits": HitSerializer(many=True),
+                },
+            )
+        },
+        tags=["Knowledge"],
+    )
     def get(self, request: Request) -> Response:
         params = SearchParamsSerializer(
             data={
