@@ -45,8 +45,10 @@ class Command(BaseCommand):
                 userid=options["userid"],
                 rate_limit_per_minute=max(0, options["rate_limit"]),
             ).clean()
-        except (LookupError, ValidationError) as exc:
+        except LookupError as exc:
             raise CommandError(str(exc)) from exc
+        except ValidationError as exc:
+            raise CommandError(f"--userid {options['userid']}: {'; '.join(exc.messages)}") from exc
         key, raw = api_key_create(
             name=options["name"],
             bots=bots,
