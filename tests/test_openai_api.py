@@ -154,9 +154,7 @@ def test_bad_requests_get_400_naming_the_field(client, bot, body, where):
     assert not Turn.objects.exists()
 
 
-def test_a_blocked_question_gets_the_policys_refusal_as_the_answer_on_the_api_channel(
-    client, bot
-):
+def test_a_blocked_question_gets_the_policys_refusal_as_the_answer_on_the_api_channel(client, bot):
     block_policy(bot, "绝密文件")
     key, _note = apikey_create("hr", "k")
 
@@ -371,3 +369,39 @@ def test_the_documentation_page_uses_only_local_static_files(admin_client, clien
     assert any("swagger-ui" in asset for asset in assets)
     assert all(asset.startswith("/") for asset in assets), assets
     assert client.get("/api/schema/").status_code in {401, 403}
+
+
+def test_a_reasoning_models_think_block_comes_back_as_reasoning_content(client, bot):
+    # Given a turn a reasoning model answered (the worker stored its <think> apart)
+    from django.utils import timezone
+
+    from apps.bots.models import Conversation
+    from apps.openai_api.api import _completion, completion_events
+
+    conversation = Conversation.objects.create(bot=bot, chat_type="single", userid="api:x")
+    turn = Turn.objects.create(
+        bot=bot,
+        conversation=conversation,
+        msgid="api:r1",
+        stream_id="r1",
+        question="1+1?",
+        answer="2",
+        reasoning="One plus one is two.",
+        status=Turn.Status.ANSWERED,
+        received_at=timezone.now(),
+        prompt_tokens=7,
+        completion_tokens=9,
+        channel=Turn.Channel.API,
+    )
+    # Then both shapes carry it apart from the answer
+    message = _completion(turn)["choices"][0]["message"]
+    assert message == {
+        "role": "assistant",
+        "content": "2",
+        "reasoning_content": "One plus one is two.",
+    }
+    body = async_to_sync(_read)(completion_events(turn, usage=True)).decode()
+    chunks = [json.loads(line[6:]) for line in body.split("\n\n") if line.startswith("data: {")]
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
+    assert {"reasoning_content": "One plus one is two."} in deltas and {"content": "2"} in deltas
+    assert chunks[-1]["usage"] == {"prompt_tokens": 7, "completion_tokens": 9, "total_tokens": 16}
