@@ -41,6 +41,9 @@ class Answer:
     total_seconds: float
     tokens: int
     problem: str = ""
+    # The worker's first token after the question arrived: what the client's first content
+    # adds on top of it is the delivery's own cost (stream refreshes, or SSE).
+    worker_first_seconds: float | None = None
 
 
 @dataclass
@@ -51,8 +54,9 @@ class Phase:
     answers: list[Answer]
 
 
-def _turn_tokens(**lookup: str) -> tuple[int, str]:
-    """The ended turn's completion tokens, or a problem (the row ends just after the stream)."""
+def _turn_tokens(**lookup: str) -> tuple[int, str, float | None]:
+    """The ended turn's completion tokens, a problem (the row ends just after the stream),
+    and when its first token came after the question arrived."""
     from apps.bots.models import Turn
 
     deadline = time.monotonic() + 10
@@ -62,8 +66,11 @@ def _turn_tokens(**lookup: str) -> tuple[int, str]:
             break
         time.sleep(0.02)
     if turn is None or turn.status != Turn.Status.ANSWERED:
-        return 0, "missing" if turn is None else f"{turn.status}: {turn.error}"
-    return turn.completion_tokens, ""
+        return 0, "missing" if turn is None else f"{turn.status}: {turn.error}", None
+    first = (
+        (turn.first_token_at - turn.received_at).total_seconds() if turn.first_token_at else None
+    )
+    return turn.completion_tokens, "", first
 
 
 def callback_answer(stack: BenchStack, prompt: str, userid: str) -> Answer:
@@ -71,8 +78,8 @@ def callback_answer(stack: BenchStack, prompt: str, userid: str) -> Answer:
         result = simulator.ask(
             prompt, userid=userid, chatid=f"chat-{userid}", timeout=TIMEOUT_SECONDS
         )
-    tokens, problem = _turn_tokens(msgid=result.msgid)
-    return Answer(result.first_content_seconds, result.total_seconds, tokens, problem)
+    tokens, problem, worker_first = _turn_tokens(msgid=result.msgid)
+    return Answer(result.first_content_seconds, result.total_seconds, tokens, problem, worker_first)
 
 
 def api_answer(client: Any, prompt: str, userid: str) -> Answer:
@@ -85,8 +92,8 @@ def api_answer(client: Any, prompt: str, userid: str) -> Answer:
         if chunk.choices and chunk.choices[0].delta.content and first is None:
             first = time.monotonic() - started
     total = time.monotonic() - started
-    tokens, problem = _turn_tokens(stream_id=stream_id)
-    return Answer(first, total, tokens, problem)
+    tokens, problem, worker_first = _turn_tokens(stream_id=stream_id)
+    return Answer(first, total, tokens, problem, worker_first)
 
 
 def run_phase(path: str, concurrency: int, prompts: list[str], call: Any, tag: str) -> Phase:
@@ -98,7 +105,9 @@ def run_phase(path: str, concurrency: int, prompts: list[str], call: Any, tag: s
     return Phase(path, concurrency, time.monotonic() - started, answers)
 
 
-def run(*, max_tokens: int, rounds: int) -> dict[str, Any]:
+def run(
+    *, max_tokens: int, rounds: int, concurrencies: tuple[int, ...] = CONCURRENCIES
+) -> dict[str, Any]:
     import openai
 
     with BenchStack(
@@ -134,12 +143,12 @@ def run(*, max_tokens: int, rounds: int) -> dict[str, Any]:
         callback(PROMPTS[0], "warm")  # the worker's model
         api(PROMPTS[0], "warm")
         phases: list[Phase] = []
-        for concurrency in CONCURRENCIES:
+        for concurrency in concurrencies:
             prompts = [PROMPTS[i % len(PROMPTS)] for i in range(concurrency * rounds)]
             for index, path in enumerate(("callback", "api", "api", "callback")):
                 tag = f"c{concurrency}p{index}"
                 phases.append(run_phase(path, concurrency, prompts, calls[path], tag))
-    return summarise(phases, max_tokens=max_tokens)
+    return summarise(phases, max_tokens=max_tokens, concurrencies=concurrencies)
 
 
 def _p50_ms(values: list[float | None]) -> float | None:
@@ -147,9 +156,11 @@ def _p50_ms(values: list[float | None]) -> float | None:
     return statistics.median(present) * 1000 if present else None
 
 
-def summarise(phases: list[Phase], *, max_tokens: int) -> dict[str, Any]:
+def summarise(
+    phases: list[Phase], *, max_tokens: int, concurrencies: tuple[int, ...]
+) -> dict[str, Any]:
     rows = []
-    for concurrency in CONCURRENCIES:
+    for concurrency in concurrencies:
         row: dict[str, Any] = {"concurrency": concurrency}
         for path in PATHS:
             items = [p for p in phases if p.concurrency == concurrency and p.path == path]
@@ -163,6 +174,7 @@ def summarise(phases: list[Phase], *, max_tokens: int) -> dict[str, Any]:
                 "tokens_per_s": tokens / seconds if seconds else 0.0,
                 "first_p50_ms": _p50_ms([a.first_seconds for a in answers]),
                 "total_p50_ms": _p50_ms([a.total_seconds for a in answers]),
+                "worker_first_p50_ms": _p50_ms([a.worker_first_seconds for a in answers]),
             }
         base = row["callback"]["tokens_per_s"]
         row["ratio_tokens_per_s"] = row["api"]["tokens_per_s"] / base if base else None
@@ -178,7 +190,7 @@ def render(summary: dict[str, Any]) -> str:
     lines = [
         f"OpenAI-compatible API vs WeCom callback (bundled model), "
         f"max_tokens={summary['max_tokens']}",
-        "conc  path      answers  tokens  tokens/s  first p50  total p50",
+        "conc  path      answers  tokens  tokens/s  first p50  total p50  worker first p50",
     ]
     for row in summary["rows"]:
         for path in PATHS:
@@ -186,7 +198,7 @@ def render(summary: dict[str, Any]) -> str:
             lines.append(
                 f"{row['concurrency']:>4}  {path:<8}  {cell['answers']:>7}  {cell['tokens']:>6}"
                 f"  {cell['tokens_per_s']:>8.1f}  {_ms(cell['first_p50_ms']):>9}"
-                f"  {_ms(cell['total_p50_ms']):>9}"
+                f"  {_ms(cell['total_p50_ms']):>9}  {_ms(cell['worker_first_p50_ms']):>16}"
             )
             for problem in cell["problems"][:3]:
                 lines.append(f"      problem: {problem}")
@@ -200,9 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="questions per client per phase")
+    parser.add_argument(
+        "--concurrency", type=int, action="append", help="clients (default: 1 and 8)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    summary = run(max_tokens=args.max_tokens, rounds=args.rounds)
+    concurrencies = tuple(args.concurrency or CONCURRENCIES)
+    summary = run(max_tokens=args.max_tokens, rounds=args.rounds, concurrencies=concurrencies)
     print(json.dumps(summary, indent=2) if args.json else render(summary))
     ok = all(
         row["ratio_tokens_per_s"] is not None and not row["api"]["problems"]

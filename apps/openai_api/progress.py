@@ -72,10 +72,16 @@ async def turn_follow(*, turn_id: int, until: float) -> AsyncIterator[Progress |
             if left <= 0:
                 return
             message = await _receive(layer, channel, timeout=min(POLL_SECONDS, left))
-            if message is None or message.get("finish") or not started:
-                # Silence, the end, or text before the first token: the row says more.
-                look = True
+            if message is None or message.get("finish"):
+                look = True  # silence, or the end: the row says more
                 continue
+            if not started:
+                # Text before the first token is the queue notice; the row tells which.
+                turn = await _turn_read(turn_id)
+                started = turn.first_token_at is not None
+                if turn.is_terminal or not started:
+                    look = turn.is_terminal
+                    continue
             yield progress_parse(str(message.get("content", "")))
     finally:
         if layer is not None:
