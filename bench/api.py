@@ -44,6 +44,8 @@ class Answer:
     # The worker's first token after the question arrived: what the client's first content
     # adds on top of it is the delivery's own cost (stream refreshes, or SSE).
     worker_first_seconds: float | None = None
+    # From the turn's end in the database to the client holding the whole answer.
+    end_lag_seconds: float | None = None
 
 
 @dataclass
@@ -54,9 +56,9 @@ class Phase:
     answers: list[Answer]
 
 
-def _turn_tokens(**lookup: str) -> tuple[int, str, float | None]:
+def _turn_tokens(**lookup: str) -> tuple[int, str, float | None, float | None]:
     """The ended turn's completion tokens, a problem (the row ends just after the stream),
-    and when its first token came after the question arrived."""
+    when its first token came after the question arrived, and when it ended (epoch)."""
     from apps.bots.models import Turn
 
     deadline = time.monotonic() + 10
@@ -66,20 +68,25 @@ def _turn_tokens(**lookup: str) -> tuple[int, str, float | None]:
             break
         time.sleep(0.02)
     if turn is None or turn.status != Turn.Status.ANSWERED:
-        return 0, "missing" if turn is None else f"{turn.status}: {turn.error}", None
+        return 0, "missing" if turn is None else f"{turn.status}: {turn.error}", None, None
     first = (
         (turn.first_token_at - turn.received_at).total_seconds() if turn.first_token_at else None
     )
-    return turn.completion_tokens, "", first
+    ended = turn.finished_at.timestamp() if turn.finished_at else None
+    return turn.completion_tokens, "", first, ended
 
 
 def callback_answer(stack: BenchStack, prompt: str, userid: str) -> Answer:
+    started = time.time()
     with stack.simulator(refresh_interval=0.2) as simulator:
         result = simulator.ask(
             prompt, userid=userid, chatid=f"chat-{userid}", timeout=TIMEOUT_SECONDS
         )
-    tokens, problem, worker_first = _turn_tokens(msgid=result.msgid)
-    return Answer(result.first_content_seconds, result.total_seconds, tokens, problem, worker_first)
+    tokens, problem, worker_first, ended = _turn_tokens(msgid=result.msgid)
+    lag = started + result.total_seconds - ended if ended else None
+    return Answer(
+        result.first_content_seconds, result.total_seconds, tokens, problem, worker_first, lag
+    )
 
 
 def api_answer(client: Any, prompt: str, userid: str) -> Answer:
@@ -91,9 +98,9 @@ def api_answer(client: Any, prompt: str, userid: str) -> Answer:
         stream_id = chunk.id.removeprefix("chatcmpl-")
         if chunk.choices and chunk.choices[0].delta.content and first is None:
             first = time.monotonic() - started
-    total = time.monotonic() - started
-    tokens, problem, worker_first = _turn_tokens(stream_id=stream_id)
-    return Answer(first, total, tokens, problem, worker_first)
+    total, done = time.monotonic() - started, time.time()
+    tokens, problem, worker_first, ended = _turn_tokens(stream_id=stream_id)
+    return Answer(first, total, tokens, problem, worker_first, done - ended if ended else None)
 
 
 def run_phase(path: str, concurrency: int, prompts: list[str], call: Any, tag: str) -> Phase:
@@ -175,6 +182,7 @@ def summarise(
                 "first_p50_ms": _p50_ms([a.first_seconds for a in answers]),
                 "total_p50_ms": _p50_ms([a.total_seconds for a in answers]),
                 "worker_first_p50_ms": _p50_ms([a.worker_first_seconds for a in answers]),
+                "end_lag_p50_ms": _p50_ms([a.end_lag_seconds for a in answers]),
             }
         base = row["callback"]["tokens_per_s"]
         row["ratio_tokens_per_s"] = row["api"]["tokens_per_s"] / base if base else None
@@ -190,7 +198,8 @@ def render(summary: dict[str, Any]) -> str:
     lines = [
         f"OpenAI-compatible API vs WeCom callback (bundled model), "
         f"max_tokens={summary['max_tokens']}",
-        "conc  path      answers  tokens  tokens/s  first p50  total p50  worker first p50",
+        "conc  path      answers  tokens  tokens/s  first p50  total p50  "
+        "worker first p50  end lag p50",
     ]
     for row in summary["rows"]:
         for path in PATHS:
@@ -199,6 +208,7 @@ def render(summary: dict[str, Any]) -> str:
                 f"{row['concurrency']:>4}  {path:<8}  {cell['answers']:>7}  {cell['tokens']:>6}"
                 f"  {cell['tokens_per_s']:>8.1f}  {_ms(cell['first_p50_ms']):>9}"
                 f"  {_ms(cell['total_p50_ms']):>9}  {_ms(cell['worker_first_p50_ms']):>16}"
+                f"  {_ms(cell['end_lag_p50_ms']):>11}"
             )
             for problem in cell["problems"][:3]:
                 lines.append(f"      problem: {problem}")

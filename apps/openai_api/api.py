@@ -157,6 +157,8 @@ _ERROR_RESPONSES = {
         (403, "The key's user may not use this bot"),
         (404, "Unknown model (or one this key may not use)"),
         (429, "Rate limit"),
+        (500, "The answer failed"),
+        (504, "The answer did not end in time"),
     )
 }
 
