@@ -418,3 +418,29 @@ def test_a_reasoning_models_think_block_comes_back_as_reasoning_content(client, 
     deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
     assert {"reasoning_content": "One plus one is two."} in deltas and {"content": "2"} in deltas
     assert chunks[-1]["usage"] == {"prompt_tokens": 7, "completion_tokens": 9, "total_tokens": 16}
+
+
+def test_a_failed_turn_ends_the_stream_with_an_error_event(bot):
+    from django.utils import timezone
+
+    from apps.bots.models import Conversation
+    from apps.openai_api.api import completion_events
+
+    conversation = Conversation.objects.create(bot=bot, chat_type="single", userid="api:x")
+    turn = Turn.objects.create(
+        bot=bot,
+        conversation=conversation,
+        msgid="api:f1",
+        stream_id="f1",
+        question="hi",
+        status=Turn.Status.FAILED,
+        error="engine died",
+        received_at=timezone.now(),
+        channel=Turn.Channel.API,
+    )
+
+    body = async_to_sync(_read)(completion_events(turn, usage=False)).decode()
+
+    last = json.loads(body.strip().split("\n\n")[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "answer_failed" and "[DONE]" not in body
+    assert "engine died" not in body  # the admin's detail stays in the admin
