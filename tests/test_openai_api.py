@@ -279,6 +279,11 @@ def test_admin_creates_a_key_shows_it_once_and_revokes_it(admin_client, bot):
     entry = OperatorAuditEntry.objects.get(action="openai_api.api_key.revoke")
     assert entry.after["revoked_at"] and "key_hash" not in entry.after
 
+    admin_client.post(reverse("admin:openai_api_apikey_delete", args=[row.pk]), {"post": "yes"})
+    assert not ApiKey.objects.exists()
+    entry = OperatorAuditEntry.objects.get(action="openai_api.api_key.delete")
+    assert entry.before["name"] == "wechaty" and "key_hash" not in entry.before
+
 
 def test_admin_refuses_a_key_for_an_employee_not_in_the_directory(admin_client, bot):
     response = admin_client.post(

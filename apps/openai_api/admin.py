@@ -65,6 +65,9 @@ class ApiKeyAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
     readonly_fields = ("key_prefix", "created_by", "created_at", "last_used_at", "revoked_at")
     actions = ["revoke"]
 
+    def audit_snapshot(self, obj: Model | None) -> dict[str, Any] | None:
+        return api_key_snapshot(obj)
+
     def get_fieldsets(self, request: HttpRequest, obj: Model | None = None) -> Any:
         fields: tuple[str, ...] = ("name", "bots", "userid", "rate_limit_per_minute")
         if obj is not None:
