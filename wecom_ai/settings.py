@@ -105,6 +105,7 @@ INSTALLED_APPS = [
     "apps.knowledge",
     "apps.audit",
     "apps.monitoring",
+    "apps.wecomapp",
 ]
 
 MIDDLEWARE = [

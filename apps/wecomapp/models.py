@@ -1,0 +1,121 @@
+"""A WeCom self-built app (自建应用) that a bot answers, and where each app turn's answer goes."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+
+from apps.bots.models import Bot, Turn
+from apps.core.fields import EncryptedTextField
+from wecom.app import MARKDOWN_MAX_BYTES, TEXT_MAX_BYTES
+
+
+class WeComApp(models.Model):
+    """One app of one corp: WeCom calls its callback URL, the answers go out by message/send."""
+
+    class MessageFormat(models.TextChoices):
+        TEXT = "text", _("text")
+        MARKDOWN = "markdown", _("markdown")
+
+    name = models.CharField(_("name"), max_length=100)
+    slug = models.SlugField(
+        _("slug"), max_length=50, unique=True, help_text=_("Part of the callback URL.")
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    bot = models.ForeignKey(
+        Bot,
+        on_delete=models.PROTECT,
+        related_name="wecom_apps",
+        verbose_name=_("bot"),
+        help_text=_("The bot that answers the app's messages."),
+    )
+    corp_id = models.CharField(
+        _("corp id"), max_length=64, help_text=_("The CorpID (企业ID) from My Company in WeCom.")
+    )
+    agent_id = models.PositiveIntegerField(
+        _("agent id"), help_text=_("The app's AgentId from its page in WeCom's admin.")
+    )
+    secret = EncryptedTextField(_("secret"), blank=True)
+    token = EncryptedTextField(_("token"), blank=True)
+    encoding_aes_key = EncryptedTextField(_("EncodingAESKey"), blank=True)
+    message_format = models.CharField(
+        _("message format"),
+        max_length=10,
+        choices=MessageFormat.choices,
+        default=MessageFormat.TEXT,
+        help_text=_(
+            "Text reaches WeChat users too and holds 2,048 bytes per message; markdown "
+            "(WeCom only) holds 4,096. Longer answers are sent as numbered parts."
+        ),
+    )
+    test_userid = models.CharField(
+        _("test recipient"),
+        max_length=64,
+        blank=True,
+        help_text=_("The userid that the admin's “send test message” action writes to."),
+    )
+    url_verified_at = models.DateTimeField(_("callback URL verified"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("WeCom self-built app")
+        verbose_name_plural = _("WeCom self-built apps")
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def callback_path(self) -> str:
+        return reverse("wecomapp:callback", kwargs={"slug": self.slug})
+
+    def callback_url(self) -> str:
+        return settings.PUBLIC_BASE_URL + self.callback_path()
+
+    @property
+    def markdown(self) -> bool:
+        return self.message_format == self.MessageFormat.MARKDOWN
+
+    @property
+    def message_max_bytes(self) -> int:
+        return MARKDOWN_MAX_BYTES if self.markdown else TEXT_MAX_BYTES
+
+    def url_verified_record(self) -> None:
+        from django.utils import timezone
+
+        WeComApp.objects.filter(pk=self.pk).update(url_verified_at=timezone.now())
+
+
+class AppDelivery(models.Model):
+    """Which app a turn came through, who gets its answer, and how many parts went out.
+
+    The part count survives a worker crash or a rate-limited retry, so a long answer is
+    continued where it stopped instead of being sent again from its first part.
+    """
+
+    turn = models.OneToOneField(
+        Turn,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="wecom_app_delivery",
+        verbose_name=_("turn"),
+    )
+    app = models.ForeignKey(
+        WeComApp, on_delete=models.CASCADE, related_name="deliveries", verbose_name=_("app")
+    )
+    touser = models.CharField(_("recipient"), max_length=64)
+    parts_sent = models.PositiveSmallIntegerField(_("parts sent"), default=0)
+
+    class Meta:
+        verbose_name = _("app answer delivery")
+        verbose_name_plural = _("app answer deliveries")
+
+    def __str__(self) -> str:
+        return f"{self.app} → {self.touser} ({self.turn_id})"
+
+    def part_sent(self, *, index: int) -> None:
+        """Record that part `index` (0-based) went out; never moves the count backwards."""
+        AppDelivery.objects.filter(pk=self.pk, parts_sent__lte=index).update(parts_sent=index + 1)
+        self.parts_sent = max(self.parts_sent, index + 1)
