@@ -360,3 +360,16 @@ def test_an_app_member_asks_and_receives_the_answer_through_message_send(
     received = app_api.contents(touser=MEMBER)
     assert "".join(part_number_strip(part) for part in received) == turn.answer
     assert Turn.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_an_undelivered_answer_with_wecoms_error(admin_client, app_api, wecom_app):
+    turn = _ended_turn(wecom_app, "答案")
+    AppDelivery.objects.filter(turn=turn).update(touser="left-the-company")
+    turn_push(turn_id=turn.pk, final_try=True)
+
+    page = admin_client.get(reverse("admin:wecomapp_appdelivery_changelist"))
+
+    assert page.status_code == 200
+    assert "81013 all touser invalid or unauthorized" in page.content.decode()
+    assert admin_client.get(reverse("admin:wecomapp_kfsession_changelist")).status_code == 200

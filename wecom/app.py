@@ -75,7 +75,7 @@ class AppCallback:
     """One decrypted callback: a message (`msgid` set) or an event (`event` set)."""
 
     to_user: str  # the CorpID
-    from_user: str  # the sender's userid
+    from_user: str  # the sender's userid ("" for 微信客服's event)
     agent_id: str
     msgtype: str
     create_time: str
@@ -89,7 +89,20 @@ class AppCallback:
         """WeCom retries with the same MsgId; events have none, so sender and time stand in."""
         if self.msgid:
             return self.msgid
+        if self.kf_token:
+            return f"kf-event:{self.kf_token}"
         return f"event:{self.from_user}:{self.create_time}:{self.event}"
+
+    @property
+    def kf_token(self) -> str:
+        """微信客服's event carries a token for pulling the messages it announces."""
+        token = self.raw.get("Token") if self.event == "kf_msg_or_event" else None
+        return token if isinstance(token, str) else ""
+
+    @property
+    def open_kfid(self) -> str:
+        value = self.raw.get("OpenKfId")
+        return value if isinstance(value, str) else ""
 
 
 def xml_parse(body: bytes | str) -> dict[str, Any]:
@@ -141,12 +154,14 @@ def callback_parse(data: dict[str, Any]) -> AppCallback:
 
     msgtype = text("MsgType").lower()
     from_user = text("FromUserName")
-    if not msgtype or not from_user:
-        raise MalformedMessage("MsgType and FromUserName are required")
+    if not msgtype:
+        raise MalformedMessage("MsgType is required")
     if msgtype == "event":
         event = text("Event")
         if not event:
             raise MalformedMessage("an event without Event")
+        if event == "kf_msg_or_event" and not (text("Token") and text("OpenKfId")):
+            raise MalformedMessage("a kf_msg_or_event without Token or OpenKfId")
         return AppCallback(
             to_user=text("ToUserName"),
             from_user=from_user,
@@ -157,8 +172,8 @@ def callback_parse(data: dict[str, Any]) -> AppCallback:
             raw=data,
         )
     msgid = text("MsgId")
-    if not msgid:
-        raise MalformedMessage("a message without MsgId")
+    if not msgid or not from_user:
+        raise MalformedMessage("a message without MsgId or FromUserName")
     content: str | None = None
     if msgtype == "text":
         raw_content = data.get("Content")
@@ -244,7 +259,7 @@ class AppClient:
     def message_send(self, *, touser: str, content: str, markdown: bool = False) -> dict[str, Any]:
         """Send to one member (or "a|b|c"); a refused recipient is an INVALID_USER error."""
         body = self._message(content, markdown=markdown)
-        reply = self._post(MESSAGE_SEND_PATH, {"touser": touser, "agentid": self.agent_id, **body})
+        reply = self.post(MESSAGE_SEND_PATH, {"touser": touser, "agentid": self.agent_id, **body})
         invalid = str(reply.get("invaliduser") or "")
         # errcode 0 with every named recipient refused: nobody got it.
         if invalid and set(invalid.split("|")) >= set(touser.split("|")):
@@ -253,7 +268,7 @@ class AppClient:
 
     def appchat_send(self, *, chatid: str, content: str, markdown: bool = False) -> dict[str, Any]:
         """Send to a group chat the app created (apps cannot receive group messages)."""
-        return self._post(APPCHAT_SEND_PATH, {"chatid": chatid, **self._message(content, markdown)})
+        return self.post(APPCHAT_SEND_PATH, {"chatid": chatid, **self._message(content, markdown)})
 
     @staticmethod
     def _message(content: str, markdown: bool) -> dict[str, Any]:
@@ -270,7 +285,9 @@ class AppClient:
             raise TokenError(int(data["errcode"]), str(data.get("errmsg", "")))
         return str(data.get("access_token") or ""), int(data.get("expires_in") or 7200)
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` with the token; WeCom's refusal is an AppApiError."""
+
         def request(token: str) -> dict[str, Any]:
             response = self._http.post(
                 self.base_url + path, params={"access_token": token}, json=body

@@ -41,6 +41,8 @@ from wecom.app import (
     TEXT_MAX_BYTES,
     TOKEN_EXPIRED,
 )
+from wecom.simulator_kf import PATHS as KF_PATHS
+from wecom.simulator_kf import KfDesk
 
 TOKEN_LIFETIME_SECONDS = 7200
 
@@ -58,6 +60,7 @@ class AppApiServer(ThreadingHTTPServer):
         agent_id: int,
         users: set[str],
         chats: set[str] = frozenset(),  # type: ignore[assignment]
+        open_kfids: set[str] = frozenset(),  # type: ignore[assignment]
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -68,6 +71,7 @@ class AppApiServer(ThreadingHTTPServer):
         self.agent_id = agent_id
         self.users = set(users)
         self.chats = set(chats)
+        self.kf = KfDesk(open_kfids=set(open_kfids))
         self.clock = clock
         self._lock = threading.Lock()
         self._tokens: dict[str, float] = {}  # token -> expiry on `clock`
@@ -151,7 +155,8 @@ class AppApiServer(ThreadingHTTPServer):
                 self.refusals.append((path, result["errcode"]))
         return result
 
-    def _send(self, path: str, token: str, body: Any) -> dict[str, Any]:
+    def _refusal(self, path: str, token: str) -> dict[str, Any] | None:
+        """A dead token, or a failure a test asked for; None when the call may proceed."""
         with self._lock:
             expiry = self._tokens.get(token)
             if expiry is None:
@@ -166,6 +171,14 @@ class AppApiServer(ThreadingHTTPServer):
                 if failure.times <= 0:
                     self._failures.remove(failure)
                 return _error(failure.errcode, "simulated failure")
+        return None
+
+    def _send(self, path: str, token: str, body: Any) -> dict[str, Any]:
+        refusal = self._refusal(path, token)
+        if refusal is not None:
+            return refusal
+        if path in KF_PATHS:
+            return self.kf.call(path, body if isinstance(body, dict) else {})
         if not isinstance(body, dict) or body.get("msgtype") not in {"text", "markdown"}:
             return _error(40008, "invalid message type")
         content = (body.get(body["msgtype"]) or {}).get("content")
@@ -236,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path, query = self._query()
-        if path not in {MESSAGE_SEND_PATH, APPCHAT_SEND_PATH}:
+        if path not in {MESSAGE_SEND_PATH, APPCHAT_SEND_PATH} | KF_PATHS:
             self.send_error(404)
             return
         length = int(self.headers.get("Content-Length") or 0)
@@ -271,6 +284,15 @@ class AppCallbackBuilder:
             f"<FromUserName><![CDATA[{userid}]]></FromUserName>"
             f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
             f"<Event><![CDATA[{event}]]></Event><AgentID>{self.agent_id}</AgentID></xml>"
+        )
+
+    def kf_event_xml(self, *, token: str, open_kfid: str) -> str:
+        """微信客服's "something arrived" event: the messages are pulled with its token."""
+        return (
+            f"<xml><ToUserName><![CDATA[{self.corp_id}]]></ToUserName>"
+            f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+            f"<Event><![CDATA[kf_msg_or_event]]></Event><Token><![CDATA[{token}]]></Token>"
+            f"<OpenKfId><![CDATA[{open_kfid}]]></OpenKfId></xml>"
         )
 
     def envelope(

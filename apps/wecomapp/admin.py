@@ -12,7 +12,7 @@ from django.utils.translation import gettext_lazy as _
 from apps.audit.admin.mixins import OperatorAuditAdminMixin, ReadOnlyAdminMixin, request_id_of
 from apps.core.fields import is_undecryptable
 from apps.wecomapp.forms import WeComAppForm
-from apps.wecomapp.models import AppDelivery, WeComApp
+from apps.wecomapp.models import AppDelivery, KfSession, WeComApp
 from apps.wecomapp.services import app_test_message_send
 from wecom.app import AppApiError
 
@@ -112,7 +112,16 @@ class WeComAppAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
 class AppDeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Where each app answer went; a final send failure shows WeCom's errcode and errmsg."""
 
-    list_display = ("turn", "app", "touser", "turn_status", "parts_sent", "sent_at", "send_error")
+    list_display = (
+        "turn",
+        "app",
+        "touser",
+        "open_kfid",
+        "turn_status",
+        "parts_sent",
+        "sent_at",
+        "send_error",
+    )
     list_filter = ("app",)
     list_select_related = ("turn", "app")
     search_fields = ("touser",)
@@ -129,3 +138,14 @@ class AppDeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description=_("sending failed"))
     def send_error(self, obj: AppDelivery) -> str:
         return obj.turn.push_error or "—"
+
+
+@admin.register(KfSession)
+class KfSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """微信客服 customers and who answers them now (the bot, or a person after a handover)."""
+
+    list_display = ("external_userid", "app", "open_kfid", "handled_by", "handed_over_at")
+    list_filter = ("app", "handled_by")
+    list_select_related = ("app",)
+    search_fields = ("external_userid", "open_kfid")
+    show_full_result_count = False

@@ -105,7 +105,17 @@ class AppDelivery(models.Model):
     app = models.ForeignKey(
         WeComApp, on_delete=models.CASCADE, related_name="deliveries", verbose_name=_("app")
     )
-    touser = models.CharField(_("recipient"), max_length=64)
+    touser = models.CharField(
+        _("recipient"),
+        max_length=128,
+        help_text=_("A member's userid, or a customer's external_userid."),
+    )
+    open_kfid = models.CharField(
+        _("customer service account"),
+        max_length=64,
+        blank=True,
+        help_text=_("微信客服: the account (open_kfid) the customer wrote to; empty for the app."),
+    )
     parts_sent = models.PositiveSmallIntegerField(_("parts sent"), default=0)
 
     class Meta:
@@ -119,3 +129,59 @@ class AppDelivery(models.Model):
         """Record that part `index` (0-based) went out; never moves the count backwards."""
         AppDelivery.objects.filter(pk=self.pk, parts_sent__lte=index).update(parts_sent=index + 1)
         self.parts_sent = max(self.parts_sent, index + 1)
+
+
+class KfCursor(models.Model):
+    """How far 微信客服's messages for one account were pulled and recorded.
+
+    It moves in the transaction that records the pulled messages' turns, so a crash before
+    that commit pulls the same messages again and one after it never pulls them twice.
+    """
+
+    app = models.ForeignKey(
+        WeComApp, on_delete=models.CASCADE, related_name="kf_cursors", verbose_name=_("app")
+    )
+    open_kfid = models.CharField(_("customer service account"), max_length=64)
+    cursor = models.CharField(_("cursor"), max_length=256, blank=True)
+    synced_at = models.DateTimeField(_("last pulled"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("customer service cursor")
+        verbose_name_plural = _("customer service cursors")
+        constraints = [
+            models.UniqueConstraint(fields=["app", "open_kfid"], name="wecomapp_kf_cursor_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.app} / {self.open_kfid}"
+
+
+class KfSession(models.Model):
+    """Who answers one customer of one 微信客服 account now: the bot, or a person."""
+
+    class HandledBy(models.TextChoices):
+        BOT = "bot", _("bot")
+        HUMAN = "human", _("person")
+
+    app = models.ForeignKey(
+        WeComApp, on_delete=models.CASCADE, related_name="kf_sessions", verbose_name=_("app")
+    )
+    open_kfid = models.CharField(_("customer service account"), max_length=64)
+    external_userid = models.CharField(_("customer (external_userid)"), max_length=128)
+    handled_by = models.CharField(
+        _("handled by"), max_length=8, choices=HandledBy.choices, default=HandledBy.BOT
+    )
+    handed_over_at = models.DateTimeField(_("handed to a person"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("customer service session")
+        verbose_name_plural = _("customer service sessions")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["app", "open_kfid", "external_userid"], name="wecomapp_kf_session_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.external_userid} ({self.get_handled_by_display()})"

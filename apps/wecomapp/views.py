@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.core.fields import is_undecryptable
+from apps.wecomapp.kf import kf_event_receive
 from apps.wecomapp.models import WeComApp
 from apps.wecomapp.services import app_callback_receive, app_nonce_remember
 from wecom.app import callback_decrypt, callback_parse
@@ -137,7 +138,10 @@ def _receive(
         logger.warning("app %s: callback reusing a (timestamp, nonce) pair refused", app.slug)
         return _plain(403, "forbidden")
     try:
-        app_callback_receive(app=app, callback=message, received_at=received_at)
+        if message.kf_token:
+            kf_event_receive(app=app, open_kfid=message.open_kfid, token=message.kf_token)
+        else:
+            app_callback_receive(app=app, callback=message, received_at=received_at)
     except Exception:
         # WeCom retries a failed delivery, and the MsgId dedup makes the retry safe.
         logger.exception("app %s: callback could not be handled", app.slug)
