@@ -18,6 +18,7 @@ from apps.audit.models import OperatorAuditEntry
 from apps.bots.models import Conversation, Turn
 from apps.bots.services.push import PushError, turn_push
 from apps.wecomapp.models import AppDelivery, WeComApp
+from apps.wecomapp.services import app_thinking_notice
 from tests.conftest import turn_terminal
 from wecom.app import TEXT_MAX_BYTES, message_parts, part_number_strip
 from wecom.crypto import generate_encoding_aes_key, generate_token
@@ -76,7 +77,7 @@ def _ask(client, app: WeComApp, content: str, msgid: str = "7000000001"):
 
 
 def _ended_turn(app: WeComApp, answer: str) -> Turn:
-    conversation = Conversation.objects.create(bot=app.bot, userid=MEMBER)
+    conversation, _created = Conversation.objects.get_or_create(bot=app.bot, userid=MEMBER)
     now = timezone.now()
     turn = Turn.objects.create(
         bot=app.bot,
@@ -277,6 +278,34 @@ def test_a_final_refusal_marks_the_turn_undelivered_with_wecoms_error(app_api, w
     assert app_api.contents() == []
 
 
+@pytest.mark.django_db
+def test_a_slow_first_token_gets_one_thinking_notice(
+    client, app_api, wecom_app, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        _ask(client, wecom_app, "年假几天？")
+    assert len(callbacks) == 2  # the answer's enqueue and the notice's, after the commit
+    turn = Turn.objects.get()
+
+    assert app_thinking_notice(turn_id=turn.pk) is True
+    assert app_thinking_notice(turn_id=turn.pk) is False  # once
+
+    assert app_api.contents(touser=MEMBER) == ["正在思考，稍后给你答案。"]
+
+
+@pytest.mark.django_db
+def test_no_thinking_notice_once_the_model_started_or_the_turn_ended(app_api, wecom_app):
+    started = _ended_turn(wecom_app, "")
+    Turn.objects.filter(pk=started.pk).update(
+        status=Turn.Status.GENERATING, first_token_at=timezone.now()
+    )
+    ended = _ended_turn(wecom_app, "答案")
+
+    assert app_thinking_notice(turn_id=started.pk) is False
+    assert app_thinking_notice(turn_id=ended.pk) is False
+    assert app_api.contents() == []
+
+
 # -- admin ---------------------------------------------------------------------------------
 
 
@@ -291,6 +320,7 @@ def test_admin_creates_an_app_with_write_only_secrets_and_shows_its_callback_url
         "corp_id": CORP_ID,
         "agent_id": str(AGENT_ID),
         "message_format": "text",
+        "thinking_notice_seconds": "10",
         "test_userid": MEMBER,
         "new_secret": "S3cretValue",
         "new_token": "Tok3nTok3n",
@@ -343,6 +373,7 @@ def test_admin_send_test_message_reaches_the_test_recipient(admin_client, app_ap
 def test_an_app_member_asks_and_receives_the_answer_through_message_send(
     client, app_api, wecom_app, start_worker
 ):
+    WeComApp.objects.filter(pk=wecom_app.pk).update(thinking_notice_seconds=0)  # answer only
     start_worker(WECOM_API_BASE=app_api.base_url)
 
     response, body, params = _ask(client, wecom_app, "What is the capital of France?")

@@ -49,7 +49,17 @@ class WeComAppAdmin(OperatorAuditAdminMixin, admin.ModelAdmin):
                 ),
             },
         ),
-        (_("Answers"), {"fields": ("message_format", "test_userid", "updated_at")}),
+        (
+            _("Answers"),
+            {
+                "fields": (
+                    "message_format",
+                    "thinking_notice_seconds",
+                    "test_userid",
+                    "updated_at",
+                )
+            },
+        ),
     )
 
     class Media:

@@ -56,6 +56,7 @@ class WeComAppForm(forms.ModelForm):
             "corp_id",
             "agent_id",
             "message_format",
+            "thinking_notice_seconds",
             "test_userid",
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
@@ -48,6 +49,16 @@ class WeComApp(models.Model):
         help_text=_(
             "Text reaches WeChat users too and holds 2,048 bytes per message; markdown "
             "(WeCom only) holds 4,096. Longer answers are sent as numbered parts."
+        ),
+    )
+    thinking_notice_seconds = models.PositiveSmallIntegerField(
+        _("thinking notice after (seconds)"),
+        default=10,
+        validators=[MaxValueValidator(300)],
+        help_text=_(
+            "The app cannot show an answer as it is written: when the model has not started "
+            "answering after this long, the member gets a short “thinking…” message. "
+            "0 = never."
         ),
     )
     test_userid = models.CharField(
@@ -117,6 +128,7 @@ class AppDelivery(models.Model):
         help_text=_("微信客服: the account (open_kfid) the customer wrote to; empty for the app."),
     )
     parts_sent = models.PositiveSmallIntegerField(_("parts sent"), default=0)
+    notice_sent_at = models.DateTimeField(_("thinking notice sent"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("app answer delivery")

@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from apps.audit.services.operator_audit import operator_audit_record
@@ -84,10 +85,49 @@ def app_callback_receive(
         turn = mention_receive(
             bot=app.bot, message=message, received_at=received_at, channel=Turn.Channel.APP
         )
-        AppDelivery.objects.get_or_create(
+        _delivery, created = AppDelivery.objects.get_or_create(
             turn=turn, defaults={"app": app, "touser": callback.from_user}
         )
+        if created and not turn.is_terminal and app.thinking_notice_seconds:
+            turn_id, delay = turn.pk, app.thinking_notice_seconds
+            transaction.on_commit(lambda: _thinking_notice_enqueue(turn_id=turn_id, delay=delay))
     return turn
+
+
+def _thinking_notice_enqueue(*, turn_id: int, delay: float) -> None:
+    from apps.wecomapp.tasks import app_thinking_notice
+
+    app_thinking_notice.apply_async(args=(turn_id,), countdown=delay)
+
+
+def app_thinking_notice(*, turn_id: int) -> bool:
+    """Tell the member the answer is coming when the model has not started after a while.
+
+    Without a stream the member otherwise sees nothing until the whole answer is sent.
+    Sent at most once, and never once the first token (or the end) is there.
+    """
+    delivery = AppDelivery.objects.select_related("turn", "app").filter(turn_id=turn_id).first()
+    if delivery is None or delivery.notice_sent_at is not None:
+        return False
+    turn = delivery.turn
+    if turn.is_terminal or turn.first_token_at is not None:
+        return False
+    claimed = AppDelivery.objects.filter(pk=delivery.pk, notice_sent_at__isnull=True).update(
+        notice_sent_at=timezone.now()
+    )
+    if not claimed:
+        return False
+    with reply_language():
+        content = _("Thinking… the answer follows shortly.")
+    client = app_client(app=delivery.app)
+    try:
+        client.message_send(touser=delivery.touser, content=content, markdown=False)
+    except AppApiError as exc:
+        logger.info("turn %s: thinking notice not sent: %s", turn_id, exc)
+        return False
+    finally:
+        client.close()
+    return True
 
 
 def app_turn_text(*, turn: Turn) -> str:

@@ -31,3 +31,10 @@ def kf_sync(self: Any, app_id: int, open_kfid: str, token: str) -> None:
             return
         countdown = float(min(2**self.request.retries, 30))
         raise self.retry(exc=exc, countdown=countdown, max_retries=KF_SYNC_MAX_RETRIES) from exc
+
+
+@shared_task(ignore_result=True)
+def app_thinking_notice(turn_id: int) -> None:
+    from apps.wecomapp.services import app_thinking_notice as notice_send
+
+    notice_send(turn_id=turn_id)
