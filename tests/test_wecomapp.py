@@ -404,3 +404,38 @@ def test_the_admin_shows_an_undelivered_answer_with_wecoms_error(admin_client, a
     assert page.status_code == 200
     assert "81013 all touser invalid or unauthorized" in page.content.decode()
     assert admin_client.get(reverse("admin:wecomapp_kfsession_changelist")).status_code == 200
+
+
+def test_wecom_app_sim_asks_the_app_and_its_customer_service(live_server, wecom_app, start_worker):
+    import io
+    import json
+    import socket
+
+    from django.core.management import call_command
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    WeComApp.objects.filter(pk=wecom_app.pk).update(thinking_notice_seconds=0)
+    start_worker(WECOM_API_BASE=f"http://127.0.0.1:{port}")
+
+    for extra in ([], ["--kf"]):
+        out = io.StringIO()
+        call_command(
+            "wecom_app_sim",
+            wecom_app.slug,
+            "What is the capital of France?",
+            "--url",
+            live_server.url,
+            "--port",
+            str(port),
+            "--json",
+            *extra,
+            stdout=out,
+            stderr=io.StringIO(),
+        )
+        result = json.loads(out.getvalue())
+        assert result["status"] == Turn.Status.ANSWERED and result["push_error"] == ""
+        assert result["messages"]
+    channels = sorted(Turn.objects.values_list("channel", flat=True))
+    assert channels == [Turn.Channel.APP, Turn.Channel.KF]

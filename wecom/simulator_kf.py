@@ -58,6 +58,7 @@ class KfDesk:
         self._last_customer_at: dict[tuple[str, str], float] = {}
         self._replies: dict[tuple[str, str], int] = {}
         self.sent: list[dict[str, Any]] = []
+        self.msgids: list[str] = []  # of the customers' messages, in order
         self.syncs = 0
 
     def customer_says(self, *, open_kfid: str, external_userid: str, text: str) -> str:
@@ -65,9 +66,10 @@ class KfDesk:
         key = (open_kfid, external_userid)
         with self._lock:
             now = self.clock()
+            self.msgids.append(secrets.token_hex(12))
             self._log.append(
                 {
-                    "msgid": secrets.token_hex(12),
+                    "msgid": self.msgids[-1],
                     "open_kfid": open_kfid,
                     "external_userid": external_userid,
                     "send_time": int(now),
