@@ -105,6 +105,7 @@ INSTALLED_APPS = [
     "apps.knowledge",
     "apps.audit",
     "apps.monitoring",
+    "apps.wechat",
 ]
 
 MIDDLEWARE = [
@@ -342,6 +343,16 @@ KNOWLEDGE_LANGUAGE_BALANCE_TOP = _positive_int("KNOWLEDGE_LANGUAGE_BALANCE_TOP",
 # (bench/retrieval.py --only quality, "+nb" rows).
 KNOWLEDGE_NEIGHBOUR_TOKENS = env.int("KNOWLEDGE_NEIGHBOUR_TOKENS", default=200)
 KNOWLEDGE_NEIGHBOUR_SAME_HEADING = env.bool("KNOWLEDGE_NEIGHBOUR_SAME_HEADING", default=False)
+
+# --- WeChat Official Account and mini program (README "WeChat Official Account and mini
+# program") ----------------------------------------------------------------------------------
+WECHAT_API_BASE = env.str("WECHAT_API_BASE", default="https://api.weixin.qq.com").rstrip("/")
+# WeChat waits 5 s for a passive reply; the callback waits this long for the answer, then
+# answers empty and the customer-service API delivers it.
+WECHAT_PASSIVE_REPLY_SECONDS = env.float("WECHAT_PASSIVE_REPLY_SECONDS", default=4.5)
+# Mini-program sign-in: lifetimes of the access and refresh JWTs.
+WECHAT_MP_ACCESS_TOKEN_MINUTES = env.int("WECHAT_MP_ACCESS_TOKEN_MINUTES", default=30)
+WECHAT_MP_REFRESH_TOKEN_DAYS = env.int("WECHAT_MP_REFRESH_TOKEN_DAYS", default=7)
 
 # --- WeCom ---------------------------------------------------------------------------------
 WECOM_API_BASE = env.str("WECOM_API_BASE", default="https://qyapi.weixin.qq.com").rstrip("/")
