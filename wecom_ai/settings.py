@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -414,6 +415,15 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
 ANONYMOUS_USER_NAME = None
+# Mini-program sign-in (apps.wechat.auth): JWTs whose subject is the WeChat user, never a
+# Django user; the admin keeps its sessions.
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=WECHAT_MP_ACCESS_TOKEN_MINUTES),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=WECHAT_MP_REFRESH_TOKEN_DAYS),
+    "AUDIENCE": "wecom-ai:miniprogram",
+    "AUTH_HEADER_TYPES": ("Bearer",),
+    "UPDATE_LAST_LOGIN": False,
+}
 
 # --- i18n -------------------------------------------------------------------------------------
 LANGUAGE_CODE = env.str("LANGUAGE_CODE", default="zh-hans")
