@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit.admin.mixins import OperatorAuditAdminMixin
 from apps.wechat.models import MiniProgram, OfficialAccount
+from wecom.crypto import validate_encoding_aes_key
 
 _KEEP = _("Leave empty to keep the stored one.")
 
@@ -55,6 +56,17 @@ class OfficialAccountForm(_SecretsForm):
     class Meta:
         model = OfficialAccount
         fields = ("name", "slug", "enabled", "app_id", "mode", "bot", "welcome_text")
+
+    def clean_new_encoding_aes_key(self) -> str:
+        value: str = self.cleaned_data["new_encoding_aes_key"]
+        if value:
+            try:
+                validate_encoding_aes_key(value)
+            except ValueError:
+                raise forms.ValidationError(
+                    _("The EncodingAESKey must be exactly 43 letters, digits, '+' or '/'.")
+                ) from None
+        return value
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
