@@ -140,6 +140,24 @@ def test_subscribe_gets_the_welcome_text_and_no_turn(client, account):
     assert not Turn.objects.exists()
 
 
+def test_a_retry_after_the_passive_reply_gets_it_again_from_the_same_turn(client, account):
+    follower = follower_of(account)
+    xml = follower.image_xml()
+    first = client_send(client, follower, xml)
+    again = client_send(client, follower, xml)
+    assert first.content and again.content == first.content
+    assert Turn.objects.count() == 1
+
+
+def test_subscribe_by_qr_code_gets_the_welcome_text_too(client, account):
+    follower = follower_of(account)
+    xml = follower.event_xml("subscribe").replace(
+        "<EventKey></EventKey>", "<EventKey>qrscene_42</EventKey>"
+    )
+    assert "qrscene_42" in xml
+    assert client_send(client, follower, xml).content == "欢迎关注"
+
+
 def test_subscribe_without_welcome_and_other_events_get_success(client, make_account):
     follower = follower_of(make_account(welcome_text=""))
     assert client_send(client, follower, follower.event_xml("subscribe")).body == "success"

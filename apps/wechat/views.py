@@ -155,7 +155,9 @@ async def _answer(
         )
 
     if inbound.msgtype == "event":
-        if inbound.event == "subscribe" and service.welcome_text(account=account):
+        # A follower who subscribed by scanning a QR code arrives as "subscribe_scan".
+        subscribed = inbound.event in {"subscribe", "subscribe_scan"}
+        if subscribed and service.welcome_text(account=account):
             return reply(service.welcome_text(account=account))
         return _success()
     turn = await sync_to_async(service.follower_message_receive)(
