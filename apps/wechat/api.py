@@ -67,6 +67,7 @@ class LoginView(APIView):
 
     authentication_classes = [MiniProgramAuthentication]  # for 401, not 403, on a bad code
     permission_classes = [AllowAny]
+    serializer_class = LoginSerializer  # what schema generators describe
 
     def post(self, request: Request) -> Response:
         params = LoginSerializer(data=request.data)
@@ -94,6 +95,7 @@ class ChatView(APIView):
 
     authentication_classes = [MiniProgramAuthentication]
     permission_classes = [IsAuthenticated]
+    serializer_class = ChatSerializer  # the request; the answer is text/event-stream
 
     def post(self, request: Request) -> StreamingHttpResponse:
         params = ChatSerializer(data=request.data)
