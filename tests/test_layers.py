@@ -225,7 +225,7 @@ def test_core_imports_no_domain_app():
 # --- The import contracts (pyproject.toml, [tool.importlinter]; `lint-imports` in make test) ---
 
 LAYERS = [
-    "apps.monitoring | apps.wecomapp",
+    "apps.monitoring | apps.wecomapp | apps.wechat",
     "apps.bots",
     "apps.knowledge",
     "apps.audit",

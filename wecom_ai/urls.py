@@ -43,6 +43,8 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("wecom/", include("apps.bots.urls")),
     path("wecom/", include("apps.wecomapp.urls")),
+    path("wechat/", include("apps.wechat.urls")),
+    path("api/mp/", include("apps.wechat.api_urls")),
     path("api/", include("apps.knowledge.urls")),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/status/", admin.site.admin_view(status_view), name="admin-status"),
