@@ -12,7 +12,11 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from apps.audit.services.operator_audit import model_snapshot, operator_audit_record
+from apps.audit.services.operator_audit import (
+    model_snapshot,
+    operator_audit_record,
+    snapshot_changes,
+)
 from apps.bots.models import Bot, Turn
 from apps.bots.variants import BUCKETS, WEIGHTS_OVER, BotVariant, user_bucket
 
@@ -94,20 +98,21 @@ def variant_promote(*, variant: BotVariant, actor: Any, request_id: str = "") ->
     with transaction.atomic():
         bot = Bot.objects.select_for_update().get(pk=variant.bot_id)
         variant = BotVariant.objects.select_for_update().get(pk=variant.pk, bot=bot)
-        before = {"bot": model_snapshot(bot), "variants": _variants_snapshot(bot)}
+        bot_before, variants_before = model_snapshot(bot), _variants_snapshot(bot)
         if variant.model_profile_id is not None:
             bot.model_profile_id = variant.model_profile_id
         if variant.system_prompt.strip():
             bot.system_prompt = variant.system_prompt
         bot.save()
         BotVariant.objects.filter(bot=bot).update(enabled=False, buckets=[])
+        bot_before, bot_after = snapshot_changes(bot_before, model_snapshot(bot))
         operator_audit_record(
             actor=actor,
             action=f"{VARIANT_ACTION}.promote",
             obj=bot,
-            before=before,
+            before={"bot": bot_before, "variants": variants_before},
             after={
-                "bot": model_snapshot(bot),
+                "bot": bot_after,
                 "variants": _variants_snapshot(bot),
                 "promoted": {"id": variant.pk, "name": variant.name},
             },
