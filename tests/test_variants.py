@@ -18,6 +18,7 @@ from apps.audit.models import OperatorAuditEntry
 from apps.bots import selectors
 from apps.bots.models import Bot, Conversation, Turn
 from apps.bots.services import receive, recover
+from apps.bots.services.config import bot_delete
 from apps.bots.services.variants import (
     turn_variant_apply,
     variant_buckets_assign,
@@ -355,3 +356,13 @@ def test_a_variant_that_answered_cannot_be_deleted_only_disabled(admin_client, b
     response = admin_client.post(url, {**form, **rows}, HTTP_ACCEPT_LANGUAGE="en")
     assert response.status_code == 200
     assert BotVariant.objects.filter(pk=chosen.pk).exists()
+
+
+def test_deleting_a_bot_deletes_its_variants_and_their_turns(bot):
+    # A variant's turns hold it (RESTRICT) only against deleting the variant alone.
+    chosen = variant(bot, "A", 40)
+    _seed(bot, chosen, msgid="v1", first=0.5, total=1)
+    _seed(bot, None, msgid="c1", first=0.5, total=1)
+    bot_delete(bot=bot, actor=None)
+    assert not Bot.objects.filter(pk=bot.pk).exists()
+    assert not BotVariant.objects.exists() and not Turn.objects.exists()
