@@ -13,11 +13,12 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from apps.audit.models import OperatorAuditEntry
 from apps.bots import selectors
 from apps.bots.models import Bot, Conversation, Turn
-from apps.bots.services import receive, recover
+from apps.bots.services import generate, receive, recover
 from apps.bots.services.config import bot_delete
 from apps.bots.services.variants import (
     turn_variant_apply,
@@ -172,6 +173,24 @@ def test_the_sweeper_names_the_variants_model_when_no_worker_serves_it(bot, othe
     assert recover.turns_recover() == 1
     turn.refresh_from_db()
     assert "'variant model'" in turn.error
+
+
+def test_a_claimed_variant_turn_counts_its_queue_wait_under_the_variants_model(
+    bot, other_profile, django_capture_on_commit_callbacks
+):
+    chosen = variant(bot, "A", 100, model_profile=other_profile)
+    conversation = Conversation.objects.create(bot=bot, chat_type="single", userid="zhangsan")
+    now = timezone.now()
+    turn = Turn.objects.create(
+        bot=bot, conversation=conversation, msgid="m1", stream_id="s1", question="hi",
+        received_at=now, queued_at=now, variant=chosen,
+    )  # fmt: skip
+    name = "wecomai_queue_wait_seconds_count"
+    before = REGISTRY.get_sample_value(name, {"model": "variant model"}) or 0.0
+    with django_capture_on_commit_callbacks(execute=True):  # metrics count after commit
+        claimed = generate.turn_claim(turn_id=turn.pk)
+    assert claimed is not None and claimed.bot.model_profile == other_profile
+    assert REGISTRY.get_sample_value(name, {"model": "variant model"}) == before + 1
 
 
 def _seed(bot, variant_obj, *, msgid: str, status: str = "answered", first: float | None = None,

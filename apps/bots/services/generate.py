@@ -75,6 +75,8 @@ def turn_claim(*, turn_id: int) -> Turn | None:
     turn = (
         Turn.objects.select_related("bot__model_profile", "conversation").filter(pk=turn_id).first()
     )
+    if turn is not None:
+        turn_variant_apply(turn=turn)  # its A/B variant's model and prompt, if it has one
     seen_beat: datetime | None = None
     while turn is not None and not turn.is_terminal:
         if turn.claim(lease=lease):
@@ -158,7 +160,6 @@ def turn_generate(*, turn_id: int) -> None:
     turn = turn_claim(turn_id=turn_id)
     if turn is None:
         return
-    turn_variant_apply(turn=turn)  # the A/B variant's model and prompt, if it has one
     if turn.attempts > settings.TURN_MAX_ATTEMPTS:
         turn_fail(turn=turn, error=f"gave up after {turn.attempts - 1} attempts")
         return
