@@ -312,7 +312,7 @@ def test_the_comparison_page_renders_in_both_languages_and_links_each_arms_turns
     assert "control (the bot's own settings)" in english
     assert f'data-variant="{chosen.pk}"' in english
     chinese = admin_client.get(page_url, HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
-    assert "对照组" in chinese
+    assert "对照组" in chinese and "用户占比" in chinese and "share of users" not in chinese
     # Each arm's count links to its turns in the turn list (scoped and logged as ever).
     listing = reverse("admin:bots_turn_changelist")
     for query in (f"variant__id__exact={chosen.pk}", "variant__isnull=True"):
