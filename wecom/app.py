@@ -15,7 +15,7 @@ from typing import Any
 from xml.parsers.expat import ExpatError
 
 import httpx
-import xmltodict  # type: ignore[import-untyped]  # no stubs shipped
+import xmltodict
 
 from wecom.crypto import WeComCrypto, WeComCryptoError
 from wecom.messages import MalformedMessage, split_at_boundary

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
 
 import httpx
-import xmltodict  # type: ignore[import-untyped]  # no stubs shipped
+import xmltodict
 from wechatpy.crypto import _get_signature
 from wechatpy.enterprise.crypto import PrpCrypto, WeChatCrypto
 
