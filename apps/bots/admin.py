@@ -437,6 +437,7 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "received_at",
         "bot",
+        "channel",
         "user",
         "short_question",
         "status",
@@ -447,6 +448,7 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     )
     list_filter = (
         ReviewBotFilter,
+        "channel",
         "is_test",
         "status",
         "rejection_reason",
