@@ -225,7 +225,7 @@ def test_core_imports_no_domain_app():
 # --- The import contracts (pyproject.toml, [tool.importlinter]; `lint-imports` in make test) ---
 
 LAYERS = [
-    "apps.monitoring | apps.openai_api",
+    "apps.monitoring | apps.wecomapp | apps.wechat | apps.openai_api",
     "apps.bots",
     "apps.knowledge",
     "apps.audit",

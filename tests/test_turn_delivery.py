@@ -71,6 +71,23 @@ def test_response_url_is_never_used_twice(turn, response_server):
     assert len(response_server.posts("m-1")) == 1
 
 
+@pytest.mark.parametrize("channel", [c for c in Turn.Channel if c != Turn.Channel.CALLBACK])
+def test_other_doors_never_touch_response_url_and_keep_the_whole_answer(
+    turn, response_server, channel
+):
+    # Given a long answer on a turn that came through another door (it carries a
+    # response_url only to prove it is left alone)
+    Turn.objects.filter(pk=turn.pk).update(channel=channel)
+    turn.refresh_from_db()
+    answer = _long_answer()
+    deliver.turn_finish(turn=turn, reasoning="", answer=answer)
+    # Then nothing is posted and no delivery error is recorded: the door sends it all
+    assert response_server.posts("m-1") == []
+    turn.refresh_from_db()
+    assert (turn.status, turn.answer, turn.error) == (Turn.Status.ANSWERED, answer, "")
+    assert turn.longconn_rest == "" and turn.response_url_used_at is None
+
+
 def test_reasoning_goes_to_the_think_block_and_is_stored_apart(turn):
     deliver.turn_finish(turn=turn, reasoning="先查制度", answer="五天。")
     assert stream_state_get("s-1").content == "<think>先查制度</think>五天。"

@@ -21,7 +21,10 @@ application = ProtocolTypeRouter(
         "http": BodySizeLimitMiddleware(
             django_asgi_app,
             default=settings.REQUEST_BODY_MAX_BYTES,
-            limits=[("/wecom/", settings.WECOM_CALLBACK_MAX_BYTES)],
+            limits=[
+                ("/wecom/", settings.WECOM_CALLBACK_MAX_BYTES),
+                ("/wechat/", settings.WECOM_CALLBACK_MAX_BYTES),
+            ],
         ),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -105,6 +106,8 @@ INSTALLED_APPS = [
     "apps.knowledge",
     "apps.audit",
     "apps.monitoring",
+    "apps.wecomapp",
+    "apps.wechat",
     "apps.openai_api",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -346,6 +349,16 @@ KNOWLEDGE_LANGUAGE_BALANCE_TOP = _positive_int("KNOWLEDGE_LANGUAGE_BALANCE_TOP",
 KNOWLEDGE_NEIGHBOUR_TOKENS = env.int("KNOWLEDGE_NEIGHBOUR_TOKENS", default=200)
 KNOWLEDGE_NEIGHBOUR_SAME_HEADING = env.bool("KNOWLEDGE_NEIGHBOUR_SAME_HEADING", default=False)
 
+# --- WeChat Official Account and mini program (README "WeChat Official Account and mini
+# program") ----------------------------------------------------------------------------------
+WECHAT_API_BASE = env.str("WECHAT_API_BASE", default="https://api.weixin.qq.com").rstrip("/")
+# WeChat waits 5 s for a passive reply; the callback waits this long for the answer, then
+# answers empty and the customer-service API delivers it.
+WECHAT_PASSIVE_REPLY_SECONDS = env.float("WECHAT_PASSIVE_REPLY_SECONDS", default=4.5)
+# Mini-program sign-in: lifetimes of the access and refresh JWTs.
+WECHAT_MP_ACCESS_TOKEN_MINUTES = env.int("WECHAT_MP_ACCESS_TOKEN_MINUTES", default=30)
+WECHAT_MP_REFRESH_TOKEN_DAYS = env.int("WECHAT_MP_REFRESH_TOKEN_DAYS", default=7)
+
 # --- WeCom ---------------------------------------------------------------------------------
 WECOM_API_BASE = env.str("WECOM_API_BASE", default="https://qyapi.weixin.qq.com").rstrip("/")
 WECOM_CALLBACK_MAX_BYTES = env.int("WECOM_CALLBACK_MAX_BYTES", default=64 * 1024)
@@ -419,6 +432,15 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 ANONYMOUS_USER_NAME = None
+# Mini-program sign-in (apps.wechat.auth): JWTs whose subject is the WeChat user, never a
+# Django user; the admin keeps its sessions.
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=WECHAT_MP_ACCESS_TOKEN_MINUTES),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=WECHAT_MP_REFRESH_TOKEN_DAYS),
+    "AUDIENCE": "wecom-ai:miniprogram",
+    "AUTH_HEADER_TYPES": ("Bearer",),
+    "UPDATE_LAST_LOGIN": False,
+}
 
 # --- i18n -------------------------------------------------------------------------------------
 LANGUAGE_CODE = env.str("LANGUAGE_CODE", default="zh-hans")

@@ -8,6 +8,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.monitoring.dashboard import home_view
 from apps.monitoring.views import metrics_view
+from wecom_ai import schema  # noqa: F401 - registers the doors' authentication schemes
 from wecom_ai.status import status_view
 
 # There is no public site: the header names the product, and "View site" (a 404) is replaced
@@ -43,6 +44,9 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
     path("wecom/", include("apps.bots.urls")),
+    path("wecom/", include("apps.wecomapp.urls")),
+    path("wechat/", include("apps.wechat.urls")),
+    path("api/mp/", include("apps.wechat.api_urls")),
     path("api/", include("apps.knowledge.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

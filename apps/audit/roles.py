@@ -24,7 +24,7 @@ ROLE_PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
     # Runs the platform: bots, model profiles, the directory, archive sources and policies,
     # and people's accounts; reads no transcript, case or archived message.
     "IT admin": {
-        "bots": (*(f"{a}_bot" for a in CRUD),),
+        "bots": (*(f"{a}_bot" for a in CRUD), *(f"{a}_botvariant" for a in CRUD)),
         "inference": (*(f"{a}_modelprofile" for a in CRUD),),
         "directory": (
             *(f"{a}_directoryuser" for a in CRUD),

@@ -17,6 +17,7 @@ from apps.audit.admin.mixins import AccessReasonAdminMixin, OperatorAuditAdminMi
 from apps.bots.admin_health import DeliveryHealthAdminMixin
 from apps.bots.admin_setup import BotSetupAdminMixin, callback_url_html
 from apps.bots.admin_trial import BotTrialChatAdminMixin
+from apps.bots.admin_variants import BotVariantAdminMixin
 from apps.bots.conversation_files import ConversationFile
 from apps.bots.forms import BotForm
 from apps.bots.models import Bot, Conversation, LongConnection, Turn
@@ -200,6 +201,7 @@ class BotAdmin(
     BotTrialChatAdminMixin,
     BotSetupAdminMixin,
     DeliveryHealthAdminMixin,
+    BotVariantAdminMixin,
     OperatorAuditAdminMixin,
     admin.ModelAdmin,
 ):
@@ -435,6 +437,7 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "received_at",
         "bot",
+        "channel",
         "user",
         "short_question",
         "status",
@@ -445,6 +448,7 @@ class TurnAdmin(TranscriptAccessMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     )
     list_filter = (
         ReviewBotFilter,
+        "channel",
         "is_test",
         "status",
         "rejection_reason",

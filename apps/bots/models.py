@@ -424,6 +424,9 @@ class Turn(models.Model):
             "marked in the turn and review lists so it is not counted as real use."
         ),
     )
+    variant = models.ForeignKey(  # chosen at admission; null = the bot's own settings
+        "bots.BotVariant", models.RESTRICT, null=True, blank=True, verbose_name=_("A/B variant")
+    )
 
     objects = TurnQuerySet.as_manager()
 
@@ -582,3 +585,4 @@ class Turn(models.Model):
 from apps.bots.conversation import Conversation  # noqa: E402, F401
 from apps.bots.conversation_files import ConversationFile  # noqa: E402, F401
 from apps.bots.long_connection import LongConnection  # noqa: E402, F401
+from apps.bots.variants import BotVariant  # noqa: E402, F401

@@ -60,7 +60,8 @@ def turn_finish(*, turn: Turn, reasoning: str, answer: str) -> bool:
     error = ""
     if rest and turn.longconn_req_id:
         turn.longconn_rest = rest  # the connector pushes it once the stream has ended
-    elif rest:
+    elif rest and turn.channel == Turn.Channel.CALLBACK:
+        # Other doors carry the whole answer themselves (a push, a passive reply, SSE).
         error = _response_url_deliver(turn=turn, content=rest)
     with transaction.atomic():
         finished = turn.finish(answer=answer, reasoning=reasoning, error=error)

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.db.models import Q
 from django.utils.translation import gettext as _
 
 from apps.audit.models import AuditPolicy
@@ -32,6 +33,7 @@ from apps.bots.services.files import (
 )
 from apps.bots.services.queue_notice import QueueNotice
 from apps.bots.services.stream import reply_language, stream_close_for_deadline
+from apps.bots.services.variants import turn_variant_apply
 from apps.bots.streams import StreamFlusher, deadline_from, now_epoch
 from apps.directory.selectors import Readers, chat_readers
 from apps.inference.engine.base import (
@@ -73,6 +75,8 @@ def turn_claim(*, turn_id: int) -> Turn | None:
     turn = (
         Turn.objects.select_related("bot__model_profile", "conversation").filter(pk=turn_id).first()
     )
+    if turn is not None:
+        turn_variant_apply(turn=turn)  # its A/B variant's model and prompt, if it has one
     seen_beat: datetime | None = None
     while turn is not None and not turn.is_terminal:
         if turn.claim(lease=lease):
@@ -520,7 +524,9 @@ def engines_warm(*, profile_ids: frozenset[int] | None = None) -> int:
     """Load the models of enabled bots, so the first question after a restart is not slow;
     a worker started with `--profiles` loads only its own (`profile_ids`)."""
     loaded = 0
-    profiles = ModelProfile.objects.filter(bots__enabled=True).distinct()
+    # A variant's model answers some of its bot's users: warmed like the bot's own.
+    in_use = Q(bots__enabled=True) | Q(bot_variants__enabled=True, bot_variants__bot__enabled=True)
+    profiles = ModelProfile.objects.filter(in_use).distinct()
     if profile_ids is not None:
         profiles = profiles.filter(pk__in=profile_ids)
     for profile in profiles:

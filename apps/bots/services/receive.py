@@ -30,8 +30,10 @@ from apps.bots.ratelimit import rate_limit_exceeded
 from apps.bots.services.deliver import response_url_policy, turn_ledger
 from apps.bots.services.files import conversation_file_attach, image_reply
 from apps.bots.services.stream import reply_language, stream_refresh, stream_refresh_payload
+from apps.bots.services.variants import variant_for_user
 from apps.bots.services.welcome import card_click_receive, welcome_payload
 from apps.bots.streams import StreamState, deadline_from, stream_owner_set, stream_state_set
+from apps.bots.variants import turn_profile_id
 from wecom.messages import (
     MAX_CONTENT_BYTES,
     InboundEvent,
@@ -123,7 +125,7 @@ def mention_receive(
             # Its first enqueue failed: WeCom's retry sends it.
             turn_enqueue(
                 turn_id=existing.pk,
-                profile_id=bot.model_profile_id,
+                profile_id=turn_profile_id(existing),
                 priority=queues.PRIORITY_RESENT,
             )
         return existing
@@ -155,6 +157,7 @@ def mention_receive(
         "longconn_req_id": longconn_req_id,
         "channel": channel or (Turn.Channel.LONGCONN if longconn_req_id else Turn.Channel.CALLBACK),
         "is_test": test,
+        "variant": variant_for_user(bot=bot, userid=message.userid),
     }
     try:
         with transaction.atomic():
@@ -219,7 +222,7 @@ def _turn_create(*, admission: Admission, fields: dict[str, Any]) -> Turn:
         logger.info("turn %s rejected: %s", turn.pk, turn.rejection_reason)
     else:
         stream_state_set(turn.stream_id, StreamState(deadline=deadline))
-        turn_id, profile_id = turn.pk, turn.bot.model_profile_id
+        turn_id, profile_id = turn.pk, turn_profile_id(turn)
         transaction.on_commit(lambda: turn_enqueue(turn_id=turn_id, profile_id=profile_id))
     return turn
 
@@ -303,9 +306,7 @@ def turn_enqueue(
     from apps.bots.tasks import turn_generate as turn_generate_task
 
     if profile_id is None:
-        profile_id = (
-            Turn.objects.filter(pk=turn_id).values_list("bot__model_profile_id", flat=True).get()
-        )
+        profile_id = turn_profile_id(Turn.objects.select_related("bot", "variant").get(pk=turn_id))
     try:
         turn_generate_task.apply_async(
             args=(turn_id,), queue=queues.inference_queue(profile_id), priority=priority

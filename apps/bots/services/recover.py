@@ -21,6 +21,7 @@ from django.utils.translation import gettext as _
 from apps.bots.models import Turn
 from apps.bots.services.deliver import turn_fail
 from apps.bots.services.stream import reply_language
+from apps.bots.services.variants import turn_variant_apply
 from apps.inference.model_workers import InferenceWorker, inference_workers_live
 from wecom_ai import queues
 
@@ -44,8 +45,9 @@ def turns_recover() -> int:
     failed = 0
     workers: list[InferenceWorker] | None = None  # read once per sweep, when first needed
     for turn in Turn.objects.sweepable(now=now, lease=lease, grace=ENQUEUE_GRACE).select_related(
-        "bot__model_profile"
+        "bot__model_profile", "variant__model_profile"
     ):
+        turn_variant_apply(turn=turn)  # its queue and model are its A/B variant's
         if _unserved_for_long(turn, now=now):
             if workers is None:
                 workers = inference_workers_live()
