@@ -111,7 +111,7 @@ MIDDLEWARE = [
     "apps.monitoring.middleware.RequestMetricsMiddleware",
     "wecom_ai.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "wecom_ai.static_files.AsyncWhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
