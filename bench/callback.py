@@ -216,6 +216,7 @@ ADMIN_PATH = "/admin/login/"
 SCENARIOS = ("plain", "mixed", "burst", "sustained", "profile")
 # DJANGO_SETTINGS_MODULE of the `sync` view variant: the callback as a plain sync view.
 SYNC_VIEW_SETTINGS = "bench.sync_callback_settings"
+WEB_POOL_SIZE = 8  # DATABASE_POOL_SIZE of a `pool` configuration, as the runner sets it
 
 
 @dataclass(frozen=True)
@@ -224,17 +225,27 @@ class WebConfig:
 
     view: str  # "async" (the product's view) or "sync" (the same code as a sync view)
     workers: int
+    database: str = ""  # the web's connections: "pool", or CONN_MAX_AGE seconds; "": the runner's
 
     @property
     def label(self) -> str:
-        return f"{self.view} view, {self.workers} process{'es' if self.workers > 1 else ''}"
+        label = f"{self.view} view, {self.workers} process{'es' if self.workers > 1 else ''}"
+        if self.database == "pool":
+            return f"{label}, connection pool"
+        return label + (f", CONN_MAX_AGE={self.database}" if self.database else "")
+
+    @property
+    def spec(self) -> str:
+        return ":".join(filter(None, (self.view, str(self.workers), self.database)))
 
     @classmethod
     def parse(cls, text: str) -> WebConfig:
-        view, _, workers = text.partition(":")
+        view, workers, database = [*text.split(":"), "", ""][:3]
         if view not in {"sync", "async"} or not workers.isdigit() or int(workers) < 1:
-            raise ValueError(f"{text!r}: expected VIEW:WORKERS, VIEW sync or async")
-        return cls(view, int(workers))
+            raise ValueError(f"{text!r}: expected VIEW:WORKERS[:DB], VIEW sync or async")
+        if database and database != "pool" and not database.isdigit():
+            raise ValueError(f"{text!r}: DB is `pool` or CONN_MAX_AGE seconds")
+        return cls(view, int(workers), database)
 
 
 async def _timed(client: httpx.AsyncClient, request: httpx.Request) -> Sample:
@@ -461,6 +472,10 @@ def run_config(
 ) -> dict[str, Any]:
     """Start a stack with one web configuration and run the scenarios against it."""
     env = {"DJANGO_SETTINGS_MODULE": SYNC_VIEW_SETTINGS} if config.view == "sync" else {}
+    if config.database == "pool":
+        env |= {"CONN_MAX_AGE": "0", "DATABASE_POOL_SIZE": str(WEB_POOL_SIZE)}
+    elif config.database:
+        env["CONN_MAX_AGE"] = config.database
     with BenchStack(
         with_inference_worker="mixed" in scenarios,
         inference_pool=("threads", 8),
@@ -521,7 +536,7 @@ def run_config(
 
 def _run_in_child(config: WebConfig, argv: list[str]) -> dict[str, Any]:
     """One configuration in a process of its own: its own Django setup and embedded stores."""
-    command = [sys.executable, __file__, *argv, "--web", f"{config.view}:{config.workers}"]
+    command = [sys.executable, __file__, *argv, "--web", config.spec]
     done = subprocess.run([*command, "--json"], capture_output=True, text=True, check=False)
     try:
         result: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{") :])

@@ -196,6 +196,21 @@ def _positive_int(name: str, default: int) -> int:
     return value
 
 
+# Under ASGI, Django runs sync code (admin pages) on a new thread per request, where a
+# persistent connection is never reused; the web processes take connections from a pool
+# instead (README, "Web tier"): DATABASE_POOL_SIZE per process, 0 = no pool (workers).
+DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=0)
+if DATABASE_POOL_SIZE < 0:
+    raise ImproperlyConfigured("DATABASE_POOL_SIZE must be 0 (no pool) or more")
+if DATABASE_POOL_SIZE:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # a pooled connection goes back after use
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_SIZE,
+        "timeout": 10,
+    }
+
+
 def _redis_db(offset: int) -> str:
     return f"{REDIS_URL}/{REDIS_DB_BASE + offset}"
 
