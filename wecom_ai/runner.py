@@ -55,7 +55,7 @@ def web_processes(environ: Mapping[str, str]) -> int:
     return int(value)
 
 
-def _children(port: int, data: Path, web: int) -> list[Child]:
+def _children(port: int, data: Path, web: int = 1) -> list[Child]:
     # Threads, not processes: every task thread of the inference worker feeds the same
     # in-process batching engine, which decodes their conversations together.
     inference_concurrency = os.environ.get("INFERENCE_CONCURRENCY", "16")
