@@ -438,6 +438,16 @@ def profile_ack(workload: _Workload, *, count: int) -> dict[str, Any]:
     for request in batch:
         callback_sync(request, slug=slug)
     profiler.disable()
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        callback_sync(calls(1)[0], slug=slug)
+    statements: dict[str, int] = {}
+    for query in queries.captured_queries:
+        words = query["sql"].split()
+        head = " ".join(words[:1] + [w for w in words if w.startswith('"')][:1])
+        statements[head] = statements.get(head, 0) + 1
     stats: dict[Any, Any] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in stats.values()) * 1000 / count
     points = {}
@@ -464,6 +474,8 @@ def profile_ack(workload: _Workload, *, count: int) -> dict[str, Any]:
         "profiled_ms_per_ack": total,
         "points_ms": points,
         "layers_ms": layers,
+        "queries": len(queries.captured_queries),
+        "statements": statements,
     }
 
 
@@ -594,6 +606,11 @@ def render(result: dict[str, Any]) -> str:
                 f"  {label:<32}{ms:>7.2f} ms {100 * ms / share:>5.1f}%"
                 for label, ms in profile["points_ms"].items()
             ]
+            lines.append(
+                f"  SQL statements per ack: {profile['queries']} ("
+                + ", ".join(f"{head} ×{n}" for head, n in profile["statements"].items())
+                + ")"
+            )
             lines.append("  by layer (own time):")
             lines += [
                 f"  {label:<32}{ms:>7.2f} ms {100 * ms / share:>5.1f}%"

@@ -204,8 +204,9 @@ if DATABASE_POOL_SIZE < 0:
     raise ImproperlyConfigured("DATABASE_POOL_SIZE must be 0 (no pool) or more")
 if DATABASE_POOL_SIZE:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # a pooled connection goes back after use
+    # Opened in full at start: a burst of callbacks never waits for connections to open.
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 1,
+        "min_size": DATABASE_POOL_SIZE,
         "max_size": DATABASE_POOL_SIZE,
         "timeout": 10,
     }
