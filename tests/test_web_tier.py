@@ -167,3 +167,24 @@ def test_two_processes_on_a_pool_ack_concurrent_mentions_once_each(pooled_web, b
     assert admin == [200] * 4
     assert Turn.objects.filter(bot=bot).count() == 17
     assert Turn.objects.filter(bot=bot, msgid=repeated["msgid"]).count() == 1
+
+
+_POOL_OF_SETTINGS = (
+    "import json, wecom_ai.settings as s; db = s.DATABASES['default']; "
+    "print(json.dumps([db['CONN_MAX_AGE'], db['OPTIONS'].get('pool')]))"
+)
+
+
+@pytest.mark.slow
+def test_database_pool_size_gives_a_fixed_pool_and_no_persistent_connections():
+    def child(size: str) -> subprocess.CompletedProcess[str]:
+        env = worker_env(DATABASE_POOL_SIZE=size, CONN_MAX_AGE="60")
+        return subprocess.run(
+            [sys.executable, "-c", _POOL_OF_SETTINGS],
+            cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    pooled, unpooled, negative = child("3"), child("0"), child("-1")
+    assert pooled.stdout.strip() == '[0, {"min_size": 3, "max_size": 3, "timeout": 10}]'
+    assert unpooled.stdout.strip() == "[60, null]"
+    assert negative.returncode != 0 and "DATABASE_POOL_SIZE" in negative.stderr
