@@ -1,5 +1,5 @@
-"""The web tier acks in parallel: no request waits on Django's one sync thread under ASGI,
-and `make run` serves HTTP from several processes sharing pooled database connections."""
+"""The web tier acks in parallel: under ASGI no request is held on a sync thread of its own,
+and `make run` serves HTTP from several processes on pooled database connections."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from wecom_ai import runner
 
 
 def test_every_middleware_is_async_capable():
-    # One sync-only middleware would put every request back on the one shared sync thread.
+    # One sync-only middleware would hold every request on a sync thread of its own.
     sync_only = [
         path
         for path in settings.MIDDLEWARE
@@ -35,7 +35,7 @@ def test_every_middleware_is_async_capable():
     assert sync_only == []
 
 
-def test_the_callback_view_is_async_and_its_work_runs_off_the_shared_thread():
+def test_the_callback_view_is_async_and_its_work_runs_on_the_thread_pool():
     assert iscoroutinefunction(views.callback)
     assert views._callback_in_pool.func is views.callback_sync  # type: ignore[attr-defined]
     assert views._callback_in_pool._thread_sensitive is False  # type: ignore[attr-defined]

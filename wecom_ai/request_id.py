@@ -23,8 +23,8 @@ def current_request_id() -> str:
 class RequestIdMiddleware:
     """Takes a sane `X-Request-ID` from the proxy or makes one, and echoes it back.
 
-    Async-capable: under ASGI a sync-only middleware would run every request on the one
-    thread Django shares between sync code, so callbacks would queue behind each other.
+    Async-capable: under ASGI a sync-only middleware would hold each request on a thread of
+    its own for the whole chain, beside the callback view's pool (README, "Web tier").
     """
 
     sync_capable = True

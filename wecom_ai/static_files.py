@@ -1,9 +1,9 @@
 """WhiteNoise as an async-capable middleware.
 
-WhiteNoise's own middleware is sync-only, and one sync-only middleware makes Django run
-every request under ASGI on the single thread it shares between sync code: callback acks,
-stream refreshes and admin pages would then wait on each other. Only a request for a static
-file touches the disk here, and that happens on a pool thread.
+WhiteNoise's own middleware is sync-only, and under ASGI one sync-only middleware makes
+Django hold each request on a thread of its own for the whole chain, whatever the view
+(README, "Web tier"). Only a request for a static file touches the disk here, and that
+happens on a pool thread.
 """
 
 from __future__ import annotations

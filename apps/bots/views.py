@@ -5,9 +5,9 @@ signature, a stale timestamp or a reused nonce is 403 (nothing decrypted for the
 two), anything undecryptable or malformed is one indistinguishable 400, an oversized body
 413 (refused before it is read, by `wecom_ai.body_limit`), an unknown or disabled bot 404.
 
-The view is async and runs its (sync, database-bound) work on a thread of the pool: a
-sync view would run on the one thread Django shares between all sync code under ASGI, so
-acks would queue behind each other and behind every admin page (README, "Web tier").
+The view is async and runs its (sync, database-bound) work on the event loop's thread pool:
+as a sync view under ASGI each ack got a new thread and so a new database connection, and a
+burst of callbacks ran out of PostgreSQL's connections (README, "Web tier").
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ def callback_sync(request: HttpRequest, slug: str) -> HttpResponse:
     return _receive(request, bot, crypto, params, received_at)
 
 
-# Not thread-sensitive: several acks run at once, each on a pool thread with a database
-# connection of its own, closed when stale or broken (Channels' close_old_connections).
+# Not thread-sensitive: several acks run at once on the pool's few threads; each call
+# checks its thread's connection out and back (Channels' close_old_connections: returned
+# to the web's connection pool, or closed when stale or broken).
 _callback_in_pool = database_sync_to_async(callback_sync, thread_sensitive=False)
 
 

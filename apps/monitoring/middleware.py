@@ -24,7 +24,7 @@ def route_name(request: HttpRequest) -> str:
 
 
 class RequestMetricsMiddleware:
-    """Async-capable, so that under ASGI requests do not queue on Django's one sync thread."""
+    """Async-capable: a sync-only one would hold each ASGI request on a thread of its own."""
 
     sync_capable = True
     async_capable = True
