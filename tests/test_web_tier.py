@@ -101,12 +101,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+METRICS_TOKEN = "web-tier-metrics-token"
+
+
 @pytest.fixture
 def pooled_web(transactional_db: None, tmp_path: Path) -> Iterator[tuple[str, psutil.Process]]:
     port = _free_port()
     env = worker_env(
-        DATABASE_POOL_SIZE="2", PROMETHEUS_MULTIPROC_DIR=str(runner.metrics_dir_fresh(
-            str(tmp_path / "metrics")))
+        DATABASE_POOL_SIZE="2", METRICS_TOKEN=METRICS_TOKEN,
+        PROMETHEUS_MULTIPROC_DIR=runner.metrics_dir_fresh(str(tmp_path / "metrics")),
     )  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "wecom_ai.asgi:application",
@@ -167,6 +170,16 @@ def test_two_processes_on_a_pool_ack_concurrent_mentions_once_each(pooled_web, b
     assert admin == [200] * 4
     assert Turn.objects.filter(bot=bot).count() == 17
     assert Turn.objects.filter(bot=bot, msgid=repeated["msgid"]).count() == 1
+    # Both processes' samples, whichever one answers the scrape.
+    metrics = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    acked = [
+        line
+        for line in metrics.text.splitlines()
+        if line.startswith("wecomai_http_request_duration_seconds_count{")
+        and 'route="bots:callback"' in line
+        and 'status="200"' in line
+    ]
+    assert len(acked) == 1 and float(acked[0].rsplit(" ", 1)[1]) == 20
 
 
 _POOL_OF_SETTINGS = (
