@@ -29,6 +29,7 @@ import asyncio
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -165,6 +166,7 @@ class _Workload:
 
     def __init__(self, stack: BenchStack) -> None:
         self.base_url = stack.base_url
+        self.admin_url = stack.base_url + ADMIN_PATH  # another server's when the admin is apart
         self.simulator = stack.simulator(client=_RequestRecorder())
         self.sent = 0
 
@@ -226,26 +228,32 @@ class WebConfig:
     view: str  # "async" (the product's view) or "sync" (the same code as a sync view)
     workers: int
     database: str = ""  # the web's connections: "pool", or CONN_MAX_AGE seconds; "": the runner's
+    admin_apart: bool = False  # the admin on a uvicorn process of its own (a second server)
 
     @property
     def label(self) -> str:
         label = f"{self.view} view, {self.workers} process{'es' if self.workers > 1 else ''}"
         if self.database == "pool":
-            return f"{label}, connection pool"
-        return label + (f", CONN_MAX_AGE={self.database}" if self.database else "")
+            label += ", connection pool"
+        elif self.database:
+            label += f", CONN_MAX_AGE={self.database}"
+        return label + (", admin in a process apart" if self.admin_apart else "")
 
     @property
     def spec(self) -> str:
-        return ":".join(filter(None, (self.view, str(self.workers), self.database)))
+        parts = [self.view, str(self.workers), self.database]
+        return ":".join([*parts, "apart"]) if self.admin_apart else ":".join(filter(None, parts))
 
     @classmethod
     def parse(cls, text: str) -> WebConfig:
-        view, workers, database = [*text.split(":"), "", ""][:3]
+        view, workers, database, apart = [*text.split(":"), "", "", ""][:4]
         if view not in {"sync", "async"} or not workers.isdigit() or int(workers) < 1:
-            raise ValueError(f"{text!r}: expected VIEW:WORKERS[:DB], VIEW sync or async")
+            raise ValueError(f"{text!r}: expected VIEW:WORKERS[:DB[:apart]], VIEW sync or async")
         if database and database != "pool" and not database.isdigit():
             raise ValueError(f"{text!r}: DB is `pool` or CONN_MAX_AGE seconds")
-        return cls(view, int(workers), database)
+        if apart not in {"", "apart"}:
+            raise ValueError(f"{text!r}: the fourth part is `apart` or nothing")
+        return cls(view, int(workers), database, apart == "apart")
 
 
 async def _timed(client: httpx.AsyncClient, request: httpx.Request) -> Sample:
@@ -284,7 +292,7 @@ async def measure_mixed(
 
         async def admin_lane() -> None:
             while not stop.is_set():
-                sample = await _timed(client, httpx.Request("GET", workload.base_url + ADMIN_PATH))
+                sample = await _timed(client, httpx.Request("GET", workload.admin_url))
                 phases["admin"].samples.append(sample)
                 if problem := _check_page(sample):
                     phases["admin"].fail(problem)
@@ -479,6 +487,30 @@ def profile_ack(workload: _Workload, *, count: int) -> dict[str, Any]:
     }
 
 
+def _admin_server(stack: BenchStack) -> str:
+    """A second uvicorn process, for the admin alone (the proxy would route `/admin/` to it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    child = stack._spawn(
+        "web-admin",
+        [sys.executable, "-m", "uvicorn", "wecom_ai.asgi:application",
+         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        stack._child_env(),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        stack._check_alive(child)
+        try:
+            if httpx.get(base + "/healthz", trust_env=False).status_code == 200:
+                return base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the admin server did not start; see {child.log_path}")
+
+
 def run_config(
     config: WebConfig, scenarios: list[str], options: argparse.Namespace
 ) -> dict[str, Any]:
@@ -496,6 +528,8 @@ def run_config(
         web_args=("--workers", str(config.workers)),
     ) as stack:
         workload = _Workload(stack)
+        if config.admin_apart:
+            workload.admin_url = _admin_server(stack) + ADMIN_PATH
         result: dict[str, Any] = {"label": config.label}
         if "profile" in scenarios:
             result["profile"] = profile_ack(workload, count=options.profile)
