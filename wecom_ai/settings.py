@@ -204,7 +204,7 @@ if DATABASE_POOL_SIZE < 0:
     raise ImproperlyConfigured("DATABASE_POOL_SIZE must be 0 (no pool) or more")
 if DATABASE_POOL_SIZE:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # a pooled connection goes back after use
-    # Opened in full at start: a burst of callbacks never waits for connections to open.
+    # Opened in full with the first connection: a burst of callbacks never waits for more.
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": DATABASE_POOL_SIZE,
         "max_size": DATABASE_POOL_SIZE,
