@@ -125,7 +125,8 @@ class BenchStack:
     """Context manager: bench database and Redis, bench bot, ASGI server, optional worker.
 
     `env` is added to the server's and worker's environment (after the bench defaults);
-    `profile_fields` / `bot_fields` override the bench ModelProfile and Bot values.
+    `profile_fields` / `bot_fields` override the bench ModelProfile and Bot values;
+    `web_args` go to the uvicorn command line.
     """
 
     def __init__(
@@ -136,8 +137,10 @@ class BenchStack:
         profile_fields: dict[str, Any] | None = None,
         bot_fields: dict[str, Any] | None = None,
         inference_pool: tuple[str, int] = ("prefork", 1),
+        web_args: tuple[str, ...] = (),
     ) -> None:
         self.with_inference_worker = with_inference_worker
+        self.web_args = web_args  # added to the uvicorn command line (`--workers 2`)
         self.inference_pool = inference_pool  # (pool, concurrency) of the inference worker
         self.extra_env = dict(env or {})
         self.profile_fields = dict(profile_fields or {})
@@ -203,6 +206,7 @@ class BenchStack:
             [
                 sys.executable, "-m", "uvicorn", "wecom_ai.asgi:application",
                 "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
+                *self.web_args,
             ],
             env,
         )  # fmt: skip

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,10 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 20.0
 # A pool process left over 1 GiB resident after a document is replaced before the next.
 INGEST_WORKER_OPTIONS = ("--max-memory-per-child", str(1024 * 1024))
+MAX_DEFAULT_WEB_PROCESSES = 4
+# Connections per web process (README, "Web tier"): the callback's pool threads and the
+# admin's request threads borrow them.
+WEB_DATABASE_POOL_SIZE = "8"
 
 
 @dataclass
@@ -38,7 +43,19 @@ def _python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-def _children(port: int, data: Path) -> list[Child]:
+def web_processes(environ: Mapping[str, str]) -> int:
+    """uvicorn processes: `WEB_CONCURRENCY` (uvicorn's own variable, compose sets it too),
+    by default one per CPU up to four. Several processes answer callbacks in parallel where
+    one process would hold them to one core (README, "Web tier")."""
+    value = environ.get("WEB_CONCURRENCY", "")
+    if not value:
+        return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WEB_PROCESSES))
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"WEB_CONCURRENCY must be a whole number of processes, not {value!r}")
+    return int(value)
+
+
+def _children(port: int, data: Path, web: int = 1) -> list[Child]:
     # Threads, not processes: every task thread of the inference worker feeds the same
     # in-process batching engine, which decodes their conversations together.
     inference_concurrency = os.environ.get("INFERENCE_CONCURRENCY", "16")
@@ -47,11 +64,11 @@ def _children(port: int, data: Path) -> list[Child]:
             "web",
             _python(
                 "-m", "uvicorn", "wecom_ai.asgi:application",
-                "--host", "127.0.0.1", "--port", str(port),
+                "--host", "127.0.0.1", "--port", str(port), "--workers", str(web),
                 "--no-access-log", "--timeout-graceful-shutdown", "10",
             ),
-            # Django advises against persistent connections under ASGI.
-            env={"CONN_MAX_AGE": "0"},
+            # Django advises against persistent connections under ASGI: a pool instead.
+            env={"CONN_MAX_AGE": "0", "DATABASE_POOL_SIZE": WEB_DATABASE_POOL_SIZE},
         ),
         Child(
             "inference",
@@ -175,6 +192,7 @@ def metrics_dir_fresh(path: str) -> str:
 
 def main() -> int:
     port = int(os.environ.get("PORT", "8000"))
+    web = web_processes(os.environ)
     env = dict(os.environ)
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     env.setdefault("DJANGO_SETTINGS_MODULE", "wecom_ai.settings")
@@ -182,7 +200,7 @@ def main() -> int:
     env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir_fresh(
         env.get("PROMETHEUS_MULTIPROC_DIR") or str(embedded.data_dir() / "metrics")
     )
-    supervisor = Supervisor(_children(port, embedded.data_dir()), env)
+    supervisor = Supervisor(_children(port, embedded.data_dir(), web), env)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     code = 0

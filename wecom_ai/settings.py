@@ -117,7 +117,7 @@ MIDDLEWARE = [
     "apps.monitoring.middleware.RequestMetricsMiddleware",
     "wecom_ai.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "wecom_ai.static_files.AsyncWhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -200,6 +200,22 @@ def _positive_int(name: str, default: int) -> int:
     if value < 1:
         raise ImproperlyConfigured(f"{name} must be at least 1")
     return value
+
+
+# Under ASGI, Django runs sync code (admin pages) on a new thread per request, where a
+# persistent connection is never reused; the web processes take connections from a pool
+# instead (README, "Web tier"): DATABASE_POOL_SIZE per process, 0 = no pool (workers).
+DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=0)
+if DATABASE_POOL_SIZE < 0:
+    raise ImproperlyConfigured("DATABASE_POOL_SIZE must be 0 (no pool) or more")
+if DATABASE_POOL_SIZE:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # a pooled connection goes back after use
+    # Opened in full with the first connection: a burst of callbacks never waits for more.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": DATABASE_POOL_SIZE,
+        "max_size": DATABASE_POOL_SIZE,
+        "timeout": 10,
+    }
 
 
 def _redis_db(offset: int) -> str:

@@ -4,6 +4,10 @@ Every rejection is logged with the request id and answered with a short fixed bo
 signature, a stale timestamp or a reused nonce is 403 (nothing decrypted for the first
 two), anything undecryptable or malformed is one indistinguishable 400, an oversized body
 413 (refused before it is read, by `wecom_ai.body_limit`), an unknown or disabled bot 404.
+
+The view is async and runs its (sync, database-bound) work on the event loop's thread pool:
+as a sync view under ASGI each ack got a new thread and so a new database connection, and a
+burst of callbacks ran out of PostgreSQL's connections (README, "Web tier").
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import time
 from datetime import datetime
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
@@ -44,7 +49,13 @@ def _timestamp_fresh(timestamp: str) -> bool:
 
 
 @csrf_exempt
-def callback(request: HttpRequest, slug: str) -> HttpResponse:
+async def callback(request: HttpRequest, slug: str) -> HttpResponse:
+    return await _callback_in_pool(request, slug)
+
+
+@csrf_exempt
+def callback_sync(request: HttpRequest, slug: str) -> HttpResponse:
+    """The whole callback; the async view runs it on a pool thread."""
     received_at = timezone.now()
     if request.method not in {"GET", "POST"}:
         response = _plain(405, "method not allowed")
@@ -74,6 +85,12 @@ def callback(request: HttpRequest, slug: str) -> HttpResponse:
     if request.method == "GET":
         return _verify_url(request, crypto, params, bot)
     return _receive(request, bot, crypto, params, received_at)
+
+
+# Not thread-sensitive: several acks run at once on the pool's few threads; each call
+# checks its thread's connection out and back (Channels' close_old_connections: returned
+# to the web's connection pool, or closed when stale or broken).
+_callback_in_pool = database_sync_to_async(callback_sync, thread_sensitive=False)
 
 
 def _verify_url(
