@@ -126,9 +126,16 @@ def pooled_web(transactional_db: None, tmp_path: Path) -> Iterator[tuple[str, ps
             pass
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    yield base, psutil.Process(process.pid)
+    master = psutil.Process(process.pid)
+    yield base, master
+    # The workers hold pooled connections: wait for them too, not only for the master, or
+    # the test database still has their sessions when it is dropped.
+    workers = master.children(recursive=True)
     process.terminate()
     process.wait(timeout=30)
+    _gone, alive = psutil.wait_procs(workers, timeout=30)
+    for worker in alive:
+        worker.kill()
 
 
 @pytest.mark.slow
