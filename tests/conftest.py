@@ -505,3 +505,18 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     return (yield from _guarded_phase(item))
+
+
+@pytest.fixture
+def app_callback_on_test_thread(monkeypatch):
+    """The self-built app's callback work on the test's own thread and connection.
+
+    Served, it runs on the event loop's thread pool with connections of its own; a test
+    that captures on_commit callbacks inside its transaction needs it on its own thread
+    (a thread-sensitive call from the test client's sync thread runs back on it).
+    """
+    from asgiref.sync import sync_to_async
+
+    from apps.wecomapp import views
+
+    monkeypatch.setattr(views, "_callback_in_pool", sync_to_async(views.callback_sync))

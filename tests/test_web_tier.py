@@ -41,6 +41,17 @@ def test_the_callback_view_is_async_and_its_work_runs_on_the_thread_pool():
     assert views._callback_in_pool._thread_sensitive is False  # type: ignore[attr-defined]
 
 
+def test_the_other_doors_callbacks_are_async_and_share_the_pool_too():
+    from apps.wechat import views as mp_views
+    from apps.wecomapp import views as app_views
+
+    assert iscoroutinefunction(app_views.callback)
+    assert app_views._callback_in_pool.func is app_views.callback_sync  # type: ignore[attr-defined]
+    assert app_views._callback_in_pool._thread_sensitive is False  # type: ignore[attr-defined]
+    assert iscoroutinefunction(mp_views.mp_callback)
+    assert mp_views._in_pool(len)._thread_sensitive is False  # type: ignore[attr-defined]
+
+
 def test_request_id_is_set_and_echoed_on_the_async_path():
     async def fetch() -> tuple[httpx.Headers, httpx.Headers]:
         client = AsyncClient()

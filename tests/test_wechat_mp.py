@@ -13,6 +13,10 @@ from tests.wechat import client_send, follower_of, make_account, wechat_server  
 from wecom import mp
 from wecom.simulator_mp import MpFollower
 
+# The callback's database work runs on the event loop's thread pool, on connections of
+# its own: what a test writes must be committed for it to see.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 MODES = [mode.value for mode in OfficialAccount.Mode]
 
 

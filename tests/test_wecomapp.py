@@ -98,7 +98,7 @@ def _ended_turn(app: WeComApp, answer: str) -> Turn:
 # -- the callback ------------------------------------------------------------------------
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_url_verification_answers_the_echo_decrypted_with_the_corp_id(client, wecom_app):
     params = _builder(wecom_app).verify_params("echo-8472")
     response = client.get(wecom_app.callback_path(), params)
@@ -111,7 +111,7 @@ def test_url_verification_answers_the_echo_decrypted_with_the_corp_id(client, we
     assert client.get(wecom_app.callback_path(), params).status_code == 403
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_member_message_becomes_one_app_turn_acknowledged_empty(client, wecom_app):
     response, _body, _params = _ask(client, wecom_app, "年假怎么申请？")
 
@@ -127,7 +127,7 @@ def test_a_member_message_becomes_one_app_turn_acknowledged_empty(client, wecom_
     assert (delivery.turn_id, delivery.app_id, delivery.touser) == (turn.pk, wecom_app.pk, MEMBER)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_redelivered_callback_is_recorded_once(client, wecom_app):
     first, body, params = _ask(client, wecom_app, "报销流程？")
     again = _post(client, wecom_app, body, params)  # WeCom's retry after 5 s: same bytes
@@ -142,7 +142,7 @@ def test_a_redelivered_callback_is_recorded_once(client, wecom_app):
     assert AppDelivery.objects.count() == 1
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_events_are_acknowledged_without_a_turn(client, wecom_app):
     builder = _builder(wecom_app)
     body, params = builder.envelope(builder.event_xml(userid=MEMBER, event="enter_agent"))
@@ -184,7 +184,7 @@ def _refusal_cases(app: WeComApp) -> dict[str, tuple[int, bytes, dict[str, str]]
     }
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_bad_callbacks_get_the_ai_bot_callbacks_refusals_and_store_nothing(client, wecom_app):
     for name, (status, body, params) in _refusal_cases(wecom_app).items():
         response = _post(client, wecom_app, body, params)
@@ -193,7 +193,7 @@ def test_bad_callbacks_get_the_ai_bot_callbacks_refusals_and_store_nothing(clien
     assert not AppDelivery.objects.exists()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_unknown_or_disabled_app_is_not_found(client, wecom_app):
     body, params = _builder(wecom_app).envelope("<xml/>")
     WeComApp.objects.filter(pk=wecom_app.pk).update(enabled=False)
@@ -218,7 +218,7 @@ def test_long_answers_split_into_numbered_parts_that_join_to_the_answer():
     assert message_parts("短答案", limit_bytes=TEXT_MAX_BYTES) == ["短答案"]
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_6000_byte_answer_arrives_as_ordered_parts(app_api, wecom_app):
     answer = "".join(f"第{n}条：请在系统中提交申请，并由直属主管审批。" for n in range(120))
     assert len(answer.encode()) >= 6000
@@ -234,7 +234,7 @@ def test_a_6000_byte_answer_arrives_as_ordered_parts(app_api, wecom_app):
     assert turn.pushed_at is not None and turn.push_error == ""
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_token_expiring_mid_answer_is_refreshed_once(app_api, wecom_app):
     answer = "".join(f"第{n}条：加班需提前申请。" for n in range(300))
     turn = _ended_turn(wecom_app, answer)
@@ -247,7 +247,7 @@ def test_a_token_expiring_mid_answer_is_refreshed_once(app_api, wecom_app):
     assert "".join(part_number_strip(p) for p in app_api.contents(touser=MEMBER)) == answer
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_rate_limited_part_is_retried_without_resending_the_earlier_ones(app_api, wecom_app):
     answer = "".join(f"第{n}条：出差报销需附发票。" for n in range(300))
     turn = _ended_turn(wecom_app, answer)
@@ -265,7 +265,7 @@ def test_a_rate_limited_part_is_retried_without_resending_the_earlier_ones(app_a
     assert "".join(part_number_strip(part) for part in received) == answer
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_final_refusal_marks_the_turn_undelivered_with_wecoms_error(app_api, wecom_app):
     turn = _ended_turn(wecom_app, "答案")
     AppDelivery.objects.filter(turn=turn).update(touser="left-the-company")
@@ -280,7 +280,7 @@ def test_a_final_refusal_marks_the_turn_undelivered_with_wecoms_error(app_api, w
 
 @pytest.mark.django_db
 def test_a_slow_first_token_gets_one_thinking_notice(
-    client, app_api, wecom_app, django_capture_on_commit_callbacks
+    client, app_api, wecom_app, django_capture_on_commit_callbacks, app_callback_on_test_thread
 ):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         _ask(client, wecom_app, "年假几天？")
@@ -293,7 +293,7 @@ def test_a_slow_first_token_gets_one_thinking_notice(
     assert app_api.contents(touser=MEMBER) == ["正在思考，稍后给你答案。"]
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_no_thinking_notice_once_the_model_started_or_the_turn_ended(app_api, wecom_app):
     started = _ended_turn(wecom_app, "")
     Turn.objects.filter(pk=started.pk).update(
@@ -309,7 +309,7 @@ def test_no_thinking_notice_once_the_model_started_or_the_turn_ended(app_api, we
 # -- admin ---------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_admin_creates_an_app_with_write_only_secrets_and_shows_its_callback_url(admin_client, bot):
     key = generate_encoding_aes_key()
     data = {
@@ -345,7 +345,7 @@ def test_admin_creates_an_app_with_write_only_secrets_and_shows_its_callback_url
     assert app.name == "IT app 2" and app.secret == "S3cretValue"  # empty keeps the stored one
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_admin_send_test_message_reaches_the_test_recipient(admin_client, app_api, wecom_app):
     changelist = reverse("admin:wecomapp_wecomapp_changelist")
     response = admin_client.post(
@@ -393,7 +393,7 @@ def test_an_app_member_asks_and_receives_the_answer_through_message_send(
     assert Turn.objects.count() == 1
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_the_admin_shows_an_undelivered_answer_with_wecoms_error(admin_client, app_api, wecom_app):
     turn = _ended_turn(wecom_app, "答案")
     AppDelivery.objects.filter(turn=turn).update(touser="left-the-company")

@@ -74,7 +74,7 @@ def _answer(turn: Turn, text: str, **fields) -> None:
 
 @pytest.mark.django_db
 def test_the_event_is_acknowledged_at_once_and_the_pull_enqueued(
-    client, kf_api, kf_app, django_capture_on_commit_callbacks
+    client, kf_api, kf_app, django_capture_on_commit_callbacks, app_callback_on_test_thread
 ):
     token = kf_api.kf.customer_says(open_kfid=KFID, external_userid=CUSTOMER, text="你好")
     with django_capture_on_commit_callbacks(execute=False) as callbacks:

@@ -13,15 +13,14 @@ burst of callbacks ran out of PostgreSQL's connections (README, "Web tier").
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.bots import callback_http as http
 from apps.bots.models import Bot
 from apps.bots.services import receive
 from apps.core.fields import is_undecryptable
@@ -31,21 +30,6 @@ from wecom.messages import MalformedMessage, parse_callback
 logger = logging.getLogger(__name__)
 
 _QUERY_PARAMS = ("msg_signature", "timestamp", "nonce")
-
-
-def _plain(status: int, body: str) -> HttpResponse:
-    return HttpResponse(body, status=status, content_type="text/plain; charset=utf-8")
-
-
-def _bad_request() -> HttpResponse:
-    return _plain(400, "invalid request")
-
-
-def _timestamp_fresh(timestamp: str) -> bool:
-    """WeCom signs the timestamp: one far from now is a captured callback played again."""
-    if not timestamp.isdigit() or len(timestamp) > 12:
-        return False
-    return abs(time.time() - int(timestamp)) <= settings.WECOM_CALLBACK_MAX_SKEW_SECONDS
 
 
 @csrf_exempt
@@ -58,9 +42,7 @@ def callback_sync(request: HttpRequest, slug: str) -> HttpResponse:
     """The whole callback; the async view runs it on a pool thread."""
     received_at = timezone.now()
     if request.method not in {"GET", "POST"}:
-        response = _plain(405, "method not allowed")
-        response["Allow"] = "GET, POST"
-        return response
+        return http.method_not_allowed()
     bot = (
         Bot.objects.select_related("model_profile")
         .filter(slug=slug, enabled=True, connection_mode=Bot.ConnectionMode.CALLBACK)
@@ -69,19 +51,19 @@ def callback_sync(request: HttpRequest, slug: str) -> HttpResponse:
     if bot is None:
         # A bot on the long connection has its callback URL switched off (one door only).
         logger.info("callback for unknown, disabled or long-connection bot %r", slug)
-        return _plain(404, "not found")
+        return http.not_found()
     params = {name: request.GET.get(name, "") for name in _QUERY_PARAMS}
     if not all(params.values()):
         logger.info("bot %s: callback without %s", slug, ", ".join(_QUERY_PARAMS))
-        return _bad_request()
+        return http.bad_request()
     if is_undecryptable(bot.token) or is_undecryptable(bot.encoding_aes_key):
         logger.error("bot %s: stored credentials do not decrypt; check FIELD_ENCRYPTION_KEYS", slug)
-        return _plain(503, "bot misconfigured")
+        return http.plain(503, "bot misconfigured")
     try:
         crypto = WeComCrypto(token=bot.token, encoding_aes_key=bot.encoding_aes_key)
     except ValueError:
         logger.error("bot %s has an invalid EncodingAESKey; fix it in the admin", slug)
-        return _plain(503, "bot misconfigured")
+        return http.plain(503, "bot misconfigured")
     if request.method == "GET":
         return _verify_url(request, crypto, params, bot)
     return _receive(request, bot, crypto, params, received_at)
@@ -99,15 +81,15 @@ def _verify_url(
     slug = bot.slug
     echostr = request.GET.get("echostr", "")
     if not echostr:
-        return _bad_request()
+        return http.bad_request()
     try:
         echo = crypto.verify_url(echostr=echostr, **params)
     except SignatureError:
         logger.warning("bot %s: URL verification with a bad signature", slug)
-        return _plain(403, "forbidden")
+        return http.forbidden()
     except WeComCryptoError:
         logger.warning("bot %s: URL verification echostr does not decrypt", slug)
-        return _bad_request()
+        return http.bad_request()
     bot.url_verified_record()
     return HttpResponse(echo, content_type="text/plain; charset=utf-8")
 
@@ -119,48 +101,39 @@ def _receive(
     params: dict[str, str],
     received_at: datetime,
 ) -> HttpResponse:
-    if not _timestamp_fresh(params["timestamp"]):
+    if not http.timestamp_fresh(params["timestamp"]):
         logger.warning("bot %s: callback with a stale or invalid timestamp refused", bot.slug)
-        return _plain(403, "forbidden")
-    limit = settings.WECOM_CALLBACK_MAX_BYTES
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > limit:
-        logger.warning("bot %s: callback body of %s bytes refused", bot.slug, declared)
-        return _plain(413, "payload too large")
-    body = request.read(limit + 1)
-    if len(body) > limit:
-        logger.warning("bot %s: callback body over %s bytes refused", bot.slug, limit)
-        return _plain(413, "payload too large")
+        return http.forbidden()
+    body = http.body_read(request, who=f"bot {bot.slug}")
+    if body is None:
+        return http.payload_too_large()
     try:
         data = crypto.decrypt_callback(body=body, **params)
     except SignatureError:
         logger.warning("bot %s: callback with a bad signature", bot.slug)
-        return _plain(403, "forbidden")
+        return http.forbidden()
     except WeComCryptoError:
         logger.warning("bot %s: callback body does not decrypt", bot.slug)
-        return _bad_request()
+        return http.bad_request()
     try:
         message = parse_callback(data)
     except MalformedMessage as exc:
         logger.warning("bot %s: malformed callback: %s", bot.slug, exc)
-        return _bad_request()
+        return http.bad_request()
     if bot.aibotid and message.aibotid and message.aibotid != bot.aibotid:
         logger.warning("bot %s: callback for aibotid %r refused", bot.slug, message.aibotid)
-        return _bad_request()
+        return http.bad_request()
     if not receive.callback_nonce_remember(
         bot=bot, timestamp=params["timestamp"], nonce=params["nonce"], msgid=message.msgid
     ):
         logger.warning("bot %s: callback reusing a (timestamp, nonce) pair refused", bot.slug)
-        return _plain(403, "forbidden")
+        return http.forbidden()
     try:
         payload = receive.callback_handle(bot=bot, callback=message, received_at=received_at)
     except Exception:
         # WeCom retries a failed delivery, and the msgid dedup makes the retry safe.
         logger.exception("bot %s: callback could not be handled", bot.slug)
-        return _plain(503, "temporarily unavailable")
+        return http.plain(503, "temporarily unavailable")
     if payload is None:
         return HttpResponse(b"", content_type="text/plain")
     reply = crypto.encrypt_reply(payload, nonce=params["nonce"])

@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.bots import callback_http as http
 from apps.bots.models import Turn
 from apps.core.fields import is_undecryptable
 from apps.wechat.models import OfficialAccount
@@ -29,26 +32,25 @@ from wecom import mp
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 _POLL_SECONDS = 0.2
 
 
-def _plain(status: int, body: str) -> HttpResponse:
-    return HttpResponse(body, status=status, content_type="text/plain; charset=utf-8")
+def _in_pool(function: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """Database work on the event loop's thread pool, sharing its threads' connections:
+    thread-sensitive calls would give each request a thread, and a connection, of its own
+    (README, "Web tier")."""
+    return database_sync_to_async(function, thread_sensitive=False)
 
 
 def _success() -> HttpResponse:
     """WeChat's "nothing to say now" (an empty body works too, "success" is documented)."""
-    return _plain(200, "success")
+    return http.plain(200, "success")
 
 
 def _xml(body: str) -> HttpResponse:
     return HttpResponse(body, content_type="application/xml; charset=utf-8")
-
-
-def _timestamp_fresh(timestamp: str) -> bool:
-    if not timestamp.isdigit() or len(timestamp) > 12:
-        return False
-    return abs(time.time() - int(timestamp)) <= settings.WECOM_CALLBACK_MAX_SKEW_SECONDS
 
 
 def _nonce_remember(*, account: OfficialAccount, params: dict[str, str], msgid: str) -> bool:
@@ -85,21 +87,19 @@ def _codec(account: OfficialAccount) -> mp.MpCallbackCodec | None:
 async def mp_callback(request: HttpRequest, slug: str) -> HttpResponse:
     received_at = timezone.now()
     if request.method not in {"GET", "POST"}:
-        response = _plain(405, "method not allowed")
-        response["Allow"] = "GET, POST"
-        return response
-    account = await sync_to_async(_account_get)(slug)
+        return http.method_not_allowed()
+    account = await _in_pool(_account_get)(slug)
     if account is None:
-        return _plain(404, "not found")
+        return http.not_found()
     codec = _codec(account)
     if codec is None:
-        return _plain(503, "account misconfigured")
+        return http.plain(503, "account misconfigured")
     params = {
         name: request.GET.get(name, "")
         for name in ("signature", "timestamp", "nonce", "encrypt_type", "msg_signature")
     }
     if not (params["signature"] and params["timestamp"] and params["nonce"]):
-        return _plain(400, "invalid request")
+        return http.bad_request()
     if request.method == "GET":
         try:
             echo = codec.verify_url(echostr=request.GET.get("echostr", ""), **{
@@ -107,34 +107,31 @@ async def mp_callback(request: HttpRequest, slug: str) -> HttpResponse:
             })  # fmt: skip
         except mp.MpSignatureError:
             logger.warning("account %s: URL verification with a bad signature", slug)
-            return _plain(403, "forbidden")
-        return _plain(200, echo)
-    if not _timestamp_fresh(params["timestamp"]):
+            return http.forbidden()
+        return http.plain(200, echo)
+    if not http.timestamp_fresh(params["timestamp"]):
         logger.warning("account %s: callback with a stale or invalid timestamp refused", slug)
-        return _plain(403, "forbidden")
-    limit = settings.WECOM_CALLBACK_MAX_BYTES
-    body = request.read(limit + 1)
-    if len(body) > limit:
-        return _plain(413, "payload too large")
+        return http.forbidden()
+    body = http.body_read(request, who=f"account {slug}")
+    if body is None:
+        return http.payload_too_large()
     try:
         inbound = codec.open(body=body, params=params)
     except mp.MpSignatureError:
         logger.warning("account %s: callback with a bad signature", slug)
-        return _plain(403, "forbidden")
+        return http.forbidden()
     except mp.MpMessageError as exc:
         logger.warning("account %s: callback refused: %s", slug, exc)
-        return _plain(400, "invalid request")
-    if not await sync_to_async(_nonce_remember)(
-        account=account, params=params, msgid=inbound.msgid
-    ):
+        return http.bad_request()
+    if not await _in_pool(_nonce_remember)(account=account, params=params, msgid=inbound.msgid):
         logger.warning("account %s: callback reusing a (timestamp, nonce) pair refused", slug)
-        return _plain(403, "forbidden")
+        return http.forbidden()
     try:
         return await _answer(account, codec, inbound, params, received_at)
     except Exception:
         # WeChat retries, and the MsgId dedup makes the retry safe.
         logger.exception("account %s: callback could not be handled", slug)
-        return _plain(503, "temporarily unavailable")
+        return http.plain(503, "temporarily unavailable")
 
 
 async def _answer(
@@ -160,22 +157,22 @@ async def _answer(
         if subscribed and service.welcome_text(account=account):
             return reply(service.welcome_text(account=account))
         return _success()
-    turn = await sync_to_async(service.follower_message_receive)(
+    turn = await _in_pool(service.follower_message_receive)(
         account=account, inbound=inbound, received_at=received_at
     )
     seconds = settings.WECHAT_PASSIVE_REPLY_SECONDS
     deadline = time.monotonic() + seconds
-    await sync_to_async(service.passive_wait_begin)(turn_id=turn.pk, seconds=seconds)
+    await _in_pool(service.passive_wait_begin)(turn_id=turn.pk, seconds=seconds)
     try:
         while True:
-            done, text = await sync_to_async(_passive_poll)(turn.pk)
+            done, text = await _in_pool(_passive_poll)(turn.pk)
             if text is not None:
                 return reply(text)
             if done or time.monotonic() + _POLL_SECONDS > deadline:
                 return _success()
             await asyncio.sleep(_POLL_SECONDS)
     finally:
-        await sync_to_async(service.passive_wait_end)(turn_id=turn.pk)
+        await _in_pool(service.passive_wait_end)(turn_id=turn.pk)
 
 
 def _passive_poll(turn_id: int) -> tuple[bool, str | None]:

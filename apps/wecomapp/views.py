@@ -9,14 +9,14 @@ disabled app 404. Nothing is stored for a refused callback.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime
 
-from django.conf import settings
+from channels.db import database_sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.bots import callback_http as http
 from apps.core.fields import is_undecryptable
 from apps.wecomapp.kf import kf_event_receive
 from apps.wecomapp.models import WeComApp
@@ -30,39 +30,27 @@ logger = logging.getLogger(__name__)
 _QUERY_PARAMS = ("msg_signature", "timestamp", "nonce")
 
 
-def _plain(status: int, body: str) -> HttpResponse:
-    return HttpResponse(body, status=status, content_type="text/plain; charset=utf-8")
-
-
-def _bad_request() -> HttpResponse:
-    return _plain(400, "invalid request")
-
-
-def _timestamp_fresh(timestamp: str) -> bool:
-    """WeCom signs the timestamp: one far from now is a captured callback played again."""
-    if not timestamp.isdigit() or len(timestamp) > 12:
-        return False
-    return abs(time.time() - int(timestamp)) <= settings.WECOM_CALLBACK_MAX_SKEW_SECONDS
-
-
 @csrf_exempt
-def callback(request: HttpRequest, slug: str) -> HttpResponse:
+async def callback(request: HttpRequest, slug: str) -> HttpResponse:
+    return await _callback_in_pool(request, slug)
+
+
+def callback_sync(request: HttpRequest, slug: str) -> HttpResponse:
+    """The whole callback; the async view runs it on a pool thread (README, "Web tier")."""
     received_at = timezone.now()
     if request.method not in {"GET", "POST"}:
-        response = _plain(405, "method not allowed")
-        response["Allow"] = "GET, POST"
-        return response
+        return http.method_not_allowed()
     app = WeComApp.objects.select_related("bot").filter(slug=slug, enabled=True).first()
     if app is None:
         logger.info("app callback for unknown or disabled app %r", slug)
-        return _plain(404, "not found")
+        return http.not_found()
     params = {name: request.GET.get(name, "") for name in _QUERY_PARAMS}
     if not all(params.values()):
         logger.info("app %s: callback without %s", slug, ", ".join(_QUERY_PARAMS))
-        return _bad_request()
+        return http.bad_request()
     if is_undecryptable(app.token) or is_undecryptable(app.encoding_aes_key):
         logger.error("app %s: stored credentials do not decrypt; check FIELD_ENCRYPTION_KEYS", slug)
-        return _plain(503, "app misconfigured")
+        return http.plain(503, "app misconfigured")
     try:
         # receiveid = the CorpID for apps (the AI bot's is empty).
         crypto = WeComCrypto(
@@ -70,7 +58,7 @@ def callback(request: HttpRequest, slug: str) -> HttpResponse:
         )
     except ValueError:
         logger.error("app %s has no Token or an invalid EncodingAESKey; fix it in the admin", slug)
-        return _plain(503, "app misconfigured")
+        return http.plain(503, "app misconfigured")
     if request.method == "GET":
         return _verify_url(request, crypto, params, app)
     return _receive(request, app, crypto, params, received_at)
@@ -81,15 +69,15 @@ def _verify_url(
 ) -> HttpResponse:
     echostr = request.GET.get("echostr", "")
     if not echostr:
-        return _bad_request()
+        return http.bad_request()
     try:
         echo = crypto.verify_url(echostr=echostr, **params)
     except SignatureError:
         logger.warning("app %s: URL verification with a bad signature", app.slug)
-        return _plain(403, "forbidden")
+        return http.forbidden()
     except WeComCryptoError:
         logger.warning("app %s: URL verification echostr does not decrypt", app.slug)
-        return _bad_request()
+        return http.bad_request()
     app.url_verified_record()
     return HttpResponse(echo, content_type="text/plain; charset=utf-8")
 
@@ -101,42 +89,33 @@ def _receive(
     params: dict[str, str],
     received_at: datetime,
 ) -> HttpResponse:
-    if not _timestamp_fresh(params["timestamp"]):
+    if not http.timestamp_fresh(params["timestamp"]):
         logger.warning("app %s: callback with a stale or invalid timestamp refused", app.slug)
-        return _plain(403, "forbidden")
-    limit = settings.WECOM_CALLBACK_MAX_BYTES
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > limit:
-        logger.warning("app %s: callback body of %s bytes refused", app.slug, declared)
-        return _plain(413, "payload too large")
-    body = request.read(limit + 1)
-    if len(body) > limit:
-        logger.warning("app %s: callback body over %s bytes refused", app.slug, limit)
-        return _plain(413, "payload too large")
+        return http.forbidden()
+    body = http.body_read(request, who=f"app {app.slug}")
+    if body is None:
+        return http.payload_too_large()
     try:
         data = callback_decrypt(crypto, body=body, **params)
     except SignatureError:
         logger.warning("app %s: callback with a bad signature", app.slug)
-        return _plain(403, "forbidden")
+        return http.forbidden()
     except WeComCryptoError:
         logger.warning("app %s: callback body does not decrypt", app.slug)
-        return _bad_request()
+        return http.bad_request()
     try:
         message = callback_parse(data)
     except MalformedMessage as exc:
         logger.warning("app %s: malformed callback: %s", app.slug, exc)
-        return _bad_request()
+        return http.bad_request()
     if message.agent_id and message.agent_id != str(app.agent_id):
         logger.warning("app %s: callback for agent %r refused", app.slug, message.agent_id)
-        return _bad_request()
+        return http.bad_request()
     if not app_nonce_remember(
         app=app, timestamp=params["timestamp"], nonce=params["nonce"], key=message.dedup_key
     ):
         logger.warning("app %s: callback reusing a (timestamp, nonce) pair refused", app.slug)
-        return _plain(403, "forbidden")
+        return http.forbidden()
     try:
         if message.kf_token:
             kf_event_receive(app=app, open_kfid=message.open_kfid, token=message.kf_token)
@@ -145,6 +124,10 @@ def _receive(
     except Exception:
         # WeCom retries a failed delivery, and the MsgId dedup makes the retry safe.
         logger.exception("app %s: callback could not be handled", app.slug)
-        return _plain(503, "temporarily unavailable")
+        return http.plain(503, "temporarily unavailable")
     # Acknowledged empty at once: the answer goes out through message/send.
     return HttpResponse(b"", content_type="text/plain")
+
+
+# Not thread-sensitive: acks run side by side on the pool's threads (as the AI-bot callback).
+_callback_in_pool = database_sync_to_async(callback_sync, thread_sensitive=False)
