@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import parse_qs, quote, urlsplit
@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 
 from wecom.crypto import WeComCrypto
+from wecom.loopback import LoopbackServer
 from wecom.messages import MAX_CONTENT_BYTES, split_think
 
 RESPONSE_URL_PATH = "/cgi-bin/aibot/response"
@@ -42,7 +43,7 @@ class SimulatorError(Exception):
 
 
 class _ResponseUrlHandler(BaseHTTPRequestHandler):
-    server: _ResponseHttpServer
+    server: ResponseUrlServer
 
     def log_message(self, format: str, *args: Any) -> None:
         """Keep test output clean; the recorded posts are the log."""
@@ -72,15 +73,7 @@ class _ResponseUrlHandler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._answer(HTTPStatus.BAD_REQUEST, {"errcode": 40000, "errmsg": "invalid json"})
             return
-        self._answer(HTTPStatus.OK, self.server.owner.record(keys[0], body))
-
-
-class _ResponseHttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], owner: ResponseUrlServer) -> None:
-        super().__init__(address, _ResponseUrlHandler)
-        self.owner = owner
+        self._answer(HTTPStatus.OK, self.server.record(keys[0], body))
 
 
 def _payload_errcode(body: dict[str, Any]) -> int:
@@ -99,7 +92,7 @@ def _payload_errcode(body: dict[str, Any]) -> int:
     return INVALID_MSGTYPE_ERRCODE
 
 
-class ResponseUrlServer:
+class ResponseUrlServer(LoopbackServer):
     """A loopback response_url endpoint: records every POST per key, accepts only the first.
 
     Use as a context manager; `url_for(key)` gives a URL shaped like WeCom's
@@ -110,46 +103,7 @@ class ResponseUrlServer:
         self._posts: dict[str, list[dict[str, Any]]] = {}
         self._used: set[str] = set()
         self._changed = threading.Condition()
-        self._server = _ResponseHttpServer((host, port), self)
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Self:
-        """Serve in a daemon thread until close()."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},  # quick shutdown keeps test teardown fast
-                name="wecom-response-url",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """Stop serving and release the port."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        if isinstance(host, bytes):  # typeshed allows bytes (AF_UNIX); an AF_INET server has str
-            host = host.decode()
-        return f"http://{host}:{port}"
+        super().__init__(_ResponseUrlHandler, host=host, port=port)
 
     def url_for(self, key: str) -> str:
         """The response_url to hand the bot for one message (usually keyed by its msgid)."""

@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
 
@@ -41,16 +41,15 @@ from wecom.app import (
     TEXT_MAX_BYTES,
     TOKEN_EXPIRED,
 )
+from wecom.loopback import LoopbackServer
 from wecom.simulator_kf import PATHS as KF_PATHS
 from wecom.simulator_kf import KfDesk
 
 TOKEN_LIFETIME_SECONDS = 7200
 
 
-class AppApiServer(ThreadingHTTPServer):
+class AppApiServer(LoopbackServer):
     """One corp's app API. `sent` lists accepted sends in order (path + JSON body)."""
-
-    daemon_threads = True
 
     def __init__(
         self,
@@ -65,7 +64,7 @@ class AppApiServer(ThreadingHTTPServer):
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__((host, port), _Handler)
+        super().__init__(_Handler, host=host, port=port)
         self.corp_id = corp_id
         self.secret = secret
         self.agent_id = agent_id
@@ -81,26 +80,6 @@ class AppApiServer(ThreadingHTTPServer):
         self.refusals: list[tuple[str, int]] = []
         # After this many more accepted sends every token expires (a token dying mid-run).
         self.tokens_expire_after: int | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def start(self) -> Self:
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- what tests steer and read ---------------------------------------------------------
 

@@ -15,15 +15,15 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import xmltodict
 from wechatpy.crypto import WeChatCrypto
 
+from wecom.loopback import LoopbackServer
 from wecom.mp import CUSTOM_SEND_WINDOW_HOURS, MODE_PLAINTEXT, MODE_SAFE, signature_of
 
 _MAX_POST_BYTES = 1024 * 1024
@@ -38,7 +38,7 @@ class SentMessage:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _HttpServer
+    server: WeChatServerSimulator
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the recorded calls are the log."""
@@ -57,7 +57,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path, query = self._query()
-        sim = self.server.owner
+        sim = self.server
         if path == "/cgi-bin/token":
             self._answer(sim.token_issue(query.get("appid", ""), query.get("secret", "")))
         elif path == "/sns/jscode2session":
@@ -78,20 +78,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer({"errcode": 47001, "errmsg": "data format error"})
             return
         if path == "/cgi-bin/message/custom/send":
-            self._answer(self.server.owner.custom_send(query.get("access_token", ""), body))
+            self._answer(self.server.custom_send(query.get("access_token", ""), body))
         else:
             self._answer({"errcode": 40066, "errmsg": "invalid url"})
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], owner: WeChatServerSimulator) -> None:
-        super().__init__(address, _Handler)
-        self.owner = owner
-
-
-class WeChatServerSimulator:
+class WeChatServerSimulator(LoopbackServer):
     """api.weixin.qq.com on loopback, for any number of app ids registered with `app_add`."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -104,46 +96,7 @@ class WeChatServerSimulator:
         self.sent: list[SentMessage] = []
         self.token_fetches = 0
         self.rate_limited = False
-        self._server = _HttpServer((host, port), self)
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="wechat-api",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        if isinstance(host, bytes):
-            host = host.decode()
-        return f"http://{host}:{port}"
+        super().__init__(_Handler, host=host, port=port)
 
     # -- test controls -----------------------------------------------------------------------
 

@@ -10,10 +10,11 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from wecom.loopback import LoopbackServer
 from wecom.robot import (
     INVALID_KEY,
     MAX_MARKDOWN_BYTES,
@@ -23,10 +24,8 @@ from wecom.robot import (
 )
 
 
-class RobotWebhookServer(ThreadingHTTPServer):
+class RobotWebhookServer(LoopbackServer):
     """Accepts messages for the keys it was given; `messages(key)` returns what arrived."""
-
-    daemon_threads = True
 
     def __init__(
         self,
@@ -36,33 +35,13 @@ class RobotWebhookServer(ThreadingHTTPServer):
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__((host, port), _Handler)
+        super().__init__(_Handler, host=host, port=port)
         self.keys = set(keys)
         self.clock = clock  # tests move it forward instead of waiting a minute
         self._lock = threading.Lock()
         self._messages: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._sent_at: dict[str, deque[float]] = defaultdict(deque)
         self.refused: list[tuple[str, int]] = []
-        self._thread: threading.Thread | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def start(self) -> Self:
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def messages(self, key: str) -> list[dict[str, Any]]:
         with self._lock:
