@@ -69,6 +69,20 @@ def test_claim_wins_once_and_refreshes_the_instance(bot):
     assert _copy(turn).attempts == 1
 
 
+def test_a_claim_before_the_enqueue_stamp_counts_its_queue_wait(bot):
+    # Given a worker that loaded the turn before the web process stamped its enqueue (the
+    # broker handed the task over first), and the stamp landing just after the claim
+    turn = _turn(bot)
+    assert turn.queued_at is None
+    assert turn.claim(lease=LEASE) is True
+    assert Turn.objects.filter(pk=turn.pk).mark_queued(now=timezone.now()) == 0
+
+    # Then the claim recorded the wait as none, and the instance carries it for the
+    # queue-wait metric, which counts a turn only when it knows when it was queued
+    assert turn.queued_at is not None and turn.queued_at == turn.claimed_at
+    assert _copy(turn).queued_at == turn.queued_at
+
+
 def test_an_expired_lease_is_taken_over_and_the_old_holder_loses_the_turn(bot):
     first = _turn(bot)
     assert first.claim(lease=LEASE)

@@ -486,10 +486,14 @@ class Turn(models.Model):
                 attempts=F("attempts") + 1,
                 heartbeat_at=now,
                 claimed_at=Coalesce(F("claimed_at"), Value(now)),
+                # A worker can take the task before the enqueue stamped it: it waited ~0.
+                queued_at=Coalesce(F("queued_at"), Value(now)),
             )
         )
         if updated:
-            self.refresh_from_db(fields=["status", "attempts", "heartbeat_at", "claimed_at"])
+            self.refresh_from_db(
+                fields=["status", "attempts", "heartbeat_at", "claimed_at", "queued_at"]
+            )
             turn_claim_observe(self)
         return bool(updated)
 
