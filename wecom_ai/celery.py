@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
-from wecom_ai import inference_worker, queues
+from wecom_ai import inference_worker, queues, worker_wake
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wecom_ai.settings")
 
@@ -23,6 +23,7 @@ app.autodiscover_tasks()
 # an inference worker to some profiles.
 app.user_options["worker"].add(inference_worker.PROFILES_OPTION)
 app.steps["consumer"].add(inference_worker.ProfileQueues)
+app.steps["consumer"].add(worker_wake.ThreadPoolWake)
 
 
 @worker_process_init.connect
