@@ -1,7 +1,7 @@
 """Thread-pool workers wake their event loop often, so a finished task frees its slot at once.
 
 The effect (a burst larger than the concurrency no longer trickles in every few seconds)
-is measured by `bench/channels.py`, whose default-queue worker runs on threads; here the
+is measured by `bench/doors.py`, whose default-queue worker runs on threads; here the
 wiring: the step is installed on the app, arms its timer for thread pools only, and
 disarms it on stop.
 """

@@ -8,7 +8,7 @@ simulator and announced by a `kf_msg_or_event` callback; the worker pulls it wit
 `kf/sync_msg`; "delivered" = accepted by `kf/send_msg`). 1 and 16 concurrent users, one
 user per conversation; the callback path is the baseline of the same run.
 
-    .venv/bin/python bench/channels.py [--levels 1,16] [--questions 2] [--max-tokens 48]
+    .venv/bin/python bench/doors.py [--levels 1,16] [--questions 2] [--max-tokens 48]
         [--refresh-interval 0.5] [--json]
 
 The app and kf paths add a default-queue worker (pushes, pulls) beside the inference
@@ -27,11 +27,7 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in {None, ""}:
-    # Run as a script, bench/ comes first on the path, and this file would shadow the
-    # `channels` package (Django Channels) for everything imported after it.
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.longconn import QUESTIONS, _concurrently
 from bench.stack import BenchStack
