@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+
+from wecom.crypto import SignatureError, WeComCrypto, WeComCryptoError
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +68,27 @@ def body_read(request: HttpRequest, *, who: str) -> bytes | None:
         logger.warning("%s: callback body over %s bytes refused", who, limit)
         return None
     return body
+
+
+def url_verify(
+    request: HttpRequest,
+    crypto: WeComCrypto,
+    params: dict[str, str],
+    *,
+    who: str,
+    verified: Callable[[], None],
+) -> HttpResponse:
+    """WeCom's GET check of a callback URL: the decrypted echostr back, `verified()` first."""
+    echostr = request.GET.get("echostr", "")
+    if not echostr:
+        return bad_request()
+    try:
+        echo = crypto.verify_url(echostr=echostr, **params)
+    except SignatureError:
+        logger.warning("%s: URL verification with a bad signature", who)
+        return forbidden()
+    except WeComCryptoError:
+        logger.warning("%s: URL verification echostr does not decrypt", who)
+        return bad_request()
+    verified()
+    return HttpResponse(echo, content_type="text/plain; charset=utf-8")

@@ -65,7 +65,9 @@ def callback_sync(request: HttpRequest, slug: str) -> HttpResponse:
         logger.error("bot %s has an invalid EncodingAESKey; fix it in the admin", slug)
         return http.plain(503, "bot misconfigured")
     if request.method == "GET":
-        return _verify_url(request, crypto, params, bot)
+        return http.url_verify(
+            request, crypto, params, who=f"bot {slug}", verified=bot.url_verified_record
+        )
     return _receive(request, bot, crypto, params, received_at)
 
 
@@ -73,25 +75,6 @@ def callback_sync(request: HttpRequest, slug: str) -> HttpResponse:
 # checks its thread's connection out and back (Channels' close_old_connections: returned
 # to the web's connection pool, or closed when stale or broken).
 _callback_in_pool = database_sync_to_async(callback_sync, thread_sensitive=False)
-
-
-def _verify_url(
-    request: HttpRequest, crypto: WeComCrypto, params: dict[str, str], bot: Bot
-) -> HttpResponse:
-    slug = bot.slug
-    echostr = request.GET.get("echostr", "")
-    if not echostr:
-        return http.bad_request()
-    try:
-        echo = crypto.verify_url(echostr=echostr, **params)
-    except SignatureError:
-        logger.warning("bot %s: URL verification with a bad signature", slug)
-        return http.forbidden()
-    except WeComCryptoError:
-        logger.warning("bot %s: URL verification echostr does not decrypt", slug)
-        return http.bad_request()
-    bot.url_verified_record()
-    return HttpResponse(echo, content_type="text/plain; charset=utf-8")
 
 
 def _receive(

@@ -60,26 +60,10 @@ def callback_sync(request: HttpRequest, slug: str) -> HttpResponse:
         logger.error("app %s has no Token or an invalid EncodingAESKey; fix it in the admin", slug)
         return http.plain(503, "app misconfigured")
     if request.method == "GET":
-        return _verify_url(request, crypto, params, app)
+        return http.url_verify(
+            request, crypto, params, who=f"app {slug}", verified=app.url_verified_record
+        )
     return _receive(request, app, crypto, params, received_at)
-
-
-def _verify_url(
-    request: HttpRequest, crypto: WeComCrypto, params: dict[str, str], app: WeComApp
-) -> HttpResponse:
-    echostr = request.GET.get("echostr", "")
-    if not echostr:
-        return http.bad_request()
-    try:
-        echo = crypto.verify_url(echostr=echostr, **params)
-    except SignatureError:
-        logger.warning("app %s: URL verification with a bad signature", app.slug)
-        return http.forbidden()
-    except WeComCryptoError:
-        logger.warning("app %s: URL verification echostr does not decrypt", app.slug)
-        return http.bad_request()
-    app.url_verified_record()
-    return HttpResponse(echo, content_type="text/plain; charset=utf-8")
 
 
 def _receive(
